@@ -1,0 +1,200 @@
+"""The `msdb` command line.
+
+    msdb up [--topology single|grouped|dedicated] [--base-port N] [--fresh] [--foreground]
+    msdb down [--purge]
+    msdb status
+    msdb scenarios
+    msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR]
+
+Exit codes: 0 every check passed, 1 a check failed (or a part is
+unhealthy), 2 usage or configuration error, 3 infrastructure error.
+
+`run` drives Locust in-process, so gevent must patch the standard library
+before anything else imports sockets or ssl: that is why this module imports
+the heavy modules inside the command functions, never at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+LOAD_COMMANDS = ("run",)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors, as our contract wants; keep its message."""
+
+
+def _add_state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", default=".msdb", metavar="DIR",
+                   help="where the stack keeps its state and stack.json (default: .msdb)")
+
+
+def _add_layout(p: argparse.ArgumentParser) -> None:
+    from .topology import DEFAULT_BASE_PORT, TOPOLOGIES
+    p.add_argument("--topology", default="single", choices=TOPOLOGIES,
+                   help="PostgreSQL layout (seed options 1/2/3; default: single)")
+    p.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, metavar="N",
+                   help=f"first port of the 70-port block (default: {DEFAULT_BASE_PORT})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="msdb", description="Load and resilience verification for microservice "
+                "databases.  Exit codes: 0 pass, 1 check failed, 2 usage/config error, "
+                "3 infrastructure error.")
+    p.add_argument("--version", action="version", version="msdb 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("up", help="start the embedded stack and wait until every part is healthy")
+    _add_state(s)
+    _add_layout(s)
+    s.add_argument("--fresh", action="store_true", help="wipe the state dir first")
+    s.add_argument("--foreground", action="store_true",
+                   help="stay attached; Ctrl-C stops the stack cleanly")
+    s.add_argument("--archive-timeout", default="15min", metavar="DURATION",
+                   help="PostgreSQL archive_timeout (seed §7.1: 15min)")
+
+    s = sub.add_parser("down", help="stop every process of the stack, by PID")
+    _add_state(s)
+    s.add_argument("--purge", action="store_true", help="also delete the state dir and all data")
+
+    s = sub.add_parser("status", help="health of each part; exit 1 if any part is unhealthy")
+    _add_state(s)
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sub.add_parser("scenarios", help="list the scenarios `msdb run` knows")
+
+    s = sub.add_parser("run", help="run a scenario against the stack and print a verdict")
+    s.add_argument("scenario", help="scenario name (see `msdb scenarios`)")
+    _add_state(s)
+    _add_layout(s)
+    s.add_argument("--duration", default=None, metavar="DURATION", help="load duration (e.g. 30s)")
+    s.add_argument("--users", type=int, default=None, metavar="N", help="concurrent Locust users")
+    s.add_argument("--spawn-rate", type=float, default=None, metavar="R", help="users started per second")
+    s.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/<time>-<scenario>)")
+    s.add_argument("--slo", default=None, metavar="FILE", help="SLO thresholds (default: scenarios/slo.yaml)")
+    s.add_argument("--seed-users", type=int, default=None, metavar="N", help="users to seed")
+    s.add_argument("--seed-products", type=int, default=None, metavar="M", help="products to seed")
+    s.add_argument("--keep-stack", action="store_true",
+                   help="leave a stack this run started running afterwards")
+    return p
+
+
+def _print_table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*headers))
+    print(fmt.format(*["-" * w for w in widths]))
+    for r in rows:
+        print(fmt.format(*[str(x) for x in r]))
+
+
+def print_endpoints(info: dict) -> None:
+    rows = []
+    for name, svc in info["services"].items():
+        rows.append([name, "service", svc["url"], svc["pid"]])
+    for inst in info["postgres"]["instances"]:
+        dbs = ", ".join(inst["services"])
+        rows.append([inst["name"], f"postgres {inst['role']}", f"127.0.0.1:{inst['port']} ({dbs})",
+                     inst["pid"]])
+    rows.append(["redis", "redis", f"127.0.0.1:{info['redis']['port']}", info["redis"]["pid"]])
+    _print_table(rows, ["part", "kind", "endpoint", "pid"])
+    print(f"\nstack.json: {Path(info['state_dir']) / 'stack.json'}  (topology {info['topology']})")
+
+
+def cmd_up(args) -> int:
+    from .durations import parse_duration
+    from .stack import StackOptions, down, up
+    opts = StackOptions(state_dir=Path(args.state_dir), topology=args.topology,
+                        base_port=args.base_port,
+                        archive_timeout_s=max(1, int(parse_duration(args.archive_timeout,
+                                                                    "--archive-timeout"))))
+    print(f"msdb up: {args.topology} topology, ports from {args.base_port}, state in {args.state_dir}")
+    info, started = up(opts, fresh=args.fresh, log=print)
+    if not started:
+        print("stack already running and healthy")
+    print_endpoints(info)
+    if started and info.get("up_seconds") is not None:
+        print(f"up in {info['up_seconds']:.1f} s")
+    if not args.foreground:
+        return 0
+    print("\nforeground: press Ctrl-C to stop the stack")
+    stop = {"sig": None}
+
+    def handler(signum, frame):
+        stop["sig"] = signum
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        while stop["sig"] is None:
+            signal.pause()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("\nstopping the stack ...")
+        down(Path(args.state_dir))
+    return 0
+
+
+def cmd_down(args) -> int:
+    from .stack import down
+    left = down(Path(args.state_dir), purge=args.purge)
+    return 3 if left else 0
+
+
+def cmd_status(args) -> int:
+    import json
+    from .stack import status
+    parts = status(Path(args.state_dir))
+    if args.json:
+        print(json.dumps([p.__dict__ for p in parts], indent=2))
+    else:
+        _print_table([[p.name, p.kind, p.endpoint, p.pid or "-", "healthy" if p.healthy else "UNHEALTHY",
+                       p.detail] for p in parts], ["part", "kind", "endpoint", "pid", "health", "detail"])
+    bad = [p.name for p in parts if not p.healthy]
+    if bad:
+        print(f"\nunhealthy: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_scenarios(args) -> int:
+    from scenarios import registry
+    _print_table([[s.name, s.summary] for s in registry.all()], ["scenario", "what it does"])
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .run import run_command
+    return run_command(args)
+
+
+COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "scenarios": cmd_scenarios,
+            "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LOAD_COMMANDS:
+        from gevent import monkey
+        monkey.patch_all()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .errors import MsdbError
+    try:
+        return COMMANDS[args.command](args)
+    except MsdbError as e:
+        print(f"msdb {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"msdb {args.command}: interrupted", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

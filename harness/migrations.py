@@ -1,0 +1,49 @@
+"""Versioned SQL migrations per service, applied with yoyo-migrations.
+
+Each service keeps its migrations beside its code, in the seed's style:
+`system_under_test/<service>/migrations/001_create_users_table.sql`.  They
+run as the service's own role, so its tables belong to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+from .errors import InfraError
+
+__all__ = ["migrations_dir", "apply", "applied"]
+
+_SUT = Path(__file__).resolve().parent.parent / "system_under_test"
+
+
+def migrations_dir(service: str) -> Path:
+    return _SUT / service / "migrations"
+
+
+def _backend(*, host: str, port: int, dbname: str, user: str, password: str):
+    from yoyo import get_backend
+    url = (f"postgresql+psycopg://{quote(user, safe='')}:{quote(password, safe='')}"
+           f"@{host}:{port}/{quote(dbname, safe='')}?sslmode=disable")
+    return get_backend(url)
+
+
+def apply(service: str, **conn) -> list[str]:
+    """Apply pending migrations; returns the ids applied now."""
+    from yoyo import read_migrations
+    try:
+        backend = _backend(**conn)
+        migrations = read_migrations(str(migrations_dir(service)))
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+        return [m.id for m in pending]
+    except Exception as e:  # yoyo raises driver and its own errors alike
+        raise InfraError(f"migrations of {service} into {conn.get('dbname')} failed: {e}") from e
+
+
+def applied(service: str, **conn) -> list[str]:
+    from yoyo import read_migrations
+    backend = _backend(**conn)
+    migrations = read_migrations(str(migrations_dir(service)))
+    return [m.id for m in migrations if m.id in {a.id for a in backend.to_rollback(migrations)}]

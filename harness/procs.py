@@ -1,0 +1,164 @@
+"""The one process supervisor: start detached processes, know if they live,
+stop them by PID.
+
+A PID alone can be reused after a process dies, so every record also keeps
+the process start time (field 22 of /proc/PID/stat, in clock ticks since
+boot).  We only ever signal a PID whose start time still matches.
+
+Processes are started in their own session (start_new_session) so that the
+process group id equals the PID: a hard stop can signal the whole group
+(a postmaster and its backends) by the PID we recorded.  Never `pkill -f`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["ProcRecord", "spawn", "is_running", "stop", "wait_gone", "start_ticks"]
+
+# Tunables, patchable by tests.
+POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class ProcRecord:
+    name: str
+    pid: int
+    start_ticks: int
+    argv: list[str] = field(default_factory=list)
+    log: str = ""
+    # Which signal asks this process for a clean, fast shutdown.
+    stop_signal: int = int(signal.SIGTERM)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ProcRecord":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def start_ticks(pid: int) -> int | None:
+    """Start time of PID in clock ticks, or None if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rfind(")") + 2:].split()
+    return int(rest[19])
+
+
+def _state(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return raw[raw.rfind(")") + 2:].split()[0]
+
+
+def _reap(pid: int) -> None:
+    """Reap PID if it is our child; harmless otherwise."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def is_running(rec: ProcRecord) -> bool:
+    """True if the recorded process still exists and is not a zombie."""
+    _reap(rec.pid)
+    if start_ticks(rec.pid) != rec.start_ticks:
+        return False
+    return _state(rec.pid) not in (None, "Z", "X")
+
+
+def spawn(name: str, argv: list[str], *, log_path: Path, env: dict | None = None,
+          cwd: Path | None = None, user: str | None = None,
+          stop_signal: int = signal.SIGTERM) -> tuple[subprocess.Popen, ProcRecord]:
+    """Start argv detached from our terminal, stdout+stderr appended to log_path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=env, cwd=cwd, start_new_session=True, close_fds=True,
+            user=user, group=_group_of(user), extra_groups=[] if user else None,
+        )
+    ticks = None
+    deadline = time.monotonic() + 2.0
+    while ticks is None and time.monotonic() < deadline:
+        ticks = start_ticks(proc.pid)
+    if ticks is None:  # exited immediately; record something that never matches
+        ticks = -1
+    return proc, ProcRecord(name=name, pid=proc.pid, start_ticks=ticks, argv=list(argv),
+                            log=str(log_path), stop_signal=int(stop_signal))
+
+
+def _group_of(user: str | None):
+    if user is None:
+        return None
+    import pwd
+    return pwd.getpwnam(user).pw_gid
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until /proc/PID disappears (zombies included); True if it did.
+
+    PID 1 here reaps orphans only after 1-3 s, and PostgreSQL refuses to start
+    on a data directory whose postmaster.pid names a PID that still exists.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(POLL_INTERVAL)
+    return not Path(f"/proc/{pid}").exists()
+
+
+def _wait_dead(rec: ProcRecord, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(rec):
+            return True
+        time.sleep(POLL_INTERVAL)
+    return not is_running(rec)
+
+
+def stop(rec: ProcRecord, *, timeout: float = 15.0, kill_group: bool = True) -> bool:
+    """Stop the process: its clean-stop signal, then SIGKILL to its process group.
+
+    Returns True if the process is gone (or was never running).
+    """
+    if not is_running(rec):
+        return True
+    try:
+        os.kill(rec.pid, rec.stop_signal)
+    except ProcessLookupError:
+        return True
+    if _wait_dead(rec, timeout):
+        _kill_group_leftovers(rec, kill_group)
+        return True
+    try:
+        if kill_group:
+            os.killpg(rec.pid, signal.SIGKILL)
+        else:
+            os.kill(rec.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return _wait_dead(rec, 5.0)
+
+
+def _kill_group_leftovers(rec: ProcRecord, kill_group: bool) -> None:
+    """After the leader exits, nothing of its group may stay behind."""
+    if not kill_group:
+        return
+    try:
+        os.killpg(rec.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

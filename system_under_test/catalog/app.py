@@ -1,0 +1,183 @@
+"""Catalog service (with inventory): product documents, cache-aside reads in
+Redis, and stock reservations for the order saga.
+
+Store: PostgreSQL JSONB in `product_service_db` (MongoDB in the seed).
+Every product change is published on the bus topic `catalog.products`; the
+search service indexes from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+from uuid import UUID
+
+import orjson
+from fastapi import Path, Query, Response
+from pydantic import Field
+
+from ..common.app import JSON, Service
+from ..common.errors import BadRequest, NotFound
+from ..common.metrics import CACHE
+from ..common.types import Model, Money, Quantity, text
+from .store import Inventory, PgJsonbProductRepository, check_items
+
+log = logging.getLogger("msdb.catalog")
+service = Service("catalog", description="Product documents, cache-aside reads, inventory")
+app = service.app
+
+CACHE_TTL_S = 60
+TOPIC = "catalog.products"
+products: PgJsonbProductRepository | None = None
+inventory: Inventory | None = None
+
+
+@service.on_startup
+async def _stores():
+    global products, inventory
+    products = PgJsonbProductRepository(service.db)
+    inventory = Inventory(service.db)
+
+
+class NewProduct(Model):
+    sku: text(64, 1)
+    name: text(200, 1)
+    description: text(4000) = ""
+    category: text(100) = ""
+    price: Money
+    stock: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+
+
+class ProductChange(Model):
+    name: text(200, 1) | None = None
+    description: text(4000) | None = None
+    category: text(100) | None = None
+    price: Money | None = None
+
+
+class Item(Model):
+    product_id: UUID
+    quantity: Quantity
+
+
+class ReserveRequest(Model):
+    order_id: UUID
+    items: Annotated[list[Item], Field(min_length=1, max_length=50)]
+
+
+ProductId = Annotated[UUID, Path(description="product id")]
+OrderId = Annotated[UUID, Path(description="order id")]
+
+
+def _cache_key(pid) -> str:
+    return f"catalog:product:{pid}"
+
+
+async def _publish(product: dict, op: str) -> None:
+    # Best effort after commit; the CDC pipeline replaces this feed.
+    try:
+        await service.bus.publish(TOPIC, {"op": op, "product": product})
+    except Exception as e:  # the bus being down must not fail the write
+        log.warning("could not publish %s of %s: %s", op, product["id"], e)
+
+
+def _doc_json(product: dict) -> dict:
+    return orjson.loads(orjson.dumps(product, default=str))
+
+
+@app.post("/products", status_code=201, tags=["products"])
+async def create_product(body: NewProduct):
+    doc = body.model_dump(exclude={"stock"}, mode="json")
+    product = await products.create(doc, body.stock)
+    await _publish(_doc_json(product), "c")
+    return product
+
+
+@app.get("/products", tags=["products"])
+async def list_products(limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+                        category: Annotated[str | None, Query(max_length=100)] = None):
+    if category is not None and "\x00" in category:
+        raise BadRequest("category: must not contain NUL characters", field="category")
+    return {"items": await products.list(limit=limit, offset=offset, category=category),
+            "limit": limit, "offset": offset}
+
+
+@app.get("/products/{product_id}", tags=["products"])
+async def get_product(product_id: ProductId):
+    key = _cache_key(product_id)
+    cached = None
+    try:
+        cached = await service.redis.get(key)
+    except Exception as e:  # a cache outage degrades to database reads
+        log.debug("cache get failed: %s", e)
+    if cached is not None:
+        CACHE.labels("hit").inc()
+        return Response(cached, media_type="application/json", headers={"X-Cache": "hit"})
+    CACHE.labels("miss").inc()
+    product = await products.get(product_id)
+    if product is None:
+        raise NotFound(f"product {product_id} does not exist", field="product_id")
+    resp = JSON(product, headers={"X-Cache": "miss"})
+    try:
+        await service.redis.set(key, resp.body, ex=CACHE_TTL_S)
+    except Exception as e:  # a cache outage degrades to database reads
+        log.debug("cache set failed: %s", e)
+    return resp
+
+
+@app.patch("/products/{product_id}", tags=["products"])
+async def update_product(product_id: ProductId, body: ProductChange):
+    changes = body.model_dump(exclude_none=True, mode="json")
+    if not changes:
+        raise BadRequest("body: no field to change", field="body")
+    product = await products.update(product_id, changes)
+    if product is None:
+        raise NotFound(f"product {product_id} does not exist", field="product_id")
+    # Invalidate after commit: the next read repopulates from the database.
+    try:
+        await service.redis.delete(_cache_key(product_id))
+    except Exception as e:  # cannot invalidate: the TTL bounds staleness
+        log.warning("cache invalidation of %s failed: %s", product_id, e)
+    await _publish(_doc_json(product), "u")
+    return product
+
+
+@app.get("/inventory/{product_id}", tags=["inventory"])
+async def get_stock(product_id: ProductId):
+    row = await inventory.stock(product_id)
+    if row is None:
+        raise NotFound(f"product {product_id} does not exist", field="product_id")
+    return row
+
+
+@app.get("/inventory", tags=["inventory"])
+async def list_stock(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                     offset: Annotated[int, Query(ge=0)] = 0):
+    return {"items": await inventory.all_stock(limit=limit, offset=offset)}
+
+
+@app.post("/inventory/reservations", tags=["inventory"])
+async def reserve(body: ReserveRequest):
+    items = [(i.product_id, i.quantity) for i in body.items]
+    check_items(items)
+    reservation, created = await inventory.reserve(body.order_id, items)
+    return JSON(reservation, status_code=201 if created else 200)
+
+
+@app.get("/inventory/reservations/{order_id}", tags=["inventory"])
+async def get_reservation(order_id: OrderId):
+    r = await inventory.reservation(order_id)
+    if r is None:
+        raise NotFound(f"order {order_id} has no reservation", field="order_id")
+    return r
+
+
+@app.post("/inventory/reservations/{order_id}/confirm", tags=["inventory"])
+async def confirm(order_id: OrderId):
+    return await inventory.confirm(order_id)
+
+
+@app.post("/inventory/reservations/{order_id}/release", tags=["inventory"])
+async def release(order_id: OrderId):
+    return await inventory.release(order_id)

@@ -1,0 +1,223 @@
+"""Catalog storage behind two small interfaces.
+
+`ProductRepository` keeps product documents (the seed keeps them in MongoDB;
+`PgJsonbProductRepository` keeps them as PostgreSQL JSONB).  `Inventory`
+reserves, confirms and releases stock per order, idempotent by order id,
+and can never oversell (CHECK available >= 0).  A MongoDB implementation of
+the first only has to honour the same methods.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Protocol
+from uuid import UUID
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ..common.db import Database
+from ..common.errors import BadRequest, Conflict, NotFound
+
+__all__ = ["ProductRepository", "PgJsonbProductRepository", "Inventory"]
+
+
+class ProductRepository(Protocol):
+    async def create(self, doc: dict, stock: int) -> dict: ...
+    async def get(self, product_id: UUID) -> dict | None: ...
+    async def list(self, *, limit: int, offset: int, category: str | None) -> list[dict]: ...
+    async def update(self, product_id: UUID, changes: dict) -> dict | None: ...
+
+
+def _product(row: dict) -> dict:
+    return {"id": row["id"], **row["doc"], "version": row["version"],
+            "updated_at": row["updated_at"]}
+
+
+class PgJsonbProductRepository:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def create(self, doc: dict, stock: int) -> dict:
+        try:
+            async with self.db.transaction("insert_product") as conn:
+                cur = await conn.execute(
+                    "INSERT INTO products (doc) VALUES (%s) RETURNING id, doc, version, updated_at",
+                    (Jsonb(doc),))
+                row = await cur.fetchone()
+                await conn.execute("INSERT INTO inventory (product_id, available, initial) "
+                                   "VALUES (%s, %s, %s)", (row["id"], stock, stock))
+        except psycopg.errors.UniqueViolation:
+            raise Conflict("product already exists", field="sku") from None
+        return _product(row)
+
+    async def get(self, product_id: UUID) -> dict | None:
+        row = await self.db.fetchone("get_product", "SELECT id, doc, version, updated_at "
+                                     "FROM products WHERE id = %s", (product_id,))
+        return _product(row) if row else None
+
+    async def list(self, *, limit: int, offset: int, category: str | None) -> list[dict]:
+        if category is None:
+            rows = await self.db.fetchall(
+                "list_products", "SELECT id, doc, version, updated_at FROM products "
+                "ORDER BY created_at, id LIMIT %s OFFSET %s", (limit, offset))
+        else:
+            rows = await self.db.fetchall(
+                "list_products_by_category", "SELECT id, doc, version, updated_at FROM products "
+                "WHERE doc->>'category' = %s ORDER BY created_at, id LIMIT %s OFFSET %s",
+                (category, limit, offset))
+        return [_product(r) for r in rows]
+
+    async def update(self, product_id: UUID, changes: dict) -> dict | None:
+        row = await self.db.fetchone(
+            "update_product", "UPDATE products SET doc = doc || %s, version = version + 1, "
+            "updated_at = now() WHERE id = %s RETURNING id, doc, version, updated_at",
+            (Jsonb(changes), product_id))
+        return _product(row) if row else None
+
+
+class Inventory:
+    """Stock per product: available + reserved + sold = initial (+ restocks)."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def stock(self, product_id: UUID) -> dict | None:
+        return await self.db.fetchone(
+            "get_stock", "SELECT product_id, available, reserved, sold, initial FROM inventory "
+            "WHERE product_id = %s", (product_id,))
+
+    async def all_stock(self, *, limit: int, offset: int) -> list[dict]:
+        return await self.db.fetchall(
+            "list_stock", "SELECT product_id, available, reserved, sold, initial FROM inventory "
+            "ORDER BY product_id LIMIT %s OFFSET %s", (limit, offset))
+
+    async def reservation(self, order_id: UUID) -> dict | None:
+        rows = await self.db.fetchall(
+            "get_reservation", "SELECT r.product_id, r.quantity, r.state, "
+            "(p.doc->>'price')::numeric AS unit_price FROM reservations r "
+            "JOIN products p ON p.id = r.product_id WHERE r.order_id = %s ORDER BY r.product_id",
+            (order_id,))
+        return _reservation(order_id, rows) if rows else None
+
+    async def reserve(self, order_id: UUID, items: list[tuple[UUID, int]]) -> tuple[dict, bool]:
+        """Reserve all items or none.  Returns (reservation, created_now).
+
+        Idempotent by order id: a repeat with the same items returns the
+        existing reservation; different items for the same order are a 409.
+        """
+        wanted = {pid: q for pid, q in items}
+        for attempt in range(2):
+            try:
+                return await self._reserve_once(order_id, wanted)
+            except psycopg.errors.UniqueViolation:
+                # A concurrent duplicate reserved first; ours rolled back. Return theirs.
+                continue
+        existing = await self.reservation(order_id)
+        if existing is None:
+            raise Conflict(f"reservation for order {order_id} is being changed concurrently",
+                           field="order_id")
+        return existing, False
+
+    async def _reserve_once(self, order_id: UUID, wanted: dict) -> tuple[dict, bool]:
+        async with self.db.transaction("reserve_stock") as conn:
+            cur = await conn.execute(
+                "SELECT product_id, quantity, state FROM reservations WHERE order_id = %s",
+                (order_id,))
+            existing = await cur.fetchall()
+            if existing:
+                have = {r["product_id"]: r["quantity"] for r in existing}
+                if have != wanted:
+                    raise Conflict(f"order {order_id} already has a different reservation",
+                                   field="items")
+            else:
+                # Lock rows in one order (by product id) so concurrent sagas cannot deadlock.
+                for i, pid in enumerate(sorted(wanted)):
+                    q = wanted[pid]
+                    cur = await conn.execute(
+                        "UPDATE inventory SET available = available - %s, reserved = reserved + %s "
+                        "WHERE product_id = %s AND available >= %s RETURNING available",
+                        (q, q, pid, q))
+                    if await cur.fetchone() is None:
+                        cur = await conn.execute(
+                            "SELECT available FROM inventory WHERE product_id = %s", (pid,))
+                        row = await cur.fetchone()
+                        if row is None:
+                            raise NotFound(f"product {pid} does not exist", field="items",
+                                           extra={"product_id": str(pid)})
+                        raise Conflict(f"not enough stock for product {pid}: {q} wanted, "
+                                       f"{row['available']} available", field="items",
+                                       extra={"product_id": str(pid), "available": row["available"]})
+                async with conn.cursor() as c2:
+                    await c2.executemany(
+                        "INSERT INTO reservations (order_id, product_id, quantity, state) "
+                        "VALUES (%s, %s, %s, 'RESERVED')",
+                        [(order_id, pid, q) for pid, q in sorted(wanted.items())])
+            cur = await conn.execute(
+                "SELECT r.product_id, r.quantity, r.state, (p.doc->>'price')::numeric AS unit_price "
+                "FROM reservations r JOIN products p ON p.id = r.product_id "
+                "WHERE r.order_id = %s ORDER BY r.product_id", (order_id,))
+            rows = await cur.fetchall()
+        return _reservation(order_id, rows), not existing
+
+    async def confirm(self, order_id: UUID) -> dict:
+        """RESERVED -> CONFIRMED (reserved stock becomes sold).  Idempotent."""
+        async with self.db.transaction("confirm_stock") as conn:
+            rows = await self._lock(conn, order_id)
+            if not rows:
+                raise NotFound(f"order {order_id} has no reservation", field="order_id")
+            states = {r["state"] for r in rows}
+            if "RELEASED" in states:
+                raise Conflict(f"reservation of order {order_id} was released", field="order_id")
+            for r in rows:
+                if r["state"] == "RESERVED":
+                    await conn.execute(
+                        "UPDATE inventory SET reserved = reserved - %s, sold = sold + %s "
+                        "WHERE product_id = %s", (r["quantity"], r["quantity"], r["product_id"]))
+            await conn.execute("UPDATE reservations SET state = 'CONFIRMED', updated_at = now() "
+                               "WHERE order_id = %s AND state = 'RESERVED'", (order_id,))
+        return {"order_id": order_id, "state": "CONFIRMED"}
+
+    async def release(self, order_id: UUID) -> dict:
+        """Give the stock back.  Idempotent; releasing nothing is a no-op."""
+        async with self.db.transaction("release_stock") as conn:
+            rows = await self._lock(conn, order_id)
+            if not rows:
+                return {"order_id": order_id, "state": "NONE"}
+            for r in rows:
+                if r["state"] == "RESERVED":
+                    await conn.execute(
+                        "UPDATE inventory SET reserved = reserved - %s, available = available + %s "
+                        "WHERE product_id = %s", (r["quantity"], r["quantity"], r["product_id"]))
+                elif r["state"] == "CONFIRMED":
+                    await conn.execute(
+                        "UPDATE inventory SET sold = sold - %s, available = available + %s "
+                        "WHERE product_id = %s", (r["quantity"], r["quantity"], r["product_id"]))
+            await conn.execute("UPDATE reservations SET state = 'RELEASED', updated_at = now() "
+                               "WHERE order_id = %s AND state <> 'RELEASED'", (order_id,))
+        return {"order_id": order_id, "state": "RELEASED"}
+
+    @staticmethod
+    async def _lock(conn, order_id: UUID) -> list[dict]:
+        cur = await conn.execute(
+            "SELECT product_id, quantity, state FROM reservations WHERE order_id = %s "
+            "ORDER BY product_id FOR UPDATE", (order_id,))
+        return await cur.fetchall()
+
+
+def _reservation(order_id: UUID, rows: list[dict]) -> dict:
+    states = {r["state"] for r in rows}
+    state = states.pop() if len(states) == 1 else "MIXED"
+    return {"order_id": order_id, "state": state,
+            "items": [{"product_id": r["product_id"], "quantity": r["quantity"],
+                       "unit_price": Decimal(r["unit_price"]) if r["unit_price"] is not None else None}
+                      for r in rows]}
+
+
+def check_items(items: list[tuple[UUID, int]]) -> None:
+    seen = set()
+    for i, (pid, _) in enumerate(items):
+        if pid in seen:
+            raise BadRequest(f"items[{i}].product_id: product {pid} appears twice",
+                             field=f"items[{i}].product_id")
+        seen.add(pid)

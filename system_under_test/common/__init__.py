@@ -1,0 +1,1 @@
+"""Shared plumbing of the services: app factory, errors, DB pool, peers, bus, metrics."""

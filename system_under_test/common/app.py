@@ -1,0 +1,291 @@
+"""The service skeleton every service is built on.
+
+`Service(name, ...)` owns the FastAPI app and, for the process lifetime, the
+config, the database pools, Redis, the peers and the bus.  It installs:
+
+- `GET /health` (checks every store; 503 if one is down) and `GET /metrics`;
+- JSON errors that name the bad field for every bad input (422/400/404/413),
+  503 for an unavailable store, never a traceback;
+- a request-body limit, and latency metrics per route template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import Any, Awaitable, Callable
+
+import orjson
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import config as config_mod
+from .bus import RedisStreamBus
+from .db import Database
+from .errors import ApiError, Unavailable
+from .metrics import REGISTRY, MetricsMiddleware
+from .peers import Peer
+
+__all__ = ["Service", "JSON", "MAX_BODY_BYTES"]
+
+log = logging.getLogger("msdb.service")
+MAX_BODY_BYTES = 64 * 1024
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, decimal.Decimal):
+        return str(o)  # money stays exact on the wire
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+# FastAPI turns returned dicts into JSON through jsonable_encoder, which makes
+# Decimal a float (12.50 -> 12.5, and worse for large sums).  Money must stay
+# exact for the checkers, so Decimal is encoded as its string everywhere.
+import fastapi.encoders as _fe  # noqa: E402
+_fe.ENCODERS_BY_TYPE[decimal.Decimal] = str
+
+
+class JSON(JSONResponse):
+    """orjson rendering; Decimal as string, UUID and datetimes natively."""
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _field(loc: tuple) -> str:
+    """('body', 'items', 0, 'quantity') -> 'items[0].quantity'; ('query','limit') -> 'limit'."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie") and len(parts) > 1:
+        parts = parts[1:]
+        if isinstance(parts[0], int) and loc[0] == "body":  # json_invalid position
+            return "body"
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "body"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length":
+                try:
+                    too_big = int(v) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    resp = JSON({"error": "payload_too_large", "field": "body",
+                                 "message": f"request body exceeds {self.limit} bytes"},
+                                status_code=413)
+                    return await resp(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge()
+            return msg
+        await self.app(scope, limited_receive, send)
+
+
+class Service:
+    def __init__(self, name: str, *, database: bool = True, replica: bool = False,
+                 redis_user: bool = True, peers: tuple[str, ...] = (),
+                 description: str = ""):
+        self.name = name
+        self.needs_db = database
+        self.wants_replica = replica
+        self.needs_redis = redis_user
+        self.peer_names = peers
+        self.cfg: config_mod.ServiceConfig | None = None
+        self.db: Database | None = None
+        self.replica: Database | None = None
+        self.redis: aioredis.Redis | None = None
+        self.bus: RedisStreamBus | None = None
+        self.peers: dict[str, Peer] = {}
+        self._startup: list[Callable[[], Awaitable[None]]] = []
+        self._shutdown: list[Callable[[], Awaitable[None]]] = []
+        self._health: list[Callable[[], Awaitable[tuple[str, dict]]]] = []
+        self._tasks: list[asyncio.Task] = []
+        self._background: list[Callable[[asyncio.Event], Awaitable[None]]] = []
+        self.stopping = asyncio.Event()
+        self.app = FastAPI(title=f"msdb {name} service", description=description,
+                           version="0.1.0", lifespan=self._lifespan, default_response_class=JSON)
+        self._install()
+
+    # -- hooks ---------------------------------------------------------------
+
+    def on_startup(self, fn):
+        self._startup.append(fn)
+        return fn
+
+    def on_shutdown(self, fn):
+        self._shutdown.append(fn)
+        return fn
+
+    def health_check(self, fn):
+        self._health.append(fn)
+        return fn
+
+    def background(self, fn):
+        """A coroutine fn(stop_event) run for the process lifetime."""
+        self._background.append(fn)
+        return fn
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def _requires(self) -> tuple[str, ...]:
+        req = []
+        if self.needs_db:
+            req.append("database")
+        if self.needs_redis:
+            req.append("redis")
+        if self.peer_names:
+            req.append("peers")
+        return tuple(req)
+
+    @asynccontextmanager
+    async def _lifespan(self, app: FastAPI):
+        self.cfg = config_mod.load(os.environ.get("MSDB_CONFIG"), requires=self._requires())
+        for p in self.peer_names:
+            if p not in self.cfg.peers:
+                raise config_mod.ConfigError(f"peers.{p}: the {self.name} service needs the URL "
+                                             f"of {p} ({p.upper()}_URL is not set)")
+        if self.needs_db:
+            self.db = Database(self.cfg.database, name="primary")
+            await self.db.open()
+            if self.wants_replica and self.cfg.replica is not None:
+                self.replica = Database(self.cfg.database, name="replica",
+                                        host=self.cfg.replica.host, port=self.cfg.replica.port)
+                await self.replica.open()
+        if self.needs_redis:
+            self.redis = aioredis.Redis.from_url(self.cfg.redis_url, socket_timeout=2.0,
+                                                 socket_connect_timeout=2.0,
+                                                 health_check_interval=10)
+            self.bus = RedisStreamBus(self.redis)
+        for p in self.peer_names:
+            self.peers[p] = Peer(p, self.cfg.peers[p], timeout_ms=self.cfg.peer_timeout_ms)
+        for fn in self._startup:
+            await fn()
+        for fn in self._background:
+            self._tasks.append(asyncio.create_task(fn(self.stopping), name=fn.__name__))
+        try:
+            yield
+        finally:
+            self.stopping.set()
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            for fn in self._shutdown:
+                await fn()
+            for peer in self.peers.values():
+                await peer.close()
+            if self.redis is not None:
+                await self.redis.aclose()
+            for db in (self.replica, self.db):
+                if db is not None:
+                    await db.close()
+
+    # -- built-in routes and error handling -----------------------------------
+
+    def _install(self) -> None:
+        app = self.app
+        app.add_middleware(BodyLimitMiddleware)
+        app.add_middleware(MetricsMiddleware)
+
+        @app.exception_handler(ApiError)
+        async def api_error(request: Request, exc: ApiError):
+            headers = {}
+            if isinstance(exc, Unavailable):
+                headers["Retry-After"] = str(exc.retry_after)
+            return JSON(exc.body(), status_code=exc.status, headers=headers)
+
+        @app.exception_handler(RequestValidationError)
+        async def validation_error(request: Request, exc: RequestValidationError):
+            errors = []
+            for e in exc.errors():
+                loc = tuple(e.get("loc", ()))
+                msg = e.get("msg", "invalid")
+                if e.get("type") == "json_invalid":
+                    msg = f"malformed JSON: {e.get('ctx', {}).get('error', msg)}"
+                elif e.get("type") == "missing" and loc == ("body",):
+                    msg = "a JSON body is required"
+                errors.append({"field": _field(loc), "message": msg})
+            first = errors[0] if errors else {"field": "body", "message": "invalid"}
+            status = 400 if any(e.get("type") == "json_invalid" for e in exc.errors()) else 422
+            return JSON({"error": "invalid_request", "field": first["field"],
+                         "message": f"{first['field']}: {first['message']}", "errors": errors},
+                        status_code=status)
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, exc: StarletteHTTPException):
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+            message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+            if exc.status_code == 404 and message == "Not Found":
+                message = f"no route {request.method} {request.url.path}"
+            return JSON({"error": code, "message": message}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+        @app.exception_handler(BodyTooLarge)
+        async def too_large(request: Request, exc: BodyTooLarge):
+            return JSON({"error": "payload_too_large", "field": "body",
+                         "message": f"request body exceeds {MAX_BODY_BYTES} bytes"}, status_code=413)
+
+        @app.exception_handler(RecursionError)
+        async def too_deep(request: Request, exc: RecursionError):
+            return JSON({"error": "invalid_request", "field": "body",
+                         "message": "body: JSON nested too deeply"}, status_code=400)
+
+        @app.exception_handler(Exception)
+        async def unexpected(request: Request, exc: Exception):
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return JSON({"error": "internal", "message": f"{type(exc).__name__}"}, status_code=500)
+
+        @app.get("/health", tags=["ops"])
+        async def health():
+            checks: dict[str, dict] = {}
+            if self.db is not None:
+                checks["database"] = await self.db.health()
+            if self.replica is not None:
+                # The replica only serves reads that can fall back to the primary.
+                checks["replica"] = {**await self.replica.health(), "critical": False}
+            if self.redis is not None:
+                try:
+                    await asyncio.wait_for(self.redis.ping(), 2.0)
+                    checks["redis"] = {"ok": True}
+                except Exception as e:  # any failure is unhealthy
+                    checks["redis"] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
+            for fn in self._health:
+                name, res = await fn()
+                checks[name] = res
+            ok = all(c.get("ok") for c in checks.values() if c.get("critical", True))
+            return JSON({"service": self.name, "status": "ok" if ok else "unhealthy",
+                         "checks": checks}, status_code=200 if ok else 503)
+
+        @app.get("/metrics", tags=["ops"], include_in_schema=True)
+        async def metrics():
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
