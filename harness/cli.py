@@ -36,12 +36,13 @@ def _add_state(p: argparse.ArgumentParser) -> None:
                    help="where the stack keeps its state and stack.json (default: .msdb)")
 
 
-def _add_layout(p: argparse.ArgumentParser) -> None:
+def _add_layout(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
     from .topology import DEFAULT_BASE_PORT, TOPOLOGIES
-    p.add_argument("--topology", default="single", choices=TOPOLOGIES,
-                   help="PostgreSQL layout (seed options 1/2/3; default: single)")
-    p.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, metavar="N",
-                   help=f"first port of the 70-port block (default: {DEFAULT_BASE_PORT})")
+    p.add_argument("--topology", default="single" if defaults else None, choices=TOPOLOGIES,
+                   help="PostgreSQL layout (seed options 1/2/3; default: single"
+                        + ("" if defaults else ", or whatever stack is running") + ")")
+    p.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT if defaults else None,
+                   metavar="N", help=f"first port of the 70-port block (default: {DEFAULT_BASE_PORT})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run a scenario against the stack and print a verdict")
     s.add_argument("scenario", help="scenario name (see `msdb scenarios`)")
     _add_state(s)
-    _add_layout(s)
+    _add_layout(s, defaults=False)
     s.add_argument("--duration", default=None, metavar="DURATION", help="load duration (e.g. 30s)")
     s.add_argument("--users", type=int, default=None, metavar="N", help="concurrent Locust users")
     s.add_argument("--spawn-rate", type=float, default=None, metavar="R", help="users started per second")

@@ -1,0 +1,70 @@
+"""Checks and verdicts.
+
+A check compares one measured figure with a threshold and returns
+`pass`, `fail` or `unknown`.  A run's verdict is the worst of its checks
+(fail > unknown > pass), as in Jepsen's checker composition; a checker that
+crashes yields `unknown`, never a pass.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+__all__ = ["Check", "worst", "at_most", "at_least", "guarded", "results_doc", "exit_code"]
+
+_RANK = {"pass": 0, "unknown": 1, "fail": 2}
+
+
+@dataclass
+class Check:
+    name: str
+    verdict: str
+    measured: Any
+    threshold: Any
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.verdict not in _RANK:
+            raise ValueError(f"verdict {self.verdict!r} is not pass, fail or unknown")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def worst(verdicts) -> str:
+    verdicts = list(verdicts)
+    if not verdicts:
+        return "unknown"   # nothing was checked: no pass
+    return max(verdicts, key=_RANK.__getitem__)
+
+
+def at_most(name: str, measured, threshold, **details) -> Check:
+    if measured is None:
+        return Check(name, "unknown", None, threshold, {"reason": "not measured", **details})
+    return Check(name, "pass" if measured <= threshold else "fail", measured, threshold, details)
+
+
+def at_least(name: str, measured, threshold, **details) -> Check:
+    if measured is None:
+        return Check(name, "unknown", None, threshold, {"reason": "not measured", **details})
+    return Check(name, "pass" if measured >= threshold else "fail", measured, threshold, details)
+
+
+def guarded(name: str, fn: Callable[[], Check], threshold=None) -> Check:
+    """Run a checker; if it raises, the check is `unknown` with the error."""
+    try:
+        return fn()
+    except Exception as e:  # a crashing checker must never pass
+        return Check(name, "unknown", None, threshold,
+                     {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]})
+
+
+def results_doc(scenario: str, checks: list[Check], metrics: dict) -> dict:
+    return {"scenario": scenario, "verdict": worst(c.verdict for c in checks),
+            "checks": [c.to_json() for c in checks], "metrics": metrics}
+
+
+def exit_code(verdict: str) -> int:
+    return {"pass": 0, "fail": 1}.get(verdict, 3)

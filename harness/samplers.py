@@ -1,0 +1,73 @@
+"""Samplers that run beside the load: each service's /metrics at 1 Hz.
+
+Rows are tidy (one value per row) so pandas can pivot them:
+    time, service, metric, labels, value
+`labels` is `k=v;k=v` sorted by key.  A scrape that fails writes the
+Prometheus-style row `up = 0` for that service (and `up = 1` otherwise), so
+a gap in the data is visible rather than silent.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from .rundir import CsvTable
+
+__all__ = ["MetricsSampler", "METRICS_COLUMNS"]
+
+METRICS_COLUMNS = ["time", "service", "metric", "labels", "value"]
+
+
+class MetricsSampler:
+    INTERVAL_S = 1.0
+    TIMEOUT_S = 2.0
+
+    def __init__(self, services: dict[str, str], table: CsvTable, *, interval: float | None = None):
+        self.services = services    # name -> base URL
+        self.table = table
+        self.interval = interval or self.INTERVAL_S
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.scrapes = {s: 0 for s in services}
+        self.failures = {s: 0 for s in services}
+        self._session = requests.Session()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="metrics-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def sample_once(self) -> None:
+        for name, url in self.services.items():
+            ts = round(time.time(), 3)
+            try:
+                r = self._session.get(url + "/metrics", timeout=self.TIMEOUT_S)
+                r.raise_for_status()
+                text = r.text
+            except requests.RequestException:
+                self.failures[name] += 1
+                self.table.row(ts, name, "up", "", 0)
+                continue
+            self.scrapes[name] += 1
+            self.table.row(ts, name, "up", "", 1)
+            for fam in text_string_to_metric_families(text):
+                for s in fam.samples:
+                    if s.name.endswith("_created"):
+                        continue
+                    labels = ";".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                    self.table.row(ts, name, s.name, labels, s.value)
+
+    def _loop(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            self.sample_once()
+            next_t += self.interval
+            self._stop.wait(max(0.0, next_t - time.monotonic()))

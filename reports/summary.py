@@ -1,0 +1,52 @@
+"""The one-screen summary printed at the end of `msdb run`, from the run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["format_summary"]
+
+_MARK = {"pass": "PASS", "fail": "FAIL", "unknown": "UNKNOWN"}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_summary(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    run = json.loads((run_dir / "run.json").read_text())
+    lines = [f"", f"scenario {results['scenario']}  topology {run.get('topology')}  "
+             f"{run.get('start')} -> {run.get('end')}", ""]
+    rows = [(c["name"], _MARK[c["verdict"]], _fmt(c["measured"]), _fmt(c["threshold"]))
+            for c in results["checks"]]
+    head = ("check", "verdict", "measured", "threshold")
+    w = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    lines.append("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
+    lines.append("  ".join("-" * w[i] for i in range(4)))
+    for r in rows:
+        lines.append("  ".join(r[i].ljust(w[i]) for i in range(4)))
+    m = results.get("metrics", {})
+    if m:
+        lines.append("")
+        keys = ["requests_total", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "failures_total",
+                "server_errors", "orders_ok", "orders_fail", "orders_info"]
+        lines.append("  ".join(f"{k}={_fmt(m[k])}" for k in keys if k in m))
+        p95 = next((c for c in results["checks"] if c["name"] == "p95-latency"), None)
+        eps = (p95 or {}).get("details", {}).get("endpoints") or {}
+        if eps:
+            lines.append("")
+            nw = max(len(n) for n in eps)
+            lines.append(f"{'endpoint'.ljust(nw)}  {'count':>7}  {'p50 ms':>8}  {'p95 ms':>8}  {'p99 ms':>8}")
+            for n, e in eps.items():
+                lines.append(f"{n.ljust(nw)}  {e['count']:>7}  {_fmt(e['p50_ms']):>8}  "
+                             f"{_fmt(e['p95_ms']):>8}  {_fmt(e['p99_ms']):>8}")
+    lines.append("")
+    lines.append(f"VERDICT: {_MARK[results['verdict']]}   ({run_dir / 'results.json'})")
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""Seed users and products through the services' APIs (never their databases).
+
+Idempotent: a user that exists (409) is logged in to learn its id, and
+products are only created up to the count wanted.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from .data import product_doc, user_credentials
+
+__all__ = ["seed", "SeedError"]
+
+
+class SeedError(RuntimeError):
+    pass
+
+
+def _post(session: requests.Session, url: str, body: dict) -> requests.Response:
+    try:
+        return session.post(url, json=body, timeout=30)
+    except requests.RequestException as e:
+        raise SeedError(f"POST {url} failed: {e}") from None
+
+
+def seed(services: dict, *, users: int, products: int, stock: int = 100_000,
+         concurrency: int = 8) -> dict:
+    """Returns {"users": [{"id", "email", "password"}...], "products": [ids...]}."""
+    users_url, catalog_url = services["users"]["url"], services["catalog"]["url"]
+    s = requests.Session()
+    try:
+        existing = s.get(f"{catalog_url}/products", params={"limit": 500}, timeout=30)
+        existing.raise_for_status()
+    except requests.RequestException as e:
+        raise SeedError(f"GET {catalog_url}/products failed: {e}") from None
+    have = [p["id"] for p in existing.json()["items"]]
+
+    def make_product(i: int) -> str:
+        r = _post(s, f"{catalog_url}/products", product_doc(i, stock=stock))
+        if r.status_code != 201:
+            raise SeedError(f"creating product {i}: HTTP {r.status_code} {r.text[:200]}")
+        return r.json()["id"]
+
+    def make_user(i: int) -> dict:
+        cred = user_credentials(i)
+        r = _post(s, f"{users_url}/users", cred)
+        if r.status_code == 201:
+            return {"id": r.json()["id"], "email": cred["email"], "password": cred["password"]}
+        if r.status_code == 409:
+            r = _post(s, f"{users_url}/sessions", {"email": cred["email"], "password": cred["password"]})
+            if r.status_code == 201:
+                return {"id": r.json()["user_id"], "email": cred["email"], "password": cred["password"]}
+        raise SeedError(f"seeding user {cred['email']}: HTTP {r.status_code} {r.text[:200]}")
+
+    with ThreadPoolExecutor(max_workers=concurrency) as ex:
+        new = list(ex.map(make_product, range(len(have), products)))
+        seeded_users = list(ex.map(make_user, range(users)))
+    return {"users": seeded_users, "products": (have + new)[:max(products, len(have))]}

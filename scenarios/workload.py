@@ -1,0 +1,191 @@
+"""The shop workload: a realistic mix over the seed's services, for Locust.
+
+Weights (per user, relative): browse products 30, search 15, log in 10,
+dashboard 10, place an order of 1-3 items 15, order history 5, stock 3,
+register 2.  Expected business outcomes (402 declined, 409 out of stock)
+count as successes for Locust and as `fail` in the history; anything else
+non-2xx is a Locust failure.
+
+Endpoints come from `<state-dir>/stack.json` (MSDB_STATE_DIR, default
+.msdb), so `locust -f locustfile.py` works against a stack from `msdb up`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import uuid
+from pathlib import Path
+
+from locust import FastHttpUser, between, events, task
+
+from .data import SEARCH_WORDS, LOAD_PASSWORD, user_credentials
+
+__all__ = ["ShopUser", "load_endpoints", "set_history", "Pool"]
+
+# A history recorder injected by the harness (None under the plain Locust UI).
+_history = None
+
+
+def set_history(recorder) -> None:
+    global _history
+    _history = recorder
+
+
+def load_endpoints(state_dir: str | None = None) -> dict | None:
+    path = Path(state_dir or os.environ.get("MSDB_STATE_DIR", ".msdb")) / "stack.json"
+    try:
+        return json.loads(path.read_text())["services"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class Pool:
+    """Per-process test data: service URLs, product ids, how many seeded users exist."""
+    urls: dict[str, str] = {}
+    products: list[str] = []
+    seeded_users: int = 0
+
+    @classmethod
+    def configure(cls, *, services: dict, products: list[str], seeded_users: int) -> None:
+        cls.urls = {k: v["url"] for k, v in services.items()}
+        cls.products = list(products)
+        cls.seeded_users = seeded_users
+
+
+@events.test_start.add_listener
+def _ensure_data(environment, **kw):
+    """Under the plain Locust UI nothing seeded the stack: seed a small data set."""
+    if Pool.products:
+        return
+    services = load_endpoints()
+    if services is None:
+        return
+    from .seed import seed
+    n_users = int(os.environ.get("MSDB_SEED_USERS", "50"))
+    data = seed(services, users=n_users, products=int(os.environ.get("MSDB_SEED_PRODUCTS", "100")))
+    Pool.configure(services=services, products=data["products"], seeded_users=len(data["users"]))
+
+
+_SERVICES = load_endpoints() or {}
+
+
+class ShopUser(FastHttpUser):
+    wait_time = between(0.05, 0.5)
+    host = _SERVICES.get("users", {}).get("url", "http://127.0.0.1:15420")
+    # Every service is called with an absolute URL from Pool.urls.
+    connection_timeout = 10.0
+    network_timeout = 35.0   # longer than the pools' 30 s acquire timeout
+
+    def on_start(self):
+        self.urls = Pool.urls
+        self.user_id = None
+        self.token = None
+        self.process = f"u{id(self) & 0xffffff:06x}"
+        if Pool.seeded_users:
+            self.login()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _u(self, service: str, path: str) -> str:
+        return self.urls[service] + path
+
+    def _product(self) -> str | None:
+        return random.choice(Pool.products) if Pool.products else None
+
+    # -- tasks -------------------------------------------------------------------
+
+    @task(30)
+    def browse(self):
+        offset = random.randint(0, max(0, len(Pool.products) - 20))
+        self.client.get(self._u("catalog", f"/products?limit=20&offset={offset}"),
+                        name="catalog GET /products")
+        for _ in range(2):
+            pid = self._product()
+            if pid:
+                self.client.get(self._u("catalog", f"/products/{pid}"),
+                                name="catalog GET /products/{id}")
+
+    @task(15)
+    def search(self):
+        q = random.choice(SEARCH_WORDS)
+        self.client.get(self._u("search", f"/search?q={q}&limit=20"), name="search GET /search")
+
+    @task(10)
+    def login(self):
+        if not Pool.seeded_users:
+            return
+        cred = user_credentials(random.randrange(Pool.seeded_users))
+        with self.client.post(self._u("users", "/sessions"), name="users POST /sessions",
+                              json={"email": cred["email"], "password": LOAD_PASSWORD},
+                              catch_response=True) as r:
+            if r.status_code == 201:
+                body = r.json()
+                self.user_id, self.token = body["user_id"], body["token"]
+            else:
+                r.failure(f"login HTTP {r.status_code}")
+                return
+        self.client.get(self._u("users", f"/sessions/{self.token}"), name="users GET /sessions/{token}")
+
+    @task(2)
+    def register(self):
+        email = f"new-{uuid.uuid4().hex[:16]}@msdb.test"
+        self.client.post(self._u("users", "/users"), name="users POST /users",
+                         json={"email": email, "password": "new-user-password",
+                               "first_name": "New", "last_name": "User"})
+
+    @task(10)
+    def dashboard(self):
+        if self.user_id:
+            self.client.get(self._u("users", f"/dashboard/{self.user_id}"),
+                            name="users GET /dashboard/{id}")
+
+    @task(5)
+    def history(self):
+        if self.user_id:
+            self.client.get(self._u("orders", f"/users/{self.user_id}/orders?limit=10"),
+                            name="orders GET /users/{id}/orders")
+
+    @task(3)
+    def stock(self):
+        pid = self._product()
+        if pid:
+            self.client.get(self._u("catalog", f"/inventory/{pid}"), name="catalog GET /inventory/{id}")
+
+    @task(15)
+    def place_order(self):
+        if not self.user_id or len(Pool.products) < 3:
+            return
+        items = [{"product_id": pid, "quantity": random.randint(1, 3)}
+                 for pid in random.sample(Pool.products, random.randint(1, 3))]
+        key = uuid.uuid4().hex
+        value = {"user_id": self.user_id, "items": items, "idempotency_key": key}
+        if _history:
+            _history.invoke(self.process, "create_order", value)
+        with self.client.post(self._u("orders", "/orders"), name="orders POST /orders",
+                              json={"user_id": self.user_id, "items": items},
+                              headers={"Idempotency-Key": key}, catch_response=True) as r:
+            status = r.status_code
+            body = None
+            try:
+                body = r.json()
+            except Exception:  # a non-JSON body (e.g. a proxy's) is recorded as None
+                body = None
+            order = (body or {}).get("order") or {}
+            result = {**value, "status": status, "order_id": order.get("id"),
+                      "order_status": order.get("status")}
+            if status in (200, 201):
+                kind = "ok"
+            elif status in (402, 409):
+                kind = "fail"          # declined / out of stock: definitely no order
+                r.success()
+            elif status == 0 or status >= 500:
+                # Unknown outcome, unless the saga says it compensated everything.
+                kind = "fail" if (body or {}).get("compensated") is True else "info"
+                r.failure(f"HTTP {status}")
+            else:
+                kind = "fail"
+                r.failure(f"HTTP {status}: {str(body)[:200]}")
+            if _history:
+                getattr(_history, kind)(self.process, "create_order", result)
