@@ -1,0 +1,114 @@
+"""Small pure parts: topology layout, durations, verdict composition, percentiles,
+SLO files, the process supervisor."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import textwrap
+
+import pytest
+
+from harness import checks as C
+from harness import procs
+from harness.durations import parse_duration
+from harness.errors import ConfigError, UsageError
+from harness.run import load_slo, percentile
+from harness.topology import layout
+
+
+def test_topologies_place_databases_as_the_seed_options_say():
+    single = layout("single", 15400)
+    assert [i.name for i in single.primaries] == ["pg-main"]
+    assert single.instance_of("users").port == 15400
+    grouped = layout("grouped", 15400)
+    assert grouped.instance_of("orders").name == grouped.instance_of("payments").name == "pg-transactions"
+    assert grouped.instance_of("catalog").name == grouped.instance_of("search").name == "pg-reference"
+    assert grouped.instance_of("users").name == "pg-core"
+    dedicated = layout("dedicated", 15400)
+    assert len({dedicated.instance_of(s).port for s in ("users", "orders", "payments", "catalog", "search")}) == 5
+    for L in (single, grouped, dedicated):
+        assert L.replica.replica_of == L.instance_of("orders").name
+        ports = L.all_ports()
+        assert len(ports) == len(set(ports)) and all(15400 <= p < 15470 for p in ports)
+
+
+def test_layout_rejects_bad_values_by_name():
+    with pytest.raises(UsageError, match="--topology 'star'"):
+        layout("star")
+    with pytest.raises(UsageError, match="--base-port 80"):
+        layout("single", 80)
+
+
+@pytest.mark.parametrize("text,seconds", [("30s", 30), ("15min", 900), ("2h", 7200),
+                                          ("500ms", 0.5), ("12", 12), ("1.5m", 90)])
+def test_durations(text, seconds):
+    assert parse_duration(text, "--duration") == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "-3s", "0", "10 parsecs"])
+def test_bad_durations_name_the_option(bad):
+    with pytest.raises(UsageError, match=r"--duration"):
+        parse_duration(bad, "--duration")
+
+
+def test_worst_verdict_ranks_fail_over_unknown_over_pass():
+    assert C.worst(["pass", "pass"]) == "pass"
+    assert C.worst(["pass", "unknown"]) == "unknown"
+    assert C.worst(["unknown", "fail", "pass"]) == "fail"
+    assert C.worst([]) == "unknown"   # nothing checked is not a pass
+
+
+def test_crashing_checker_is_unknown_never_pass():
+    def boom():
+        raise ZeroDivisionError("no data")
+    c = C.guarded("latency", boom, threshold=5)
+    assert c.verdict == "unknown" and "ZeroDivisionError" in c.details["error"]
+    assert C.at_most("x", None, 1).verdict == "unknown"
+    assert C.at_most("x", 2, 1).verdict == "fail" and C.at_most("x", 1, 1).verdict == "pass"
+    assert C.exit_code("pass") == 0 and C.exit_code("fail") == 1 and C.exit_code("unknown") == 3
+
+
+def test_nearest_rank_percentile_is_exact():
+    vals = sorted(range(1, 101))
+    assert percentile(vals, 50) == 50 and percentile(vals, 95) == 95 and percentile(vals, 99) == 99
+    assert percentile([7.0], 99) == 7.0 and percentile([], 50) is None
+
+
+def test_slo_file_errors_name_the_key(tmp_path):
+    assert load_slo(None, "smoke")["server_errors_max"] == 0
+    f = tmp_path / "slo.yaml"
+    f.write_text(textwrap.dedent("""
+        smoke: {error_rate_max: 0.01, server_errors_max: 0, p95_ms_max: fast, healthy_after_s: 5}
+    """))
+    with pytest.raises(ConfigError, match=r"smoke.p95_ms_max"):
+        load_slo(str(f), "smoke")
+    f.write_text("smoke: {error_rate_max: 0.01, p95_ms_max: 1, healthy_after_s: 1, server_errors_max: 0, p99: 1}\n")
+    with pytest.raises(ConfigError, match=r"smoke.p99: unknown key"):
+        load_slo(str(f), "smoke")
+    with pytest.raises(ConfigError, match=r"no section for scenario 'smoke'"):
+        f.write_text("other: {}\n")
+        load_slo(str(f), "smoke")
+
+
+def test_supervisor_stops_by_pid_and_ignores_reused_pids(tmp_path):
+    _, rec = procs.spawn("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+                         log_path=tmp_path / "s.log")
+    assert procs.is_running(rec)
+    # A record whose start time does not match is not that process: never signalled.
+    impostor = procs.ProcRecord(name="x", pid=rec.pid, start_ticks=rec.start_ticks + 1)
+    assert not procs.is_running(impostor)
+    assert procs.stop(impostor) is True and procs.is_running(rec)
+    assert procs.stop(rec, timeout=5) is True
+    assert not procs.is_running(rec)
+    assert procs.wait_gone(rec.pid, 5)
+
+
+def test_supervisor_escalates_to_sigkill(tmp_path):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    _, rec = procs.spawn("stubborn", [sys.executable, "-c", code], log_path=tmp_path / "s.log")
+    deadline = __import__("time").monotonic() + 10
+    while "ready" not in (tmp_path / "s.log").read_text() and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.05)
+    assert procs.stop(rec, timeout=0.5) is True
+    assert not procs.is_running(rec)
