@@ -195,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"msdb {args.command}: interrupted", file=sys.stderr)
         return 3
+    except Exception:  # a bug of ours: report it, but never as "a check failed" (1)
+        import traceback
+        traceback.print_exc()
+        print(f"msdb {args.command}: internal error (the traceback above is a bug in msdb)",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

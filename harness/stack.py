@@ -16,6 +16,7 @@ import secrets as pysecrets
 import shutil
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -78,7 +79,7 @@ class PartStatus:
 
 
 def _atomic_write_json(path: Path, data: dict, mode: int = 0o600) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as f:
         os.fchmod(f.fileno(), mode)
         json.dump(data, f, indent=2, default=str)
@@ -105,8 +106,8 @@ class Stack:
         self.state_dir = Path(opts.state_dir).resolve()
         self.layout: Layout = layout(opts.topology, opts.base_port)
         self.procs: dict[str, procs.ProcRecord] = {}
-        self._children = []   # Popen objects are not kept; PIDs are reaped by procs
         self.info: dict = {}
+        self._lock = threading.Lock()   # parts start in parallel threads
 
     # -- secrets --------------------------------------------------------------
 
@@ -144,8 +145,9 @@ class Stack:
             marker.write_text(self.opts.topology + "\n")
 
     def _record(self, rec: procs.ProcRecord) -> None:
-        self.procs[rec.name] = rec
-        self._write_info(partial=True)
+        with self._lock:
+            self.procs[rec.name] = rec
+            self._write_info(partial=True)
 
     def start(self, *, log=print) -> dict:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +205,8 @@ class Stack:
             self._start_services(sec)
             log(f"  services healthy ({time.monotonic() - t0:.1f} s)")
         except BaseException:
-            self.stop_all()
+            if not self.stop_all():
+                (self.state_dir / "stack.json").unlink(missing_ok=True)
             raise
         self.info["started_at"] = self.info.get("started_at") or _now()
         self.info["up_seconds"] = round(time.monotonic() - t0, 2)

@@ -153,7 +153,7 @@ async def get_stock(product_id: ProductId):
 
 @app.get("/inventory", tags=["inventory"])
 async def list_stock(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-                     offset: Annotated[int, Query(ge=0)] = 0):
+                     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
     return {"items": await inventory.all_stock(limit=limit, offset=offset)}
 
 

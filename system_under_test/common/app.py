@@ -247,8 +247,11 @@ class Service:
             message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
             if exc.status_code == 404 and message == "Not Found":
                 message = f"no route {request.method} {request.url.path}"
-            return JSON({"error": code, "message": message}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+            body = {"error": code, "message": message}
+            if exc.status_code == 400:
+                # FastAPI's own body-parsing failures (bad encoding, unparseable JSON)
+                body.update(error="invalid_request", field="body", message=f"body: {message}")
+            return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
         @app.exception_handler(BodyTooLarge)
         async def too_large(request: Request, exc: BodyTooLarge):

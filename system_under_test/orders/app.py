@@ -99,7 +99,7 @@ async def get_order(order_id: Annotated[UUID, Path()]):
 @app.get("/orders", tags=["orders"])
 async def list_orders(status: Annotated[Literal["PENDING", "CONFIRMED", "CANCELLED"] | None, Query()] = None,
                       limit: Annotated[int, Query(ge=1, le=10000)] = 100,
-                      offset: Annotated[int, Query(ge=0)] = 0):
+                      offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
     rows = await service.db.fetchall(
         "list_orders", "SELECT id, user_id, total_amount, status, created_at FROM orders "
         "WHERE (%(s)s::text IS NULL OR status = %(s)s) ORDER BY created_at, id "

@@ -1,0 +1,110 @@
+"""Whole-stack lifecycles on the other topologies: foreground + Ctrl-C, up/status/down,
+and that nothing outlives `msdb down`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from fix_stack import TEST_BASE_PORT, wait_no_leftovers
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def msdb(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_dedicated_topology_up_status_isolation_down(tmp_path):
+    state = str(tmp_path / "state")
+    base = str(TEST_BASE_PORT + 100)
+    r = msdb("up", "--topology", "dedicated", "--base-port", base, "--state-dir", state)
+    try:
+        assert r.returncode == 0, r.stderr[-3000:]
+        info = json.loads((tmp_path / "state" / "stack.json").read_text())
+        primaries = [i for i in info["postgres"]["instances"] if i["role"] == "primary"]
+        assert len(primaries) == 5 and len({i["port"] for i in primaries}) == 5
+        st = msdb("status", "--state-dir", state)
+        assert st.returncode == 0, st.stdout + st.stderr
+        assert "streaming" in st.stdout
+        # The orders role does not exist on the users instance at all.
+        mine = conninfo_to_dict(info["databases"]["orders"]["dsn"])
+        other = conninfo_to_dict(info["databases"]["users"]["dsn"])
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(make_conninfo(host=other["host"], port=other["port"], dbname=other["dbname"],
+                                          user=mine["user"], password=mine["password"]))
+        again = msdb("up", "--topology", "dedicated", "--base-port", base, "--state-dir", state)
+        assert again.returncode == 0 and "already running" in again.stdout
+        clash = msdb("up", "--topology", "single", "--base-port", base, "--state-dir", state)
+        assert clash.returncode == 2 and "msdb down" in clash.stderr
+    finally:
+        d = msdb("down", "--state-dir", state)
+    assert d.returncode == 0, d.stderr
+    assert not wait_no_leftovers(info)
+    st = msdb("status", "--state-dir", state)
+    assert st.returncode == 3
+    # A killed part makes status fail, and `up` repairs the stack on the same data.
+    r = msdb("up", "--topology", "dedicated", "--base-port", base, "--state-dir", state)
+    try:
+        assert r.returncode == 0, r.stderr[-3000:]
+        info = json.loads((tmp_path / "state" / "stack.json").read_text())
+        victim = info["services"]["payments"]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (st := msdb("status", "--state-dir", state)).returncode == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert st.returncode == 1 and "payments" in st.stderr
+        fix = msdb("up", "--topology", "dedicated", "--base-port", base, "--state-dir", state)
+        assert fix.returncode == 0, fix.stderr[-3000:]
+        assert msdb("status", "--state-dir", state).returncode == 0
+        info = json.loads((tmp_path / "state" / "stack.json").read_text())
+    finally:
+        msdb("down", "--state-dir", state, "--purge")
+    assert not wait_no_leftovers(info)
+    assert not (tmp_path / "state").exists()
+
+
+def test_grouped_foreground_stops_cleanly_on_ctrl_c(tmp_path):
+    state = tmp_path / "state"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "up", "--foreground",
+                             "--topology", "grouped", "--base-port", str(TEST_BASE_PORT + 200),
+                             "--state-dir", str(state)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    info = None
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                info = json.loads((state / "stack.json").read_text())
+                if info["state"] == "running":
+                    break
+            except (OSError, ValueError):
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        assert info and info["state"] == "running"
+        assert [i["name"] for i in info["postgres"]["instances"] if i["role"] == "primary"] == \
+            ["pg-core", "pg-transactions", "pg-reference"]
+        assert info["replica"]["primary"] == "pg-transactions"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "stopping the stack" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            msdb("down", "--state-dir", str(state))
+    assert not wait_no_leftovers(info)
+    assert not (state / "stack.json").exists()
+    msdb("down", "--state-dir", str(state), "--purge")

@@ -1,0 +1,222 @@
+"""The services through their HTTP APIs: saga, inventory, payments, cache, feeds."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from decimal import Decimal
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def http():
+    with httpx.Client(timeout=30) as c:
+        yield c
+
+
+def new_product(http, urls, *, stock=10, price="10.00", name=None):
+    r = http.post(f"{urls['catalog']}/products", json={
+        "sku": uuid.uuid4().hex[:12], "name": name or f"Test widget {uuid.uuid4().hex[:6]}",
+        "price": price, "stock": stock, "category": "test"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def new_user(http, urls):
+    r = http.post(f"{urls['users']}/users", json={"email": f"{uuid.uuid4().hex[:10]}@example.com",
+                                                   "password": "correct horse"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def stock(http, urls, pid):
+    r = http.get(f"{urls['catalog']}/inventory/{pid}")
+    assert r.status_code == 200
+    return r.json()
+
+
+@pytest.fixture
+def decline_rate(http, urls):
+    def set_rate(rate):
+        r = http.put(f"{urls['payments']}/admin/decline-rate", json={"rate": rate})
+        assert r.status_code == 200
+    yield set_rate
+    set_rate(0.0)
+
+
+def test_saga_happy_path(http, urls):
+    p1, p2 = new_product(http, urls, price="2.50"), new_product(http, urls, price="10.00")
+    user = new_user(http, urls)
+    r = http.post(f"{urls['orders']}/orders", json={"user_id": user["id"], "items": [
+        {"product_id": p1["id"], "quantity": 2}, {"product_id": p2["id"], "quantity": 1}]})
+    assert r.status_code == 201, r.text
+    order = r.json()["order"]
+    assert order["status"] == "CONFIRMED" and Decimal(order["total_amount"]) == Decimal("15.00")
+    s1 = stock(http, urls, p1["id"])
+    assert (s1["available"], s1["reserved"], s1["sold"]) == (8, 0, 2)
+    pay = http.get(f"{urls['payments']}/payments/by-order/{order['id']}").json()
+    assert pay["status"] == "CAPTURED" and Decimal(pay["amount"]) == Decimal("15.00")
+    assert http.get(f"{urls['orders']}/orders/{order['id']}").json()["status"] == "CONFIRMED"
+
+
+def test_saga_compensates_a_declined_payment(http, urls, decline_rate):
+    p = new_product(http, urls, stock=5)
+    user = new_user(http, urls)
+    decline_rate(1.0)
+    r = http.post(f"{urls['orders']}/orders", json={"user_id": user["id"],
+                                                    "items": [{"product_id": p["id"], "quantity": 3}]})
+    assert r.status_code == 402, r.text
+    body = r.json()
+    assert body["field"] == "payment" and body["compensated"] is True
+    assert body["order"]["status"] == "CANCELLED"
+    s = stock(http, urls, p["id"])
+    assert (s["available"], s["reserved"], s["sold"]) == (5, 0, 0)     # released
+    res = http.get(f"{urls['catalog']}/inventory/reservations/{body['order']['id']}").json()
+    assert res["state"] == "RELEASED"
+    pay = http.get(f"{urls['payments']}/payments/by-order/{body['order']['id']}").json()
+    assert pay["status"] == "DECLINED"
+
+
+def test_out_of_stock_rejects_without_an_order(http, urls):
+    p = new_product(http, urls, stock=1)
+    user = new_user(http, urls)
+    r = http.post(f"{urls['orders']}/orders", json={"user_id": user["id"],
+                                                    "items": [{"product_id": p["id"], "quantity": 2}]})
+    assert r.status_code == 409 and r.json()["field"] == "items"
+    assert stock(http, urls, p["id"])["available"] == 1
+    r = http.get(f"{urls['orders']}/users/{user['id']}/orders", params={"read": "primary"})
+    assert r.json()["items"] == []
+
+
+def test_idempotency_key_gives_exactly_one_order(http, urls):
+    p = new_product(http, urls, stock=10)
+    user = new_user(http, urls)
+    body = {"user_id": user["id"], "items": [{"product_id": p["id"], "quantity": 1}]}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = http.post(f"{urls['orders']}/orders", json=body, headers=key)
+    again = http.post(f"{urls['orders']}/orders", json=body, headers=key)
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["order"]["id"] == again.json()["order"]["id"] and again.json()["replayed"]
+    assert stock(http, urls, p["id"])["sold"] == 1
+    r = http.get(f"{urls['orders']}/users/{user['id']}/orders", params={"read": "primary"})
+    assert len(r.json()["items"]) == 1
+    other = http.post(f"{urls['orders']}/orders", headers=key, json={**body, "items": [
+        {"product_id": p["id"], "quantity": 2}]})
+    assert other.status_code == 409 and other.json()["field"] == "Idempotency-Key"
+
+
+def test_inventory_is_idempotent_by_order_id(http, urls):
+    p = new_product(http, urls, stock=10)
+    order = str(uuid.uuid4())
+    req = {"order_id": order, "items": [{"product_id": p["id"], "quantity": 4}]}
+    r1 = http.post(f"{urls['catalog']}/inventory/reservations", json=req)
+    r2 = http.post(f"{urls['catalog']}/inventory/reservations", json=req)
+    assert (r1.status_code, r2.status_code) == (201, 200)
+    assert stock(http, urls, p["id"])["available"] == 6 and stock(http, urls, p["id"])["reserved"] == 4
+    for _ in range(2):
+        assert http.post(f"{urls['catalog']}/inventory/reservations/{order}/confirm").status_code == 200
+    s = stock(http, urls, p["id"])
+    assert (s["available"], s["reserved"], s["sold"]) == (6, 0, 4)
+    for _ in range(2):
+        assert http.post(f"{urls['catalog']}/inventory/reservations/{order}/release").status_code == 200
+    s = stock(http, urls, p["id"])
+    assert (s["available"], s["reserved"], s["sold"]) == (10, 0, 0)
+    # Releasing what never was reserved is a harmless no-op (a compensation may race ahead).
+    r = http.post(f"{urls['catalog']}/inventory/reservations/{uuid.uuid4()}/release")
+    assert r.status_code == 200 and r.json()["state"] == "NONE"
+    diff = http.post(f"{urls['catalog']}/inventory/reservations",
+                     json={**req, "items": [{"product_id": p["id"], "quantity": 1}]})
+    assert diff.status_code == 409
+
+
+def test_stock_never_goes_negative_under_concurrent_reservations(http, urls):
+    import concurrent.futures as cf
+    p = new_product(http, urls, stock=5)
+
+    def reserve(_):
+        with httpx.Client(timeout=30) as c:
+            return c.post(f"{urls['catalog']}/inventory/reservations", json={
+                "order_id": str(uuid.uuid4()), "items": [{"product_id": p["id"], "quantity": 1}]}).status_code
+    with cf.ThreadPoolExecutor(8) as ex:
+        codes = list(ex.map(reserve, range(12)))
+    assert codes.count(201) == 5 and codes.count(409) == 7, codes
+    s = stock(http, urls, p["id"])
+    assert (s["available"], s["reserved"]) == (0, 5)
+
+
+def test_payments_idempotent_and_refund_before_charge_voids(http, urls):
+    order, user = str(uuid.uuid4()), str(uuid.uuid4())
+    body = {"order_id": order, "user_id": user, "amount": "12.34"}
+    assert http.post(f"{urls['payments']}/payments", json=body).status_code == 201
+    assert http.post(f"{urls['payments']}/payments", json=body).status_code == 200
+    assert http.post(f"{urls['payments']}/payments", json={**body, "amount": "99.00"}).status_code == 409
+    assert http.post(f"{urls['payments']}/payments/{order}/refund").json()["status"] == "REFUNDED"
+    assert http.post(f"{urls['payments']}/payments/{order}/refund").json()["status"] == "REFUNDED"
+    late = str(uuid.uuid4())
+    assert http.post(f"{urls['payments']}/payments/{late}/refund").json()["status"] == "VOIDED"
+    r = http.post(f"{urls['payments']}/payments", json={**body, "order_id": late})
+    assert r.status_code == 409 and r.json()["field"] == "order_id"
+
+
+def test_cache_aside_read_and_invalidation_on_write(http, urls):
+    p = new_product(http, urls, price="5.00")
+    url = f"{urls['catalog']}/products/{p['id']}"
+    assert http.get(url).headers["x-cache"] == "miss"
+    hit = http.get(url)
+    assert hit.headers["x-cache"] == "hit" and hit.json()["price"] == "5.00"
+    r = http.patch(url, json={"price": "7.25"})
+    assert r.status_code == 200 and r.json()["version"] == 2
+    after = http.get(url)
+    assert after.headers["x-cache"] == "miss" and after.json()["price"] == "7.25"
+    assert http.get(url).headers["x-cache"] == "hit"
+
+
+def test_search_is_fed_from_catalog_changes(http, urls):
+    word = "zq" + uuid.uuid4().hex[:8]
+    p = new_product(http, urls, name=f"Gizmo {word}")
+    deadline = time.monotonic() + 15
+    while True:
+        items = http.get(f"{urls['search']}/search", params={"q": word}).json()["items"]
+        if items:
+            break
+        assert time.monotonic() < deadline, "product never reached the search index"
+        time.sleep(0.1)
+    assert items[0]["product_id"] == p["id"]
+    http.patch(f"{urls['catalog']}/products/{p['id']}", json={"name": f"Gadget {word}"})
+    deadline = time.monotonic() + 15
+    while http.get(f"{urls['search']}/documents/{p['id']}").json()["version"] != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert http.get(f"{urls['search']}/search", params={"q": "Gadget " + word}).json()["items"]
+
+
+def test_analytics_receives_order_facts(http, urls):
+    p = new_product(http, urls, price="3.00")
+    user = new_user(http, urls)
+    r = http.post(f"{urls['orders']}/orders", json={"user_id": user["id"],
+                                                    "items": [{"product_id": p["id"], "quantity": 2}]})
+    oid = r.json()["order"]["id"]
+    deadline = time.monotonic() + 15
+    while (f := http.get(f"{urls['analytics']}/sales/orders/{oid}")).status_code != 200:
+        assert time.monotonic() < deadline, "order never reached analytics"
+        time.sleep(0.1)
+    assert f.json()["status"] == "CONFIRMED" and Decimal(f.json()["total_amount"]) == Decimal("6.00")
+
+
+def test_login_session_and_dashboard_composition(http, urls):
+    user = new_user(http, urls)
+    r = http.post(f"{urls['users']}/sessions", json={"email": user["email"], "password": "correct horse"})
+    assert r.status_code == 201
+    tok = r.json()["token"]
+    assert http.get(f"{urls['users']}/sessions/{tok}").json()["user_id"] == user["id"]
+    bad = http.post(f"{urls['users']}/sessions", json={"email": user["email"], "password": "wrong pw"})
+    assert bad.status_code == 401 and bad.json()["field"] == "password"
+    prof = http.put(f"{urls['users']}/users/{user['id']}/profile", json={"preferences": {"lang": "ja"}})
+    assert prof.json()["profile"]["preferences"] == {"lang": "ja"}
+    d = http.get(f"{urls['users']}/dashboard/{user['id']}").json()
+    assert d["user"]["id"] == user["id"] and d["partial"] == []
+    assert d["orders"]["items"] == [] and d["payments"]["items"] == []
