@@ -5,6 +5,11 @@
 
 Every transaction is named; its time inside the database (after the
 connection was acquired) goes to db_query_duration_seconds{pool,query}.
+
+Connections are in autocommit mode: a single statement (fetchone, fetchall,
+execute) is one round trip, with no BEGIN/COMMIT around it; `transaction()`
+opens an explicit transaction in pipeline mode, so BEGIN travels with the
+first statement and COMMIT with the last.
 psycopg and pool errors are translated here into `Unavailable` (503).
 """
 
@@ -34,7 +39,7 @@ class Database:
             cfg.conninfo(host=host, port=port),
             min_size=cfg.pool.min, max_size=cfg.pool.max,
             timeout=cfg.pool.acquire / 1000.0, max_idle=cfg.pool.idle / 1000.0,
-            kwargs={"row_factory": dict_row}, name=f"{cfg.username}-{name}", open=False,
+            kwargs={"row_factory": dict_row, "autocommit": True}, name=f"{cfg.username}-{name}", open=False,
             # A pool that cannot connect keeps trying; /health says so meanwhile.
             reconnect_timeout=3600.0,
         )
@@ -52,13 +57,15 @@ class Database:
         await self.pool.close(timeout=2.0)
 
     @asynccontextmanager
-    async def transaction(self, query: str) -> AsyncIterator[psycopg.AsyncConnection]:
-        """A connection in a transaction; commits on success."""
+    async def _connection(self, query: str, *, transaction: bool) -> AsyncIterator[psycopg.AsyncConnection]:
         try:
             async with self.pool.connection() as conn:
                 start = time.perf_counter()
                 try:
-                    async with conn.transaction():
+                    if transaction:
+                        async with conn.pipeline(), conn.transaction():
+                            yield conn
+                    else:
                         yield conn
                 finally:
                     DB_LATENCY.labels(self.name, query).observe(time.perf_counter() - start)
@@ -68,23 +75,26 @@ class Database:
                               retry_after=1, extra={"store": self.cfg.name}) from None
         except PoolClosed:
             raise Unavailable("service is shutting down") from None
-        except (psycopg.OperationalError, psycopg.errors.QueryCanceled,
-                psycopg.errors.AdminShutdown) as e:
+        except (psycopg.OperationalError, psycopg.errors.QueryCanceled) as e:
             raise Unavailable(f"database {self.cfg.name} unavailable: "
                               f"{type(e).__name__}", extra={"store": self.cfg.name}) from None
 
+    def transaction(self, query: str):
+        """A connection inside a transaction; commits on success, rolls back on error."""
+        return self._connection(query, transaction=True)
+
     async def fetchone(self, query: str, sql: str, params: Any = None) -> dict | None:
-        async with self.transaction(query) as conn:
+        async with self._connection(query, transaction=False) as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchone()
 
     async def fetchall(self, query: str, sql: str, params: Any = None) -> list[dict]:
-        async with self.transaction(query) as conn:
+        async with self._connection(query, transaction=False) as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
     async def execute(self, query: str, sql: str, params: Any = None) -> int:
-        async with self.transaction(query) as conn:
+        async with self._connection(query, transaction=False) as conn:
             cur = await conn.execute(sql, params)
             return cur.rowcount
 

@@ -9,7 +9,7 @@
     └── Unavailable     503      a store or peer is down / pool exhausted
                                  (with Retry-After)
 
-Third-party errors (psycopg, redis, httpx) are translated where they enter:
+Third-party errors (psycopg, redis, aiohttp) are translated where they enter:
 in common/db.py, common/peers.py and common/cache.py.
 """
 

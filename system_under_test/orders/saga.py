@@ -144,17 +144,18 @@ class OrderSaga:
 
         # 2. Create the order (local transaction, together with the saga log).
         async with self.db.transaction("create_order") as conn:
-            await conn.execute(
-                "INSERT INTO orders (id, user_id, total_amount, status) VALUES (%s, %s, %s, 'PENDING')",
-                (order_id, user_id, total))
-            async with conn.cursor() as cur:
-                await cur.executemany(
+            cur = await conn.execute(
+                "INSERT INTO orders (id, user_id, total_amount, status) VALUES (%s, %s, %s, 'PENDING') "
+                "RETURNING created_at", (order_id, user_id, total))
+            async with conn.cursor() as c2:
+                await c2.executemany(
                     "INSERT INTO order_items (order_id, product_id, quantity, unit_price) "
                     "VALUES (%s, %s, %s, %s)",
                     [(order_id, i["product_id"], i["quantity"], prices[i["product_id"]])
                      for i in request["items"]])
             await conn.execute("UPDATE sagas SET state = 'CHARGING', updated_at = now() "
                                "WHERE id = %s", (saga_id,))
+            created_at = (await cur.fetchone())["created_at"]
 
         # 3. Charge.
         try:
@@ -179,7 +180,12 @@ class OrderSaga:
             await conn.execute("UPDATE orders SET status = 'CONFIRMED' WHERE id = %s", (order_id,))
             await conn.execute("UPDATE sagas SET state = 'COMPLETED', updated_at = now() "
                                "WHERE id = %s", (saga_id,))
-        order = await self.get_order(order_id)
+        # Built from what was written rather than read back: one round trip less.
+        order = {"id": order_id, "user_id": user_id, "total_amount": total, "status": "CONFIRMED",
+                 "created_at": created_at,
+                 "items": sorted(({"product_id": uuid.UUID(i["product_id"]), "quantity": i["quantity"],
+                                   "unit_price": prices[i["product_id"]]} for i in request["items"]),
+                                 key=lambda i: i["product_id"])}
         await self.publish(order)
         return 201, {"order": order, "saga_id": saga_id}
 

@@ -1,0 +1,167 @@
+"""Walking-skeleton benchmark, measured side by side in one run.
+
+    python benchmarks/bench_stack.py [--base-port 35400] [--step-seconds 10]
+
+1. cold `msdb up` time on a fresh state dir            (target <= 20 s on 2 cores)
+2. idle stack RSS: every process the stack started plus
+   their process-group members (PostgreSQL backends)     (target <= 1.5 GB)
+3. pgbench TPC-B tps on the orders instance (scale 10, 8 clients, 2 threads)
+4. the sustained rate of POST /orders (the whole saga) at p99 <= 300 ms:
+   closed-loop clients in steps of 2, 4, 8, 16, 32; the best step whose p99
+   stays within 300 ms
+5. the ratio (4) / (3)                                    (target >= 0.10)
+
+The machine is shared and noisy: the figures are for the README, never for
+asserts in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.pg import PgRuntime  # noqa: E402
+from scenarios.seed import seed  # noqa: E402
+
+
+def msdb(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+
+
+def group_rss_kb(pgids: set[int]) -> int:
+    total = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            pgid = int(stat[stat.rfind(")") + 2:].split()[2])
+            if pgid not in pgids:
+                continue
+            m = re.search(r"^VmRSS:\s+(\d+) kB", (d / "status").read_text(), re.M)
+            total += int(m.group(1)) if m else 0
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def pgbench_tps(info: dict, seconds: int) -> float:
+    inst = next(i for i in info["postgres"]["instances"] if i["role"] == "primary" and "orders" in i["services"])
+    rt = PgRuntime.for_state_dir(Path(info["state_dir"]))
+    pw = re.match(r"postgresql://postgres:([^@]+)@", inst["admin_dsn"]).group(1)
+    env = {"PGPASSWORD": pw, "PATH": "/usr/bin:/bin"}
+    common = ["-h", "127.0.0.1", "-p", str(inst["port"]), "-U", "postgres"]
+    import psycopg
+    with psycopg.connect(inst["admin_dsn"], autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS pgbench_db")
+        c.execute("CREATE DATABASE pgbench_db")
+    bin_dir = rt.bin_dir
+    subprocess.run([str(bin_dir / "pgbench"), "-i", "-s", "10", "-q", *common, "pgbench_db"],
+                   env=env, check=True, capture_output=True)
+    r = subprocess.run([str(bin_dir / "pgbench"), "-c", "8", "-j", "2", "-T", str(seconds), *common,
+                        "pgbench_db"], env=env, check=True, capture_output=True, text=True)
+    tps = float(re.search(r"tps = ([\d.]+)", r.stdout).group(1))
+    with psycopg.connect(inst["admin_dsn"], autocommit=True) as c:
+        c.execute("DROP DATABASE pgbench_db")
+    return tps
+
+
+async def order_step(orders_url: str, users: list[str], products: list[str], clients: int,
+                     seconds: float) -> dict:
+    lat: list[float] = []
+    errors = 0
+    stop_at = time.monotonic() + seconds
+    # aiohttp: the lightest asyncio client, so the load generator steals little CPU.
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(orders_url, connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as client:
+        async def worker():
+            nonlocal errors
+            while time.monotonic() < stop_at:
+                items = [{"product_id": p, "quantity": random.randint(1, 3)}
+                         for p in random.sample(products, random.randint(1, 3))]
+                t = time.perf_counter()
+                async with client.post("/orders", json={"user_id": random.choice(users), "items": items},
+                                       headers={"Idempotency-Key": uuid.uuid4().hex}) as r:
+                    await r.read()
+                    status = r.status
+                lat.append((time.perf_counter() - t) * 1000)
+                if status != 201:
+                    errors += 1
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.monotonic() - t0
+    lat.sort()
+    p99 = lat[max(0, math.ceil(0.99 * len(lat)) - 1)] if lat else None
+    p50 = lat[max(0, math.ceil(0.50 * len(lat)) - 1)] if lat else None
+    return {"clients": clients, "orders": len(lat), "rate": len(lat) / elapsed, "p50_ms": p50,
+            "p99_ms": p99, "errors": errors}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base-port", default="35400")
+    ap.add_argument("--step-seconds", type=float, default=10.0)
+    ap.add_argument("--pgbench-seconds", type=int, default=15)
+    ap.add_argument("--topology", default="single")
+    args = ap.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="msdb-bench-"))
+    try:
+        t0 = time.monotonic()
+        r = msdb("up", "--state-dir", str(state), "--base-port", args.base_port, "--topology", args.topology)
+        cold_up = time.monotonic() - t0
+        if r.returncode != 0:
+            print(r.stdout, r.stderr)
+            return 3
+        info = json.loads((state / "stack.json").read_text())
+        time.sleep(5)
+        rss_mb = group_rss_kb({p["pid"] for p in info["processes"]}) / 1024
+
+        tps = pgbench_tps(info, args.pgbench_seconds)
+
+        data = seed(info["services"], users=50, products=200, stock=10_000_000)
+        users = [u["id"] for u in data["users"]]
+        steps = []
+        for clients in (2, 4, 8, 16, 32):
+            res = asyncio.run(order_step(info["services"]["orders"]["url"], users, data["products"],
+                                         clients, args.step_seconds))
+            steps.append(res)
+            print(f"  POST /orders with {clients:>2} clients: {res['rate']:7.1f}/s  p50 {res['p50_ms']:6.1f} ms  "
+                  f"p99 {res['p99_ms']:6.1f} ms  errors {res['errors']}")
+            if res["p99_ms"] > 300:
+                break
+        ok = [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] <= 300 and s["errors"] == 0]
+        best = max(ok, key=lambda s: s["rate"]) if ok else None
+        rate = best["rate"] if best else 0.0
+        ratio = rate / tps if tps else float("nan")
+        print()
+        print(f"cold msdb up ({args.topology}):           {cold_up:6.1f} s    (target <= 20 s)")
+        print(f"idle stack RSS:                     {rss_mb:6.0f} MB   (target <= 1536 MB)")
+        print(f"pgbench TPC-B on orders instance:   {tps:8.0f} tps")
+        print(f"POST /orders at p99 <= 300 ms:      {rate:8.1f} /s   ({best['clients'] if best else '-'} clients)")
+        print(f"ratio orders/pgbench:               {ratio:8.3f}      (target >= 0.10)")
+        return 0
+    finally:
+        msdb("down", "--state-dir", str(state), "--purge")
+        shutil.rmtree(state, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
