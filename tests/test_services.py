@@ -220,3 +220,23 @@ def test_login_session_and_dashboard_composition(http, urls):
     d = http.get(f"{urls['users']}/dashboard/{user['id']}").json()
     assert d["user"]["id"] == user["id"] and d["partial"] == []
     assert d["orders"]["items"] == [] and d["payments"]["items"] == []
+
+
+def test_profile_update_of_unknown_user_is_404(http, urls):
+    r = http.put(f"{urls['users']}/users/{uuid.uuid4()}/profile", json={"avatar_url": "x"})
+    assert r.status_code == 404 and r.json()["field"] == "user_id"
+
+
+def test_release_after_confirm_restocks_and_confirm_after_release_conflicts(http, urls):
+    p = new_product(http, urls, stock=10)
+    order = str(uuid.uuid4())
+    req = {"order_id": order, "items": [{"product_id": p["id"], "quantity": 3}]}
+    assert http.post(f"{urls['catalog']}/inventory/reservations", json=req).status_code == 201
+    assert http.post(f"{urls['catalog']}/inventory/reservations/{order}/confirm").status_code == 200
+    assert http.post(f"{urls['catalog']}/inventory/reservations/{order}/release").json()["state"] == "RELEASED"
+    s = stock(http, urls, p["id"])
+    assert (s["available"], s["reserved"], s["sold"]) == (10, 0, 0)
+    r = http.post(f"{urls['catalog']}/inventory/reservations/{order}/confirm")
+    assert r.status_code == 409 and r.json()["field"] == "order_id"
+    r = http.post(f"{urls['catalog']}/inventory/reservations/{uuid.uuid4()}/confirm")
+    assert r.status_code == 404

@@ -120,39 +120,40 @@ class Inventory:
         return existing, False
 
     async def _reserve_once(self, order_id: UUID, wanted: dict) -> tuple[dict, bool]:
+        pids = sorted(wanted)
+        qtys = [wanted[p] for p in pids]
         async with self.db.transaction("reserve_stock") as conn:
             cur = await conn.execute(
-                "SELECT product_id, quantity, state FROM reservations WHERE order_id = %s",
-                (order_id,))
+                "SELECT product_id, quantity FROM reservations WHERE order_id = %s", (order_id,))
             existing = await cur.fetchall()
             if existing:
-                have = {r["product_id"]: r["quantity"] for r in existing}
-                if have != wanted:
+                if {r["product_id"]: r["quantity"] for r in existing} != wanted:
                     raise Conflict(f"order {order_id} already has a different reservation",
                                    field="items")
             else:
-                # Lock rows in one order (by product id) so concurrent sagas cannot deadlock.
-                for i, pid in enumerate(sorted(wanted)):
-                    q = wanted[pid]
-                    cur = await conn.execute(
-                        "UPDATE inventory SET available = available - %s, reserved = reserved + %s "
-                        "WHERE product_id = %s AND available >= %s RETURNING available",
-                        (q, q, pid, q))
-                    if await cur.fetchone() is None:
-                        cur = await conn.execute(
-                            "SELECT available FROM inventory WHERE product_id = %s", (pid,))
-                        row = await cur.fetchone()
-                        if row is None:
-                            raise NotFound(f"product {pid} does not exist", field="items",
-                                           extra={"product_id": str(pid)})
+                # Lock the stock rows in one order (by product id) so that concurrent
+                # sagas cannot deadlock, and read availability and prices at once.
+                cur = await conn.execute(
+                    "SELECT i.product_id, i.available FROM inventory i "
+                    "WHERE i.product_id = ANY(%s) ORDER BY i.product_id FOR UPDATE", (pids,))
+                have = {r["product_id"]: r["available"] for r in await cur.fetchall()}
+                for pid, q in zip(pids, qtys):
+                    if pid not in have:
+                        raise NotFound(f"product {pid} does not exist", field="items",
+                                       extra={"product_id": str(pid)})
+                    if have[pid] < q:
                         raise Conflict(f"not enough stock for product {pid}: {q} wanted, "
-                                       f"{row['available']} available", field="items",
-                                       extra={"product_id": str(pid), "available": row["available"]})
-                async with conn.cursor() as c2:
-                    await c2.executemany(
-                        "INSERT INTO reservations (order_id, product_id, quantity, state) "
-                        "VALUES (%s, %s, %s, 'RESERVED')",
-                        [(order_id, pid, q) for pid, q in sorted(wanted.items())])
+                                       f"{have[pid]} available", field="items",
+                                       extra={"product_id": str(pid), "available": have[pid]})
+                # Pipelined: both statements travel with the COMMIT.
+                await conn.execute(
+                    "UPDATE inventory i SET available = i.available - r.q, reserved = i.reserved + r.q "
+                    "FROM unnest(%s::uuid[], %s::int[]) AS r(pid, q) WHERE i.product_id = r.pid",
+                    (pids, qtys))
+                await conn.execute(
+                    "INSERT INTO reservations (order_id, product_id, quantity, state) "
+                    "SELECT %s, pid, q, 'RESERVED' FROM unnest(%s::uuid[], %s::int[]) AS r(pid, q)",
+                    (order_id, pids, qtys))
             cur = await conn.execute(
                 "SELECT r.product_id, r.quantity, r.state, (p.doc->>'price')::numeric AS unit_price "
                 "FROM reservations r JOIN products p ON p.id = r.product_id "
@@ -163,46 +164,52 @@ class Inventory:
     async def confirm(self, order_id: UUID) -> dict:
         """RESERVED -> CONFIRMED (reserved stock becomes sold).  Idempotent."""
         async with self.db.transaction("confirm_stock") as conn:
-            rows = await self._lock(conn, order_id)
-            if not rows:
-                raise NotFound(f"order {order_id} has no reservation", field="order_id")
-            states = {r["state"] for r in rows}
-            if "RELEASED" in states:
-                raise Conflict(f"reservation of order {order_id} was released", field="order_id")
-            for r in rows:
-                if r["state"] == "RESERVED":
-                    await conn.execute(
-                        "UPDATE inventory SET reserved = reserved - %s, sold = sold + %s "
-                        "WHERE product_id = %s", (r["quantity"], r["quantity"], r["product_id"]))
-            await conn.execute("UPDATE reservations SET state = 'CONFIRMED', updated_at = now() "
-                               "WHERE order_id = %s AND state = 'RESERVED'", (order_id,))
+            await self._lock_stock(conn, order_id)
+            cur = await conn.execute(
+                "WITH r AS (UPDATE reservations SET state = 'CONFIRMED', updated_at = now() "
+                "WHERE order_id = %s AND state = 'RESERVED' RETURNING product_id, quantity) "
+                "UPDATE inventory i SET reserved = i.reserved - r.quantity, sold = i.sold + r.quantity "
+                "FROM r WHERE i.product_id = r.product_id RETURNING i.product_id", (order_id,))
+            # (rows are fetched, not counted with rowcount: in pipeline mode a
+            # result only exists once fetched)
+            if not await cur.fetchall():   # nothing to confirm: repeated, released, or unknown
+                states = await self._states(conn, order_id)
+                if not states:
+                    raise NotFound(f"order {order_id} has no reservation", field="order_id")
+                if "RELEASED" in states:
+                    raise Conflict(f"reservation of order {order_id} was released", field="order_id")
         return {"order_id": order_id, "state": "CONFIRMED"}
 
     async def release(self, order_id: UUID) -> dict:
         """Give the stock back.  Idempotent; releasing nothing is a no-op."""
         async with self.db.transaction("release_stock") as conn:
-            rows = await self._lock(conn, order_id)
-            if not rows:
+            await self._lock_stock(conn, order_id)
+            cur = await conn.execute(
+                "WITH r AS (UPDATE reservations n SET state = 'RELEASED', updated_at = now() "
+                "FROM reservations o WHERE n.order_id = %s AND n.state <> 'RELEASED' "
+                "AND o.order_id = n.order_id AND o.product_id = n.product_id "
+                "RETURNING n.product_id, n.quantity, o.state AS was) "
+                "UPDATE inventory i SET available = i.available + r.quantity, "
+                "reserved = i.reserved - CASE WHEN r.was = 'RESERVED' THEN r.quantity ELSE 0 END, "
+                "sold = i.sold - CASE WHEN r.was = 'CONFIRMED' THEN r.quantity ELSE 0 END "
+                "FROM r WHERE i.product_id = r.product_id RETURNING i.product_id", (order_id,))
+            if not await cur.fetchall() and not await self._states(conn, order_id):
                 return {"order_id": order_id, "state": "NONE"}
-            for r in rows:
-                if r["state"] == "RESERVED":
-                    await conn.execute(
-                        "UPDATE inventory SET reserved = reserved - %s, available = available + %s "
-                        "WHERE product_id = %s", (r["quantity"], r["quantity"], r["product_id"]))
-                elif r["state"] == "CONFIRMED":
-                    await conn.execute(
-                        "UPDATE inventory SET sold = sold - %s, available = available + %s "
-                        "WHERE product_id = %s", (r["quantity"], r["quantity"], r["product_id"]))
-            await conn.execute("UPDATE reservations SET state = 'RELEASED', updated_at = now() "
-                               "WHERE order_id = %s AND state <> 'RELEASED'", (order_id,))
         return {"order_id": order_id, "state": "RELEASED"}
 
     @staticmethod
-    async def _lock(conn, order_id: UUID) -> list[dict]:
-        cur = await conn.execute(
-            "SELECT product_id, quantity, state FROM reservations WHERE order_id = %s "
+    async def _lock_stock(conn, order_id: UUID) -> None:
+        """Lock this order's stock rows in product order (the order reserve uses)."""
+        await conn.execute(
+            "SELECT 1 FROM inventory WHERE product_id IN "
+            "(SELECT product_id FROM reservations WHERE order_id = %s) "
             "ORDER BY product_id FOR UPDATE", (order_id,))
-        return await cur.fetchall()
+
+    @staticmethod
+    async def _states(conn, order_id: UUID) -> set[str]:
+        cur = await conn.execute("SELECT DISTINCT state FROM reservations WHERE order_id = %s",
+                                 (order_id,))
+        return {r["state"] for r in await cur.fetchall()}
 
 
 def _reservation(order_id: UUID, rows: list[dict]) -> dict:

@@ -124,8 +124,9 @@ async def get_user(user_id: UserId):
 @app.put("/users/{user_id}/profile", tags=["users"])
 async def update_profile(user_id: UserId, body: ProfileUpdate):
     async with service.db.transaction("update_profile") as conn:
-        cur = await conn.execute("UPDATE users SET updated_at = now() WHERE id = %s", (user_id,))
-        if cur.rowcount == 0:
+        cur = await conn.execute("UPDATE users SET updated_at = now() WHERE id = %s RETURNING id",
+                                 (user_id,))
+        if await cur.fetchone() is None:
             raise NotFound(f"user {user_id} does not exist", field="user_id")
         await conn.execute(
             "INSERT INTO user_profiles (user_id, avatar_url, preferences) VALUES (%s, %s, %s) "
