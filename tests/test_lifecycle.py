@@ -24,8 +24,16 @@ def msdb(*args, timeout=180):
                           text=True, timeout=timeout)
 
 
-def test_dedicated_topology_up_status_isolation_down(tmp_path):
-    state = str(tmp_path / "state")
+@pytest.fixture
+def purged(tmp_path):
+    """A state dir whose data (also under /var/lib/msdb as root) is purged whatever happens."""
+    state = tmp_path / "state"
+    yield state
+    msdb("down", "--state-dir", str(state), "--purge")
+
+
+def test_dedicated_topology_up_status_isolation_down(tmp_path, purged):
+    state = str(purged)
     base = str(TEST_BASE_PORT + 100)
     r = msdb("up", "--topology", "dedicated", "--base-port", base, "--state-dir", state)
     try:
@@ -74,8 +82,8 @@ def test_dedicated_topology_up_status_isolation_down(tmp_path):
     assert not (tmp_path / "state").exists()
 
 
-def test_grouped_foreground_stops_cleanly_on_ctrl_c(tmp_path):
-    state = tmp_path / "state"
+def test_grouped_foreground_stops_cleanly_on_ctrl_c(purged):
+    state = purged
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "up", "--foreground",
                              "--topology", "grouped", "--base-port", str(TEST_BASE_PORT + 200),
                              "--state-dir", str(state)], stdout=subprocess.PIPE,
@@ -107,4 +115,3 @@ def test_grouped_foreground_stops_cleanly_on_ctrl_c(tmp_path):
             msdb("down", "--state-dir", str(state))
     assert not wait_no_leftovers(info)
     assert not (state / "stack.json").exists()
-    msdb("down", "--state-dir", str(state), "--purge")
