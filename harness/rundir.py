@@ -62,9 +62,14 @@ class HistoryWriter:
         self._lock = threading.Lock()
         self._t0 = time.monotonic_ns()
         self.index = 0
+        self._open: dict[str, tuple[str, Any]] = {}   # process -> (f, value) of its pending invoke
 
     def _write(self, type_: str, process: str, f: str, value: Any) -> None:
         with self._lock:
+            if type_ == "invoke":
+                self._open[process] = (f, value)
+            else:
+                self._open.pop(process, None)
             rec = {"index": self.index, "type": type_, "process": process, "f": f, "value": value,
                    "time": time.monotonic_ns() - self._t0, "wall": utc_now()}
             self.index += 1
@@ -83,6 +88,11 @@ class HistoryWriter:
         self._write("info", process, f, value)
 
     def close(self) -> None:
+        """Close the history; an operation still in flight ends as `info`
+        (its outcome is unknown: the run stopped while it was pending)."""
+        for process, (f, value) in list(self._open.items()):
+            v = dict(value) if isinstance(value, dict) else {"value": value}
+            self.info(process, f, {**v, "error": "run ended before the operation completed"})
         with self._lock:
             if not self._f.closed:
                 self._f.close()

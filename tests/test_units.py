@@ -112,3 +112,18 @@ def test_supervisor_escalates_to_sigkill(tmp_path):
         __import__("time").sleep(0.05)
     assert procs.stop(rec, timeout=0.5) is True
     assert not procs.is_running(rec)
+
+
+def test_history_closes_pending_operations_as_info(tmp_path):
+    import json
+    from harness.rundir import HistoryWriter
+    h = HistoryWriter(tmp_path / "history.jsonl")
+    h.invoke("p1", "create_order", {"k": 1})
+    h.ok("p1", "create_order", {"k": 1, "status": 201})
+    h.invoke("p2", "create_order", {"k": 2})      # never completes
+    h.close()
+    ops = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [(o["process"], o["type"]) for o in ops] == [("p1", "invoke"), ("p1", "ok"),
+                                                        ("p2", "invoke"), ("p2", "info")]
+    assert ops[-1]["value"]["k"] == 2 and "run ended" in ops[-1]["value"]["error"]
+    assert [o["index"] for o in ops] == [0, 1, 2, 3]
