@@ -17,7 +17,6 @@ the heavy modules inside the command functions, never at the top.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path

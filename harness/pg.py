@@ -347,27 +347,19 @@ class PgInstance:
         procs.wait_gone(pid, 10.0)
 
     def wait_ready(self, rec: procs.ProcRecord, timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if not procs.is_running(rec):
-                raise StartupError(f"PostgreSQL {self.name} exited during start-up; "
-                                   f"log {self.log_path}:\n{_tail(self.log_path)}")
+        def probe() -> str | None:
             try:
                 with self.connect() as c:
                     in_recovery = c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-                if in_recovery == self.is_replica:
-                    return
-                last = f"pg_is_in_recovery() is {in_recovery}"
             except psycopg.OperationalError as e:
-                last = str(e).strip()
-                if "authentication failed" in last:
+                msg = str(e).strip()
+                if "authentication failed" in msg:
                     raise StartupError(f"PostgreSQL {self.name} on port {self.port} rejects the "
-                                       f"stored superuser password: {last}; start over with "
+                                       f"stored superuser password: {msg}; start over with "
                                        f"`msdb up --fresh`") from None
-            time.sleep(0.1)
-        raise StartupError(f"PostgreSQL {self.name} on port {self.port} was not ready within "
-                           f"{timeout:.0f} s ({last}); log {self.log_path}:\n{_tail(self.log_path)}")
+                return msg
+            return None if in_recovery == self.is_replica else f"pg_is_in_recovery() is {in_recovery}"
+        procs.wait_ready(rec, probe, what=f"PostgreSQL {self.name} on port {self.port}", timeout=timeout)
 
     def wait_streaming(self, timeout: float = STREAMING_TIMEOUT) -> None:
         assert self.primary is not None
@@ -385,7 +377,8 @@ class PgInstance:
                 state = str(e)
             time.sleep(0.1)
         raise StartupError(f"replica {self.name} is not streaming from {self.primary.name} after "
-                           f"{timeout:.0f} s (state: {state}); log {self.log_path}:\n{_tail(self.log_path)}")
+                           f"{timeout:.0f} s (state: {state}); log {self.log_path}:\n"
+                           f"{procs.tail(self.log_path)}")
 
     # -- database per service ------------------------------------------------
 
@@ -416,10 +409,3 @@ def _ensure_role(c: psycopg.Connection, role: str, password: str, replication: b
     c.execute(sql.SQL("{} ROLE {} WITH LOGIN {} PASSWORD {}").format(
         sql.SQL(verb), sql.Identifier(role),
         sql.SQL("REPLICATION" if replication else "NOREPLICATION"), sql.Literal(password)))
-
-
-def _tail(path: Path, n: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"

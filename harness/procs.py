@@ -18,8 +18,10 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["ProcRecord", "spawn", "is_running", "stop", "wait_gone", "start_ticks"]
+__all__ = ["ProcRecord", "spawn", "is_running", "stop", "wait_gone", "start_ticks",
+           "wait_ready", "tail"]
 
 # Tunables, patchable by tests.
 POLL_INTERVAL = 0.05
@@ -162,3 +164,34 @@ def _kill_group_leftovers(rec: ProcRecord, kill_group: bool) -> None:
         os.killpg(rec.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def tail(path: str | Path, n: int = 25) -> str:
+    """The last n lines of a log, for error messages."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_ready(rec: ProcRecord, probe: Callable[[], str | None], *, what: str,
+               timeout: float, interval: float = 0.1) -> None:
+    """Poll probe() until it returns None (ready); it returns why not otherwise.
+
+    Fails fast, with the log's tail, if the process exits meanwhile; the
+    StartupError on timeout says what the last probe saw.  probe may raise
+    to give up at once.
+    """
+    from .errors import StartupError
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if not is_running(rec):
+            raise StartupError(f"{what} exited during start-up; log {rec.log}:\n{tail(rec.log)}")
+        why = probe()
+        if why is None:
+            return
+        last = why
+        time.sleep(interval)
+    raise StartupError(f"{what} was not ready within {timeout:.0f} s ({last}); "
+                       f"log {rec.log}:\n{tail(rec.log)}")

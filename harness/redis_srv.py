@@ -6,14 +6,12 @@ the event-bus streams (`bus:*`); the harness logs in as `default`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
 from . import procs
-from .errors import StartupError
 
 __all__ = ["RedisServer", "REDIS_KEYS"]
 
@@ -72,16 +70,11 @@ class RedisServer:
         return rec
 
     def wait_ready(self, rec: procs.ProcRecord, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if not procs.is_running(rec):
-                raise StartupError(f"Redis exited during start-up; log {self.log_path}")
+        def probe() -> str | None:
             try:
                 with redis.Redis.from_url(self.url(), socket_timeout=1) as r:
-                    if r.ping():
-                        return
+                    return None if r.ping() else "no PONG"
             except redis.RedisError as e:
-                last = str(e)
-            time.sleep(0.05)
-        raise StartupError(f"Redis on port {self.port} not ready within {timeout:.0f} s ({last})")
+                return str(e)
+        procs.wait_ready(rec, probe, what=f"Redis on port {self.port}", timeout=timeout,
+                         interval=0.05)

@@ -11,7 +11,6 @@ that PostgreSQL and the services never run under gevent.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import subprocess

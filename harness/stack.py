@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import psycopg
 import redis
 
 from . import migrations, procs
-from .errors import InfraError, NoStackError, PortInUseError, StartupError, UsageError
+from .errors import InfraError, NoStackError, PortInUseError, UsageError
 from .pg import PgInstance, PgRuntime
 from .redis_srv import REDIS_KEYS, RedisServer
 from .topology import DEFAULT_BASE_PORT, SERVICES, SERVICE_BY_NAME, Layout, layout
@@ -361,30 +361,16 @@ def stop_records(records: list[procs.ProcRecord]) -> list[str]:
 def wait_service(name: str, port: int, rec: procs.ProcRecord,
                  timeout: float = SERVICE_READY_TIMEOUT) -> None:
     url = f"http://127.0.0.1:{port}/health"
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if not procs.is_running(rec):
-            raise StartupError(f"service {name} exited during start-up; log {rec.log}:\n"
-                               f"{_tail(Path(rec.log))}")
+
+    def probe() -> str | None:
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
+                return None if resp.status == 200 else f"HTTP {resp.status}"
         except urllib.error.HTTPError as e:
-            last = f"HTTP {e.code}: {e.read()[:300]!r}"
+            return f"HTTP {e.code}: {e.read()[:300]!r}"
         except (urllib.error.URLError, OSError) as e:
-            last = str(e)
-        time.sleep(0.1)
-    raise StartupError(f"service {name} not healthy on port {port} within {timeout:.0f} s "
-                       f"({last}); log {rec.log}:\n{_tail(Path(rec.log))}")
-
-
-def _tail(path: Path, n: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
+            return str(e)
+    procs.wait_ready(rec, probe, what=f"service {name} on port {port}", timeout=timeout)
 
 
 # -- module-level commands --------------------------------------------------------

@@ -22,7 +22,7 @@ def format_summary(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
     run = json.loads((run_dir / "run.json").read_text())
-    lines = [f"", f"scenario {results['scenario']}  topology {run.get('topology')}  "
+    lines = ["", f"scenario {results['scenario']}  topology {run.get('topology')}  "
              f"{run.get('start')} -> {run.get('end')}", ""]
     rows = [(c["name"], _MARK[c["verdict"]], _fmt(c["measured"]), _fmt(c["threshold"]))
             for c in results["checks"]]

@@ -3,7 +3,6 @@ SLO files, the process supervisor."""
 
 from __future__ import annotations
 
-import signal
 import sys
 import textwrap
 
