@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -266,14 +267,29 @@ def run_command(args) -> int:
     p = _params(args, sc)
     slo = load_slo(args.slo, sc.name)
     rd = RunDir.create(args.out, sc.name)
-    started_here = ensure_stack(p)
+    # SIGTERM (a CI job's timeout) and SIGINT (Ctrl-C, even when the shell
+    # started us with SIGINT ignored) end the run the same clean way.
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    started_here = False
     try:
+        try:
+            started_here = ensure_stack(p)
+        except KeyboardInterrupt:
+            # `msdb up` may have been killed half-way: stop whatever it recorded.
+            _msdb("down", "--state-dir", p.state_dir)
+            raise
         return _run(p, sc, slo, rd)
     finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
         if started_here and not args.keep_stack:
             r = _msdb("down", "--state-dir", p.state_dir)
             if r.returncode != 0:
                 print(f"warning: msdb down failed: {r.stderr.strip()}", file=sys.stderr)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def _run(p: RunParams, sc, slo: dict, rd: RunDir) -> int:
@@ -357,9 +373,9 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir) -> int:
         metrics["users"] = p.users
         results = C.results_doc(sc.name, checks, metrics)
         run_info["status"] = "completed"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         results = C.results_doc(sc.name, [C.Check("run-completed", "unknown", None, None,
-                                                  {"reason": "interrupted (Ctrl-C)"})], {})
+                                                  {"reason": f"interrupted ({e or 'Ctrl-C'})"})], {})
         run_info["status"] = "interrupted"
         raise
     except MsdbError as e:
