@@ -331,7 +331,8 @@ class PgInstance:
         _, rec = procs.spawn(self.name, [str(self.rt.bin_dir / "postgres"), "-D", str(self.datadir)],
                              log_path=self.log_path, user=self.rt.user,
                              env={"LC_ALL": "C", "LANG": "C", "PATH": "/usr/bin:/bin"},
-                             cwd=Path("/"), stop_signal=signal.SIGINT)  # SIGINT: fast shutdown
+                             cwd=Path("/"), stop_signal=signal.SIGINT,  # SIGINT: fast shutdown
+                             workdir=self.datadir)
         return rec
 
     def _clear_stale_pidfile(self) -> None:

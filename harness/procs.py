@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["ProcRecord", "spawn", "is_running", "stop", "wait_gone", "start_ticks",
-           "wait_ready", "tail"]
+           "wait_ready", "tail", "pids_in"]
 
 # Tunables, patchable by tests.
 POLL_INTERVAL = 0.05
@@ -36,6 +36,10 @@ class ProcRecord:
     log: str = ""
     # Which signal asks this process for a clean, fast shutdown.
     stop_signal: int = int(signal.SIGTERM)
+    # A directory all of its children work in (PostgreSQL: the data dir).
+    # PostgreSQL backends call setsid(), so the process group does not reach
+    # them; their working directory does.
+    workdir: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -82,7 +86,8 @@ def is_running(rec: ProcRecord) -> bool:
 
 def spawn(name: str, argv: list[str], *, log_path: Path, env: dict | None = None,
           cwd: Path | None = None, user: str | None = None,
-          stop_signal: int = signal.SIGTERM) -> tuple[subprocess.Popen, ProcRecord]:
+          stop_signal: int = signal.SIGTERM,
+          workdir: str | Path = "") -> tuple[subprocess.Popen, ProcRecord]:
     """Start argv detached from our terminal, stdout+stderr appended to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -98,7 +103,7 @@ def spawn(name: str, argv: list[str], *, log_path: Path, env: dict | None = None
     if ticks is None:  # exited immediately; record something that never matches
         ticks = -1
     return proc, ProcRecord(name=name, pid=proc.pid, start_ticks=ticks, argv=list(argv),
-                            log=str(log_path), stop_signal=int(stop_signal))
+                            log=str(log_path), stop_signal=int(stop_signal), workdir=str(workdir))
 
 
 def _group_of(user: str | None):
@@ -157,13 +162,38 @@ def stop(rec: ProcRecord, *, timeout: float = 15.0, kill_group: bool = True) -> 
 
 
 def _kill_group_leftovers(rec: ProcRecord, kill_group: bool) -> None:
-    """After the leader exits, nothing of its group may stay behind."""
-    if not kill_group:
-        return
-    try:
-        os.killpg(rec.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """After the leader exits, nothing of its group (or its workdir) may stay behind."""
+    if kill_group:
+        try:
+            os.killpg(rec.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if rec.workdir:
+        deadline = time.monotonic() + 5.0
+        while (left := pids_in(rec.workdir)) and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL)
+        for pid in pids_in(rec.workdir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def pids_in(workdir: str | Path) -> list[int]:
+    """Live (non-zombie) processes whose working directory is workdir."""
+    target = os.path.realpath(workdir)
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.readlink(d / "cwd") != target:
+                continue
+        except OSError:
+            continue
+        if _state(int(d.name)) not in (None, "Z", "X"):
+            out.append(int(d.name))
+    return out
 
 
 def tail(path: str | Path, n: int = 25) -> str:

@@ -44,6 +44,9 @@ def leftovers(info: dict) -> list[str]:
             left.append(f"{rec.name} pid {rec.pid}")
         for pid in group_members(rec.pid):
             left.append(f"{rec.name} group member pid {pid}")
+        if rec.workdir:   # PostgreSQL backends leave the group (setsid) but keep the data dir
+            for pid in procs.pids_in(rec.workdir):
+                left.append(f"{rec.name} child pid {pid} in {rec.workdir}")
     return left
 
 

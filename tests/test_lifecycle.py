@@ -115,3 +115,35 @@ def test_grouped_foreground_stops_cleanly_on_ctrl_c(purged):
             msdb("down", "--state-dir", str(state))
     assert not wait_no_leftovers(info)
     assert not (state / "stack.json").exists()
+
+
+def test_sigterm_mid_run_leaves_an_unknown_verdict_and_no_processes(purged, tmp_path):
+    """A run that starts its own stack and is killed (CI timeout) cleans up after itself."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "smoke", "--duration", "120s",
+                             "--users", "3", "--state-dir", str(purged), "--base-port",
+                             str(TEST_BASE_PORT + 300), "--out", str(out), "--seed-users", "5",
+                             "--seed-products", "10"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    info = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (out / "requests.csv").exists() and (out / "requests.csv").stat().st_size > 200:
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        info = json.loads((purged / "stack.json").read_text())
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, output[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["verdict"] == "unknown"
+    assert "SIGTERM" in results["checks"][0]["details"]["reason"]
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert not (purged / "stack.json").exists()
+    assert not wait_no_leftovers(info)
