@@ -119,65 +119,86 @@ class Inventory:
                            field="order_id")
         return existing, False
 
+    # One statement, one round trip.  `locked` takes the stock rows in product
+    # order (so concurrent sagas cannot deadlock) and, being FOR UPDATE, sees
+    # their latest committed values; `verdict` is an InitPlan evaluated before
+    # `upd` and `ins` touch anything, so either every item is reserved or none.
+    _RESERVE = (
+        "WITH req AS (SELECT pid, q FROM unnest(%(pids)s::uuid[], %(qtys)s::int[]) AS t(pid, q)), "
+        "existing AS MATERIALIZED (SELECT product_id, quantity, state FROM reservations "
+        "  WHERE order_id = %(o)s), "
+        "locked AS MATERIALIZED (SELECT i.product_id, i.available FROM inventory i "
+        "  WHERE i.product_id = ANY(%(pids)s::uuid[]) AND NOT EXISTS (SELECT 1 FROM existing) "
+        "  ORDER BY i.product_id FOR UPDATE), "
+        "verdict AS MATERIALIZED (SELECT NOT EXISTS (SELECT 1 FROM existing) AND "
+        "  (SELECT count(*) FROM locked l JOIN req r ON r.pid = l.product_id AND l.available >= r.q) "
+        "  = (SELECT count(*) FROM req) AS go), "
+        "upd AS (UPDATE inventory i SET available = i.available - r.q, reserved = i.reserved + r.q "
+        "  FROM req r WHERE i.product_id = r.pid AND (SELECT go FROM verdict) RETURNING i.product_id), "
+        "ins AS (INSERT INTO reservations (order_id, product_id, quantity, state) "
+        "  SELECT %(o)s, pid, q, 'RESERVED' FROM req WHERE (SELECT go FROM verdict) "
+        "  RETURNING product_id, quantity, state) "
+        "SELECT 'new' AS kind, n.product_id, n.quantity, n.state, NULL::int AS available, "
+        "  (p.doc->>'price')::numeric AS unit_price FROM ins n JOIN products p ON p.id = n.product_id "
+        "UNION ALL SELECT 'existing', e.product_id, e.quantity, e.state, NULL, "
+        "  (p.doc->>'price')::numeric FROM existing e JOIN products p ON p.id = e.product_id "
+        "UNION ALL SELECT 'stock', l.product_id, NULL, NULL, l.available, NULL FROM locked l "
+        "  WHERE NOT (SELECT go FROM verdict) "
+        "ORDER BY 2")
+
     async def _reserve_once(self, order_id: UUID, wanted: dict) -> tuple[dict, bool]:
         pids = sorted(wanted)
-        qtys = [wanted[p] for p in pids]
-        async with self.db.transaction("reserve_stock") as conn:
-            cur = await conn.execute(
-                "SELECT product_id, quantity FROM reservations WHERE order_id = %s", (order_id,))
-            existing = await cur.fetchall()
-            if existing:
-                if {r["product_id"]: r["quantity"] for r in existing} != wanted:
-                    raise Conflict(f"order {order_id} already has a different reservation",
-                                   field="items")
-            else:
-                # Lock the stock rows in one order (by product id) so that concurrent
-                # sagas cannot deadlock, and read availability and prices at once.
-                cur = await conn.execute(
-                    "SELECT i.product_id, i.available FROM inventory i "
-                    "WHERE i.product_id = ANY(%s) ORDER BY i.product_id FOR UPDATE", (pids,))
-                have = {r["product_id"]: r["available"] for r in await cur.fetchall()}
-                for pid, q in zip(pids, qtys):
-                    if pid not in have:
-                        raise NotFound(f"product {pid} does not exist", field="items",
-                                       extra={"product_id": str(pid)})
-                    if have[pid] < q:
-                        raise Conflict(f"not enough stock for product {pid}: {q} wanted, "
-                                       f"{have[pid]} available", field="items",
-                                       extra={"product_id": str(pid), "available": have[pid]})
-                # Pipelined: both statements travel with the COMMIT.
-                await conn.execute(
-                    "UPDATE inventory i SET available = i.available - r.q, reserved = i.reserved + r.q "
-                    "FROM unnest(%s::uuid[], %s::int[]) AS r(pid, q) WHERE i.product_id = r.pid",
-                    (pids, qtys))
-                await conn.execute(
-                    "INSERT INTO reservations (order_id, product_id, quantity, state) "
-                    "SELECT %s, pid, q, 'RESERVED' FROM unnest(%s::uuid[], %s::int[]) AS r(pid, q)",
-                    (order_id, pids, qtys))
-            cur = await conn.execute(
-                "SELECT r.product_id, r.quantity, r.state, (p.doc->>'price')::numeric AS unit_price "
-                "FROM reservations r JOIN products p ON p.id = r.product_id "
-                "WHERE r.order_id = %s ORDER BY r.product_id", (order_id,))
-            rows = await cur.fetchall()
-        return _reservation(order_id, rows), not existing
+        try:
+            rows = await self.db.fetchall("reserve_stock", self._RESERVE, {
+                "o": order_id, "pids": pids, "qtys": [wanted[p] for p in pids]})
+        except psycopg.errors.CheckViolation:
+            # Cannot happen while `locked` reads the latest values; the CHECK
+            # (available >= 0) is the last line of defence, and says why.
+            raise Conflict("not enough stock (a concurrent reservation won)", field="items") from None
+        kinds = {r["kind"] for r in rows}
+        if "existing" in kinds:
+            existing = [r for r in rows if r["kind"] == "existing"]
+            if {r["product_id"]: r["quantity"] for r in existing} != wanted:
+                raise Conflict(f"order {order_id} already has a different reservation", field="items")
+            return _reservation(order_id, existing), False
+        if "new" in kinds:
+            return _reservation(order_id, [r for r in rows if r["kind"] == "new"]), True
+        have = {r["product_id"]: r["available"] for r in rows}
+        for pid in pids:
+            if pid not in have:
+                raise NotFound(f"product {pid} does not exist", field="items",
+                               extra={"product_id": str(pid)})
+            if have[pid] < wanted[pid]:
+                raise Conflict(f"not enough stock for product {pid}: {wanted[pid]} wanted, "
+                               f"{have[pid]} available", field="items",
+                               extra={"product_id": str(pid), "available": have[pid]})
+        raise Conflict("reservation was not made; retry", field="items")
 
     async def confirm(self, order_id: UUID) -> dict:
-        """RESERVED -> CONFIRMED (reserved stock becomes sold).  Idempotent."""
-        async with self.db.transaction("confirm_stock") as conn:
-            await self._lock_stock(conn, order_id)
-            cur = await conn.execute(
-                "WITH r AS (UPDATE reservations SET state = 'CONFIRMED', updated_at = now() "
-                "WHERE order_id = %s AND state = 'RESERVED' RETURNING product_id, quantity) "
-                "UPDATE inventory i SET reserved = i.reserved - r.quantity, sold = i.sold + r.quantity "
-                "FROM r WHERE i.product_id = r.product_id RETURNING i.product_id", (order_id,))
-            # (rows are fetched, not counted with rowcount: in pipeline mode a
-            # result only exists once fetched)
-            if not await cur.fetchall():   # nothing to confirm: repeated, released, or unknown
-                states = await self._states(conn, order_id)
-                if not states:
-                    raise NotFound(f"order {order_id} has no reservation", field="order_id")
-                if "RELEASED" in states:
-                    raise Conflict(f"reservation of order {order_id} was released", field="order_id")
+        """RESERVED -> CONFIRMED (reserved stock becomes sold).  Idempotent.
+
+        One statement: `locked` takes the stock rows in product order (the
+        order reserve() uses, so concurrent sagas cannot deadlock) before
+        `r` flips the reservations, which the final UPDATE moves into sold.
+        """
+        rows = await self.db.fetchall(
+            "confirm_stock",
+            "WITH locked AS MATERIALIZED (SELECT i.product_id FROM inventory i "
+            "  JOIN reservations rv ON rv.product_id = i.product_id "
+            "  WHERE rv.order_id = %(o)s AND rv.state = 'RESERVED' ORDER BY i.product_id FOR UPDATE OF i), "
+            "r AS (UPDATE reservations SET state = 'CONFIRMED', updated_at = now() "
+            "  WHERE order_id = %(o)s AND state = 'RESERVED' "
+            "  AND product_id IN (SELECT product_id FROM locked) RETURNING product_id, quantity) "
+            "UPDATE inventory i SET reserved = i.reserved - r.quantity, sold = i.sold + r.quantity "
+            "FROM r WHERE i.product_id = r.product_id RETURNING i.product_id", {"o": order_id})
+        if not rows:   # nothing to confirm: repeated, released, or unknown
+            states = {r["state"] for r in await self.db.fetchall(
+                "reservation_states", "SELECT DISTINCT state FROM reservations WHERE order_id = %s",
+                (order_id,))}
+            if not states:
+                raise NotFound(f"order {order_id} has no reservation", field="order_id")
+            if "RELEASED" in states:
+                raise Conflict(f"reservation of order {order_id} was released", field="order_id")
         return {"order_id": order_id, "state": "CONFIRMED"}
 
     async def release(self, order_id: UUID) -> dict:

@@ -142,20 +142,22 @@ class OrderSaga:
         prices = {i["product_id"]: Decimal(str(i["unit_price"])) for i in reservation["items"]}
         total = sum(prices[i["product_id"]] * i["quantity"] for i in request["items"])
 
-        # 2. Create the order (local transaction, together with the saga log).
-        async with self.db.transaction("create_order") as conn:
-            cur = await conn.execute(
-                "INSERT INTO orders (id, user_id, total_amount, status) VALUES (%s, %s, %s, 'PENDING') "
-                "RETURNING created_at", (order_id, user_id, total))
-            async with conn.cursor() as c2:
-                await c2.executemany(
-                    "INSERT INTO order_items (order_id, product_id, quantity, unit_price) "
-                    "VALUES (%s, %s, %s, %s)",
-                    [(order_id, i["product_id"], i["quantity"], prices[i["product_id"]])
-                     for i in request["items"]])
-            await conn.execute("UPDATE sagas SET state = 'CHARGING', updated_at = now() "
-                               "WHERE id = %s", (saga_id,))
-            created_at = (await cur.fetchone())["created_at"]
+        # 2. Create the order, its items and the saga-log step in one statement:
+        #    one atomic round trip (the items' foreign key is checked at its end).
+        pids = [i["product_id"] for i in request["items"]]
+        row = await self.db.fetchone(
+            "create_order",
+            "WITH o AS (INSERT INTO orders (id, user_id, total_amount, status) "
+            "  VALUES (%(oid)s, %(uid)s, %(total)s, 'PENDING') RETURNING created_at), "
+            "i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price) "
+            "  SELECT %(oid)s, pid, q, price FROM unnest(%(pids)s::uuid[], %(qtys)s::int[], "
+            "  %(prices)s::numeric[]) AS t(pid, q, price)), "
+            "s AS (UPDATE sagas SET state = 'CHARGING', updated_at = now() WHERE id = %(sid)s) "
+            "SELECT created_at FROM o",
+            {"oid": order_id, "uid": user_id, "total": total, "sid": saga_id, "pids": pids,
+             "qtys": [i["quantity"] for i in request["items"]],
+             "prices": [prices[p] for p in pids]})
+        created_at = row["created_at"]
 
         # 3. Charge.
         try:
@@ -176,10 +178,11 @@ class OrderSaga:
             return await self._fail(saga_id, order_id, f"stock confirmation failed: {e}")
 
         # 5. Done.
-        async with self.db.transaction("confirm_order") as conn:
-            await conn.execute("UPDATE orders SET status = 'CONFIRMED' WHERE id = %s", (order_id,))
-            await conn.execute("UPDATE sagas SET state = 'COMPLETED', updated_at = now() "
-                               "WHERE id = %s", (saga_id,))
+        await self.db.execute(
+            "confirm_order",
+            "WITH o AS (UPDATE orders SET status = 'CONFIRMED' WHERE id = %(oid)s) "
+            "UPDATE sagas SET state = 'COMPLETED', updated_at = now() WHERE id = %(sid)s",
+            {"oid": order_id, "sid": saga_id})
         # Built from what was written rather than read back: one round trip less.
         order = {"id": order_id, "user_id": user_id, "total_amount": total, "status": "CONFIRMED",
                  "created_at": created_at,

@@ -67,17 +67,20 @@ def _result(row: dict, created: bool) -> JSON:
 async def charge(body: Charge):
     """Charge once per order: a repeat returns the first outcome."""
     status = "DECLINED" if _rng.random() < state["decline_rate"] else "CAPTURED"
-    async with service.db.transaction("charge") as conn:
-        cur = await conn.execute(
-            f"INSERT INTO payments (order_id, user_id, amount, status) VALUES (%s, %s, %s, %s) "
-            f"ON CONFLICT (order_id) DO NOTHING RETURNING {_COLS}",
-            (body.order_id, body.user_id, body.amount, status))
-        row = await cur.fetchone()
-        created = row is not None
-        if not created:
-            cur = await conn.execute(f"SELECT {_COLS} FROM payments WHERE order_id = %s",
-                                     (body.order_id,))
-            row = await cur.fetchone()
+    # Insert, or return the first outcome, in one round trip.
+    row = await service.db.fetchone(
+        "charge",
+        f"WITH ins AS (INSERT INTO payments (order_id, user_id, amount, status) "
+        f"VALUES (%(o)s, %(u)s, %(a)s, %(s)s) ON CONFLICT (order_id) DO NOTHING RETURNING {_COLS}) "
+        f"SELECT {_COLS}, true AS created FROM ins UNION ALL "
+        f"SELECT {_COLS}, false FROM payments WHERE order_id = %(o)s",
+        {"o": body.order_id, "u": body.user_id, "a": body.amount, "s": status})
+    if row is None:
+        # A concurrent charge of the same order committed after our snapshot:
+        # ON CONFLICT waited for it, the SELECT could not see it.  Read it now.
+        row = await service.db.fetchone("get_payment", f"SELECT {_COLS}, false AS created "
+                                        f"FROM payments WHERE order_id = %s", (body.order_id,))
+    created = row.pop("created")
     if not created and row["status"] in ("CAPTURED", "REFUNDED") and row["amount"] != body.amount:
         raise Conflict(f"order {body.order_id} was already charged {row['amount']}, "
                        f"not {body.amount}", field="amount")
