@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,21 @@ def test_smoke_fails_when_the_slo_cannot_be_met(stack, state_dir, tmp_path):
     assert results["verdict"] == "fail"
     p95 = next(c for c in results["checks"] if c["name"] == "p95-latency")
     assert p95["verdict"] == "fail" and p95["measured"] > 0
+
+
+def test_plain_locust_cli_drives_the_running_stack(stack, state_dir, tmp_path):
+    """`locust -f locustfile.py` needs no arguments but what the stack recorded."""
+    import os
+    env = {**os.environ, "MSDB_STATE_DIR": str(state_dir), "MSDB_SEED_USERS": "5",
+           "MSDB_SEED_PRODUCTS": "10"}
+    report = tmp_path / "locust.json"
+    locustfile = str(Path(__file__).resolve().parent.parent / "locustfile.py")
+    r = subprocess.run([sys.executable, "-m", "locust", "-f", locustfile, "--headless", "-u", "3",
+                        "-r", "3", "-t", "4s", "--json-file", str(report.with_suffix(""))],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = json.loads(report.read_text())
+    by_name = {s["name"]: s for s in stats}
+    assert sum(s["num_requests"] for s in stats) > 10
+    assert sum(s["num_failures"] for s in stats) == 0
+    assert any(n.startswith("catalog ") for n in by_name) and any(n.startswith("users ") for n in by_name)
