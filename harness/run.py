@@ -269,7 +269,7 @@ def run_command(args) -> int:
     rd = RunDir.create(args.out, sc.name)
     # SIGTERM (a CI job's timeout) and SIGINT (Ctrl-C, even when the shell
     # started us with SIGINT ignored) end the run the same clean way.
-    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = _install_interrupts()
     started_here = False
     try:
         try:
@@ -280,16 +280,28 @@ def run_command(args) -> int:
             raise
         return _run(p, sc, slo, rd)
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        for h in handlers:
+            h.cancel()
         if started_here and not args.keep_stack:
             r = _msdb("down", "--state-dir", p.state_dir)
             if r.returncode != 0:
                 print(f"warning: msdb down failed: {r.stderr.strip()}", file=sys.stderr)
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+def _install_interrupts() -> list:
+    """Turn SIGINT/SIGTERM into a KeyboardInterrupt in the main greenlet.
+
+    A plain Python signal handler raises in whichever greenlet happens to run
+    (a Locust user, the sampler), which kills that greenlet and leaves the run
+    waiting forever.  gevent runs these callbacks in the hub; throwing into
+    the hub's parent (the main greenlet) is how gevent itself delivers
+    Ctrl-C.
+    """
+    import gevent
+
+    def interrupt(signum: int) -> None:
+        gevent.get_hub().parent.throw(KeyboardInterrupt(f"signal {signal.Signals(signum).name}"))
+    return [gevent.signal_handler(s, interrupt, s) for s in (signal.SIGINT, signal.SIGTERM)]
 
 
 def _run(p: RunParams, sc, slo: dict, rd: RunDir) -> int:
