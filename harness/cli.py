@@ -4,6 +4,7 @@
     msdb down [--purge]
     msdb status
     msdb scenarios
+    msdb proxy [--host 127.0.0.1] [--port 8474] [--config FILE]
     msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR]
 
 Exit codes: 0 every check passed, 1 a check failed (or a part is
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     sub.add_parser("scenarios", help="list the scenarios `msdb run` knows")
+
+    s = sub.add_parser("proxy", help="run the Toxiproxy-compatible fault proxy in the foreground")
+    s.add_argument("--host", default="127.0.0.1", help="API host (loopback only; default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8474, help="API port (default 8474)")
+    s.add_argument("--config", default=None, metavar="FILE",
+                   help="JSON array of proxies to create at start (Toxiproxy's -config format)")
+    s.add_argument("--seed", type=int, default=None, help="seed for toxicity rolls and jitter")
 
     s = sub.add_parser("run", help="run a scenario against the stack and print a verdict")
     s.add_argument("scenario", help="scenario name (see `msdb scenarios`)")
@@ -169,13 +177,23 @@ def cmd_scenarios(args) -> int:
     return 0
 
 
+def cmd_proxy(args) -> int:
+    from chaos.server import main as proxy_main
+    argv = ["--host", args.host, "--port", str(args.port)]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    return proxy_main(argv)
+
+
 def cmd_run(args) -> int:
     from .run import run_command
     return run_command(args)
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "scenarios": cmd_scenarios,
-            "run": cmd_run}
+            "run": cmd_run, "proxy": cmd_proxy}
 
 
 def main(argv: list[str] | None = None) -> int:

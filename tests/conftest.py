@@ -1,3 +1,3 @@
 """Fixtures are plugins (fix_*.py), as in psycopg's test suite."""
 
-pytest_plugins = ["fix_stack"]
+pytest_plugins = ["fix_stack", "fix_proxy"]

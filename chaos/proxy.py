@@ -1,0 +1,541 @@
+"""The TCP proxy behind the Toxiproxy-compatible API: proxies, connections, links.
+
+Each accepted client gets an upstream connection and two links:
+`upstream` (client -> server) and `downstream` (server -> client).  A link
+with no active toxic forwards each chunk straight from the read callback to
+the other transport (asyncio Protocols, uvloop when installed: no task, no
+copy).  A link with active toxics queues chunks and a pump task runs each one
+through the toxics in insertion order.  Adding, updating or removing a toxic
+changes every live link at once (toxicity is rolled per link when a toxic
+starts on it); a change interrupts the pump's current wait, so a removed
+latency does not hold data back.
+
+Why hand-written: Toxiproxy itself is a Go binary not installable from
+PyPI, and no maintained Python package implements its server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import struct
+from collections import deque
+from typing import AsyncIterator
+
+from .toxics import Toxic, ToxicError
+
+__all__ = ["Proxy", "ProxyCollection", "parse_address"]
+
+log = logging.getLogger("msdb.proxy")
+
+HIGH_WATER = 1 << 20      # queued bytes on a toxic link before we stop reading its source
+
+
+def parse_address(addr: str, field_name: str) -> tuple[str, int]:
+    if not isinstance(addr, str):
+        raise ToxicError(f"bad request body: {field_name} must be a string", 400)
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        raise ToxicError(f"bad request body: {field_name} {addr!r} is not host:port", 400)
+    host = host.strip("[]")
+    try:
+        p = int(port)
+    except ValueError:
+        raise ToxicError(f"bad request body: {field_name} {addr!r} has no numeric port", 400) from None
+    if not 0 <= p <= 65535:
+        raise ToxicError(f"bad request body: {field_name} port {p} is out of range", 400)
+    return host, p
+
+
+class ToxicRuntime:
+    """One toxic on one link: whether its roll made it active, and its state."""
+    __slots__ = ("toxic", "active", "sent", "reset_started")
+
+    def __init__(self, toxic: Toxic, active: bool):
+        self.toxic = toxic
+        self.active = active
+        self.sent = 0               # limit_data
+        self.reset_started = False  # reset_peer
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a proxied connection."""
+
+    def __init__(self, conn: "Connection"):
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+        self.link_out: "Link | None" = None    # the link that reads from this side
+        self.peer: "_Side | None" = None
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.early: list[bytes] | None = []   # data read before the links existed
+        self.early_eof = False
+
+    def data_received(self, data: bytes) -> None:
+        link = self.link_out
+        if link is None:   # uvloop may deliver a read that raced pause_reading()
+            self.early.append(data)
+        else:
+            link.feed(data)
+
+    def eof_received(self):
+        if self.link_out is None:
+            self.early_eof = True
+        else:
+            self.link_out.feed_eof()
+        return True   # we close when the link has flushed
+
+    def start_link(self, link: "Link") -> None:
+        self.link_out = link
+        early, self.early = self.early, None
+        for data in early or ():
+            link.feed(data)
+        if self.early_eof:
+            link.feed_eof()
+
+    def connection_lost(self, exc) -> None:
+        self.conn.side_lost(self)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+        if self.peer and self.peer.transport:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+        if self.peer and self.peer.transport and not self.conn.closing:
+            self.peer.transport.resume_reading()
+
+
+class _ClientSide(_Side):
+    def __init__(self, proxy: "Proxy"):
+        super().__init__(Connection(proxy))
+        self.conn.client = self
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.pause_reading()
+        self.conn.proxy.track(self.conn)
+        self.conn.connect_task = asyncio.get_running_loop().create_task(self.conn.connect_upstream())
+
+
+class _UpstreamSide(_Side):
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.pause_reading()   # until both links exist (a server may speak first)
+
+
+class Link:
+    """One direction of one connection."""
+
+    def __init__(self, conn: "Connection", direction: str, src: _Side, dst: _Side):
+        self.conn = conn
+        self.direction = direction
+        self.src = src
+        self.dst = dst
+        self.chain: list[ToxicRuntime] = []
+        self.slow = False
+        self.queue: deque[tuple[bytes, float]] = deque()
+        self.queued_bytes = 0
+        self.pump: asyncio.Task | None = None
+        self.eof = False
+        self.interrupt = asyncio.Event()
+        self.timer: asyncio.Task | None = None      # the timeout toxic's idle timer
+        self.loop = asyncio.get_running_loop()
+
+    # -- configuration -------------------------------------------------------------
+
+    def set_chain(self, chain: list[ToxicRuntime]) -> None:
+        self.chain = chain
+        self.slow = any(rt.active for rt in chain)
+        self.interrupt.set()            # whatever the pump waits for now, stop waiting
+        self._restart_timer()
+        if self.queue and self.pump is None:
+            self._start_pump()
+
+    def _active(self, type_: str) -> ToxicRuntime | None:
+        for rt in self.chain:
+            if rt.active and rt.toxic.type == type_:
+                return rt
+        return None
+
+    def _restart_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        rt = self._active("timeout")
+        if rt is not None and rt.toxic.attributes["timeout"] > 0:
+            self.timer = self.loop.create_task(self._timeout_close(rt.toxic.attributes["timeout"]))
+
+    async def _timeout_close(self, ms: int) -> None:
+        await asyncio.sleep(ms / 1000.0)
+        self.conn.close()
+
+    # -- data ---------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if not self.slow and not self.queue:
+            self.dst.transport.write(data)      # the fast path
+            return
+        self.queue.append((data, self.loop.time()))
+        self.queued_bytes += len(data)
+        if self.queued_bytes > HIGH_WATER:
+            self.src.transport.pause_reading()
+        if self._active("timeout") is not None:
+            self._restart_timer()               # data restarts the idle timer
+        if self.pump is None:
+            self._start_pump()
+
+    def feed_eof(self) -> None:
+        self.eof = True
+        if self.pump is None:
+            self._start_pump()
+
+    def _start_pump(self) -> None:
+        self.pump = self.loop.create_task(self._run_pump())
+
+    async def _run_pump(self) -> None:
+        try:
+            while self.queue:
+                data, t = self.queue.popleft()
+                self.queued_bytes -= len(data)
+                if self.queued_bytes <= HIGH_WATER // 2 and self.src.transport and not self.conn.closing:
+                    self.src.transport.resume_reading()
+                self.interrupt.clear()
+                chain = [rt for rt in self.chain if rt.active]
+                await self._through(chain, 0, data, t)
+                if self.conn.closing:
+                    return
+            if self.eof:
+                rt = self._active("slow_close")
+                if rt is not None:
+                    await self._wait(rt.toxic.attributes["delay"] / 1000.0)
+                self.conn.close()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.pump = None
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep unless the chain changes meanwhile; True if it slept in full."""
+        if seconds <= 0:
+            return True
+        try:
+            await asyncio.wait_for(self.interrupt.wait(), seconds)
+            return False
+        except asyncio.TimeoutError:
+            return True
+
+    async def _through(self, chain: list[ToxicRuntime], i: int, data: bytes, t: float) -> None:
+        if i == len(chain):
+            await self._write(data)
+            return
+        async for piece, t2 in self._apply(chain[i], data, t):
+            await self._through(chain, i + 1, piece, t2)
+
+    async def _write(self, data: bytes) -> None:
+        if self.conn.closing or not data:
+            return
+        if not self.dst.writable.is_set():
+            await self.dst.writable.wait()
+        self.dst.transport.write(data)
+
+    async def _apply(self, rt: ToxicRuntime, data: bytes, t: float) -> AsyncIterator[tuple[bytes, float]]:
+        a = rt.toxic.attributes
+        kind = rt.toxic.type
+        if self.interrupt.is_set():          # the chain changed: pass through at once
+            yield data, t
+            return
+        if kind == "latency":
+            delay = a["latency"]
+            if a["jitter"] > 0:
+                delay += random.randint(-a["jitter"], a["jitter"] - 1)
+            await self._wait(t + delay / 1000.0 - self.loop.time())
+            yield data, self.loop.time()
+        elif kind == "bandwidth":
+            rate = a["rate"] * 1000          # bytes per second
+            step = max(1, a["rate"] * 100)   # bytes per 100 ms
+            for off in range(0, len(data), step):
+                piece = data[off:off + step]
+                await self._wait(len(piece) / rate)
+                yield piece, self.loop.time()
+        elif kind == "slicer":
+            for piece in _slices(data, a["average_size"], a["size_variation"]):
+                yield piece, t
+                await self._wait(a["delay"] / 1_000_000.0)
+        elif kind == "limit_data":
+            allow = a["bytes"] - rt.sent
+            if allow > 0:
+                piece = data[:allow]
+                rt.sent += len(piece)
+                yield piece, t
+            if rt.sent >= a["bytes"]:
+                self.conn.close()
+        elif kind == "timeout":
+            return                            # dropped; the timer closes the connection
+        elif kind == "reset_peer":
+            if not rt.reset_started:          # the first chunk starts the countdown
+                rt.reset_started = True
+                self.loop.create_task(self._reset_after(a["timeout"] / 1000.0))
+            return
+        else:                                 # slow_close, noop
+            yield data, t
+
+    async def _reset_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.conn.reset()
+
+    def stop(self) -> None:
+        for task in (self.pump, self.timer):
+            if task is not None:
+                task.cancel()
+
+
+def _slices(data: bytes, avg: int, var: int) -> list[bytes]:
+    if len(data) - avg <= var:
+        return [data]
+    mid = len(data) // 2
+    if var > 0:
+        mid += random.randint(-var, var - 1)
+    if mid <= 0 or mid >= len(data):
+        return [data]
+    return _slices(data[:mid], avg, var) + _slices(data[mid:], avg, var)
+
+
+class Connection:
+    def __init__(self, proxy: "Proxy"):
+        self.proxy = proxy
+        self.client: _Side | None = None
+        self.upstream: _Side | None = None
+        self.links: dict[str, Link] = {}
+        self.closing = False
+        self.connect_task: asyncio.Task | None = None
+
+    async def connect_upstream(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.proxy.upstream_addr
+        try:
+            _, up = await asyncio.wait_for(
+                loop.create_connection(lambda: _UpstreamSide(self), host, port), 10)
+        except (OSError, asyncio.TimeoutError) as e:
+            log.info("proxy %s: upstream %s unreachable: %s", self.proxy.name, self.proxy.upstream, e)
+            self.close()
+            return
+        if self.closing:
+            up.transport.close()
+            return
+        self.upstream = up
+        c, u = self.client, up
+        c.peer, u.peer = u, c
+        self.links["upstream"] = Link(self, "upstream", c, u)
+        self.links["downstream"] = Link(self, "downstream", u, c)
+        for direction, link in self.links.items():
+            link.set_chain(self.proxy.runtimes(direction))
+        c.start_link(self.links["upstream"])
+        u.start_link(self.links["downstream"])
+        c.transport.resume_reading()
+        u.transport.resume_reading()
+
+    def side_lost(self, side: _Side) -> None:
+        if not self.closing:
+            # The other side's pending data still goes out: close, not abort.
+            link = side.link_out
+            if link is not None and (link.queue or link.pump is not None):
+                link.feed_eof()
+            else:
+                self.close()
+
+    def close(self, *, rst: bool = False, abort: bool = False) -> None:
+        """Close both sockets: after flushing (default), at once (abort), or with RST."""
+        if self.closing:
+            return
+        self.closing = True
+        for link in self.links.values():
+            link.stop()
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        for side in (self.client, self.upstream):
+            if side is None or side.transport is None:
+                continue
+            if rst:
+                sock = side.transport.get_extra_info("socket")
+                if sock is not None:
+                    try:   # SO_LINGER {on, 0}: close() sends RST, not FIN
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    except OSError:
+                        pass
+                side.transport.abort()
+            elif abort:
+                side.transport.abort()
+            else:
+                side.transport.close()
+        self.proxy.untrack(self)
+
+    def reset(self) -> None:
+        self.close(rst=True)
+
+
+class Proxy:
+    """One named proxy: a listener, its upstream, its toxics, its live connections."""
+
+    def __init__(self, name: str, listen: str, upstream: str, rng: random.Random):
+        self.name = name
+        self.listen = listen or "127.0.0.1:0"   # loopback only, never all interfaces
+        self.upstream = upstream
+        self.upstream_addr = parse_address(upstream, "upstream")
+        self.enabled = False
+        self.toxics: dict[str, Toxic] = {}      # insertion order
+        self.server: asyncio.base_events.Server | None = None
+        self.connections: set[Connection] = set()
+        self.rng = rng
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "listen": self.listen, "upstream": self.upstream,
+                "enabled": self.enabled, "toxics": self.toxics_json()}
+
+    def toxics_json(self) -> list[dict]:
+        ups = [t.to_json() for t in self.toxics.values() if t.direction == "upstream"]
+        downs = [t.to_json() for t in self.toxics.values() if t.direction == "downstream"]
+        return ups + downs
+
+    # -- listener -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.enabled:
+            return
+        host, port = parse_address(self.listen, "listen")
+        if host in ("", "0.0.0.0", "::", "localhost"):
+            host = "127.0.0.1"
+        loop = asyncio.get_running_loop()
+        try:
+            self.server = await loop.create_server(lambda: _ClientSide(self), host, port,
+                                                   reuse_address=True, backlog=1024)
+        except OSError as e:
+            raise ToxicError(f"listen tcp {host}:{port}: {e.strerror or e}", 500) from None
+        h, p = self.server.sockets[0].getsockname()[:2]
+        self.listen = f"{h}:{p}"
+        self.enabled = True
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.enabled = False
+        for conn in list(self.connections):
+            conn.close(abort=True)   # down means down: buffered data is dropped too
+
+    def track(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
+    def untrack(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+
+    # -- toxics ---------------------------------------------------------------------
+
+    def runtimes(self, direction: str, keep: dict[str, ToxicRuntime] | None = None,
+                 reroll: set[str] = frozenset()) -> list[ToxicRuntime]:
+        out = []
+        for t in self.toxics.values():
+            if t.direction != direction:
+                continue
+            old = (keep or {}).get(t.name)
+            if old is not None and t.name not in reroll:
+                old.toxic = t
+                out.append(old)
+            else:
+                rt = ToxicRuntime(t, t.roll(self.rng))
+                if old is not None:
+                    rt.sent, rt.reset_started = old.sent, old.reset_started
+                out.append(rt)
+        return out
+
+    def _rechain(self, direction: str, reroll: set[str] = frozenset(),
+                 removed: Toxic | None = None) -> None:
+        for conn in list(self.connections):
+            link = conn.links.get(direction)
+            if link is None:
+                continue
+            keep = {rt.toxic.name: rt for rt in link.chain}
+            if removed is not None and removed.type == "timeout":
+                gone = keep.get(removed.name)
+                if gone is not None and gone.active:
+                    conn.close()    # Toxiproxy: removing a timeout toxic closes its connections
+                    continue
+            link.set_chain(self.runtimes(direction, keep, reroll))
+
+    def add_toxic(self, toxic: Toxic) -> Toxic:
+        if toxic.name in self.toxics:
+            raise ToxicError("toxic already exists", 409)
+        self.toxics[toxic.name] = toxic
+        self._rechain(toxic.direction, reroll={toxic.name})
+        return toxic
+
+    def update_toxic(self, toxic: Toxic) -> Toxic:
+        self.toxics[toxic.name] = toxic
+        self._rechain(toxic.direction, reroll={toxic.name})
+        return toxic
+
+    def remove_toxic(self, name: str) -> None:
+        toxic = self.toxics.pop(name, None)
+        if toxic is None:
+            raise ToxicError("toxic not found", 404)
+        self._rechain(toxic.direction, removed=toxic)
+
+    def reset_toxics(self) -> None:
+        for name in list(self.toxics):
+            self.remove_toxic(name)
+
+
+class ProxyCollection:
+    def __init__(self, seed: int | None = None):
+        self.proxies: dict[str, Proxy] = {}
+        self.rng = random.Random(seed)
+
+    def get(self, name: str) -> Proxy:
+        try:
+            return self.proxies[name]
+        except KeyError:
+            raise ToxicError("proxy not found", 404) from None
+
+    async def add(self, *, name: str, listen: str, upstream: str, enabled: bool) -> Proxy:
+        if name in self.proxies:
+            raise ToxicError("proxy already exists", 409)
+        proxy = Proxy(name, listen, upstream, self.rng)
+        if enabled:
+            await proxy.start()
+        self.proxies[name] = proxy
+        return proxy
+
+    async def remove(self, name: str) -> None:
+        proxy = self.get(name)
+        await proxy.stop()
+        del self.proxies[name]
+
+    async def add_or_replace(self, *, name: str, listen: str, upstream: str, enabled: bool) -> Proxy:
+        existing = self.proxies.get(name)
+        if existing is not None:
+            if _same_listen(existing.listen, listen) and existing.upstream == upstream:
+                return existing
+            await self.remove(name)
+        return await self.add(name=name, listen=listen, upstream=upstream, enabled=enabled)
+
+    async def reset(self) -> None:
+        for proxy in list(self.proxies.values()):
+            await proxy.start()
+            proxy.reset_toxics()
+
+    async def close(self) -> None:
+        for proxy in list(self.proxies.values()):
+            await proxy.stop()
+
+
+def _same_listen(a: str, b: str) -> bool:
+    try:
+        ha, pa = parse_address(a or "127.0.0.1:0", "listen")
+        hb, pb = parse_address(b or "127.0.0.1:0", "listen")
+    except ToxicError:
+        return False
+    norm = lambda h: "127.0.0.1" if h in ("", "localhost", "0.0.0.0", "::") else h  # noqa: E731
+    return norm(ha) == norm(hb) and pa == pb
