@@ -73,7 +73,15 @@ class _Side(asyncio.Protocol):
         self.early: list[bytes] | None = []   # data read before the links existed
         self.early_eof = False
 
+    # The fast path: with no active toxic and nothing queued, `fast` is the
+    # other side's transport and a chunk costs one call and one write.
+    fast: asyncio.Transport | None = None
+
     def data_received(self, data: bytes) -> None:
+        fast = self.fast
+        if fast is not None:
+            fast.write(data)
+            return
         link = self.link_out
         if link is None:   # uvloop may deliver a read that raced pause_reading()
             self.early.append(data)
@@ -94,6 +102,7 @@ class _Side(asyncio.Protocol):
             link.feed(data)
         if self.early_eof:
             link.feed_eof()
+        link._update_fast()
 
     def connection_lost(self, exc) -> None:
         self.conn.side_lost(self)
@@ -150,6 +159,7 @@ class Link:
     def set_chain(self, chain: list[ToxicRuntime]) -> None:
         self.chain = chain
         self.slow = any(rt.active for rt in chain)
+        self._update_fast()
         self.interrupt.set()            # whatever the pump waits for now, stop waiting
         self._restart_timer()
         if self.queue and self.pump is None:
@@ -173,12 +183,17 @@ class Link:
         await asyncio.sleep(ms / 1000.0)
         self.conn.close()
 
+    def _update_fast(self) -> None:
+        fast = not self.slow and not self.queue and self.pump is None and not self.conn.closing
+        self.src.fast = self.dst.transport if fast else None
+
     # -- data ---------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         if not self.slow and not self.queue:
-            self.dst.transport.write(data)      # the fast path
+            self.dst.transport.write(data)
             return
+        self.src.fast = None
         self.queue.append((data, self.loop.time()))
         self.queued_bytes += len(data)
         if self.queued_bytes > HIGH_WATER:
@@ -194,6 +209,7 @@ class Link:
             self._start_pump()
 
     def _start_pump(self) -> None:
+        self.src.fast = None
         self.pump = self.loop.create_task(self._run_pump())
 
     async def _run_pump(self) -> None:
@@ -217,6 +233,7 @@ class Link:
             pass
         finally:
             self.pump = None
+            self._update_fast()
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep unless the chain changes meanwhile; True if it slept in full."""
@@ -352,6 +369,9 @@ class Connection:
         if self.closing:
             return
         self.closing = True
+        for side in (self.client, self.upstream):
+            if side is not None:
+                side.fast = None
         for link in self.links.values():
             link.stop()
         if self.connect_task is not None and not self.connect_task.done():
