@@ -112,6 +112,11 @@ def print_endpoints(info: dict) -> None:
         rows.append([inst["name"], f"postgres {inst['role']}", f"127.0.0.1:{inst['port']} ({dbs})",
                      inst["pid"]])
     rows.append(["redis", "redis", f"127.0.0.1:{info['redis']['port']}", info["redis"]["pid"]])
+    proxy = info.get("proxy") or {}
+    if proxy.get("api"):
+        first, last = proxy["proxies"][0]["listen"], proxy["proxies"][-1]["listen"].rsplit(":", 1)[1]
+        rows.append(["proxy", "fault proxy API", f"{proxy['api']} ({len(proxy['proxies'])} links: "
+                     f"{first}..{last})", proxy["pid"]])
     _print_table(rows, ["part", "kind", "endpoint", "pid"])
     print(f"\nstack.json: {Path(info['state_dir']) / 'stack.json'}  (topology {info['topology']})")
 

@@ -195,6 +195,7 @@ class PgInstance:
     archive_timeout_s: int = 900   # seed §7.1: the log is archived every 15 minutes
     primary: "PgInstance | None" = None
     replicator_password: str = ""
+    primary_port: int | None = None   # where a replica reaches its primary (a proxy port)
 
     @property
     def datadir(self) -> Path:
@@ -308,7 +309,7 @@ class PgInstance:
             "host    replication  replicator  127.0.0.1/32   scram-sha-256\n")
         self.rt.chown(hba)
         if self.is_replica:
-            self._write_primary_conninfo()
+            self._write_primary_conninfo(port=self.primary_port)
 
     def _write_primary_conninfo(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         """pg_basebackup -R wrote primary_conninfo; keep it pointing where we say."""

@@ -32,7 +32,8 @@ from . import migrations, procs
 from .errors import InfraError, NoStackError, PortInUseError, UsageError
 from .pg import PgInstance, PgRuntime
 from .redis_srv import REDIS_KEYS, RedisServer
-from .topology import DEFAULT_BASE_PORT, SERVICES, SERVICE_BY_NAME, Layout, layout
+from .topology import (DEFAULT_BASE_PORT, PEER_LINKS, REDIS_USERS, SERVICE_BY_NAME, SERVICES,
+                       Layout, layout)
 
 __all__ = ["StackOptions", "Stack", "PartStatus", "up", "down", "status", "load_stack",
            "DEFAULT_STATE_DIR", "PEER_LINKS"]
@@ -46,9 +47,6 @@ CONFIG_PATH = Path(__file__).resolve().parent.parent / "system_under_test" / "se
 # stack; the docker-compose stack's PostgreSQL runs with TLS.
 EMBEDDED_SSLMODE = "disable"
 
-# Service-to-service links: (caller, callee).
-PEER_LINKS = (("users", "orders"), ("users", "payments"),
-              ("orders", "catalog"), ("orders", "payments"))
 
 
 def _now() -> str:
@@ -99,7 +97,11 @@ def load_stack(state_dir: Path = DEFAULT_STATE_DIR) -> dict:
 
 
 class Stack:
-    """One state dir: its secrets, its layout, its processes."""
+    """One state dir: its secrets, its layout, its processes.
+
+    Every part can be (re)started on its own (`start_part`), which is how a
+    fault that killed a process is healed.
+    """
 
     def __init__(self, opts: StackOptions):
         self.opts = opts
@@ -108,6 +110,19 @@ class Stack:
         self.procs: dict[str, procs.ProcRecord] = {}
         self.info: dict = {}
         self._lock = threading.Lock()   # parts start in parallel threads
+        self._prepared = False
+
+    @classmethod
+    def attach(cls, state_dir: Path) -> "Stack":
+        """The stack recorded in state_dir/stack.json, ready to restart its parts."""
+        info = load_stack(state_dir)
+        stack = cls(StackOptions(state_dir=Path(state_dir), topology=info["topology"],
+                                 base_port=info["base_port"],
+                                 archive_timeout_s=info.get("archive_timeout_s", 900)))
+        stack.info = info
+        stack.procs = {p["name"]: procs.ProcRecord.from_json(p) for p in info.get("processes", [])}
+        stack._prepare()
+        return stack
 
     # -- secrets --------------------------------------------------------------
 
@@ -147,20 +162,17 @@ class Stack:
     def _record(self, rec: procs.ProcRecord) -> None:
         with self._lock:
             self.procs[rec.name] = rec
-            self._write_info(partial=True)
+            self._write_info(partial=self.info.get("state") != "running")
 
-    def start(self, *, log=print) -> dict:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "logs").mkdir(exist_ok=True)
-        self._check_topology_marker()
-        self._check_ports()
-        t0 = time.monotonic()
+    def _prepare(self) -> None:
+        """Build the part objects (no process is started)."""
+        if self._prepared:
+            return
         rt = PgRuntime.for_state_dir(self.state_dir)
         if not (self.state_dir / "secrets.json").exists() and rt.data_root.exists():
             # Data whose passwords are gone (state dir deleted by hand) is unusable.
             rt.purge()
-        sec = self.secrets()
-        rt.prepare()
+        self.sec = sec = self.secrets()
         self.rt = rt
         primaries = {i.name: PgInstance(rt, i.name, i.port, sec["postgres"],
                                         archive_timeout_s=self.opts.archive_timeout_s,
@@ -170,39 +182,36 @@ class Stack:
         replica = PgInstance(rt, rspec.name, rspec.port, sec["postgres"],
                              archive_timeout_s=self.opts.archive_timeout_s,
                              primary=primaries[rspec.replica_of],
-                             replicator_password=sec["replicator"])
+                             replicator_password=sec["replicator"],
+                             # streaming goes through the fault proxy `orders-replication`
+                             primary_port=self.layout.link("orders-replication").listen_port)
+        self.primaries = primaries
+        self.replica = replica
         self.pg = {**primaries, replica.name: replica}
-        rds = RedisServer(self.state_dir, self.layout.redis_port, sec["redis"])
-        self.redis = rds
+        self.redis = RedisServer(self.state_dir, self.layout.redis_port, sec["redis"])
+        self._prepared = True
+
+    def start(self, *, log=print) -> dict:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        self._check_topology_marker()
+        self._check_ports()
+        t0 = time.monotonic()
+        self._prepare()
+        self.rt.prepare()
         try:
-            rec = rds.start()
-            self._record(rec)
+            self.start_part("proxy")
+            self._start_parallel(["redis", *self.primaries])
+            log(f"  fault proxy, redis and postgres primaries ready ({time.monotonic() - t0:.1f} s)")
 
-            def start_primary(inst: PgInstance) -> None:
-                inst.ensure_initialized()
-                inst.write_config()
-                r = inst.start()
-                self._record(r)
-                inst.wait_ready(r)
-
-            with ThreadPoolExecutor(max_workers=len(primaries)) as ex:
-                list(ex.map(start_primary, primaries.values()))
-            rds.wait_ready(self.procs["redis"])
-            log(f"  postgres primaries ready ({time.monotonic() - t0:.1f} s)")
-
-            self._bootstrap(primaries, sec)
+            self._bootstrap()
             log(f"  databases, roles and migrations ready ({time.monotonic() - t0:.1f} s)")
 
-            replica.primary.ensure_replicator(sec["replicator"])
-            replica.ensure_initialized()
-            replica.write_config()
-            r = replica.start()
-            self._record(r)
-            replica.wait_ready(r)
-            replica.wait_streaming()
-            log(f"  replica streaming ({time.monotonic() - t0:.1f} s)")
+            self.replica.primary.ensure_replicator(self.sec["replicator"])
+            self.start_part(self.replica.name)
+            log(f"  replica streaming through the proxy ({time.monotonic() - t0:.1f} s)")
 
-            self._start_services(sec)
+            self._start_parallel([f"svc-{svc.name}" for svc in SERVICES])
             log(f"  services healthy ({time.monotonic() - t0:.1f} s)")
         except BaseException:
             if not self.stop_all():
@@ -213,58 +222,110 @@ class Stack:
         self._write_info(partial=False)
         return self.info
 
-    def _bootstrap(self, primaries: dict[str, PgInstance], sec: dict) -> None:
+    def _start_parallel(self, parts: list[str]) -> None:
+        with ThreadPoolExecutor(max_workers=len(parts)) as ex:
+            list(ex.map(self.start_part, parts))
+
+    def start_part(self, name: str) -> procs.ProcRecord:
+        """Start one part and wait until it is healthy; records its new PID."""
+        self._prepare()
+        if name == "proxy":
+            rec = self._spawn_proxy()
+            self._record(rec)
+            self._wait_proxy(rec)
+        elif name == "redis":
+            rec = self.redis.start()
+            self._record(rec)
+            self.redis.wait_ready(rec)
+        elif name in self.pg:
+            inst = self.pg[name]
+            inst.ensure_initialized()
+            inst.write_config()
+            rec = inst.start()
+            self._record(rec)
+            inst.wait_ready(rec)
+            if inst.is_replica:
+                inst.wait_streaming()
+        elif name.startswith("svc-") and name[4:] in SERVICE_BY_NAME:
+            svc = name[4:]
+            port = self.layout.service_ports[svc]
+            _, rec = procs.spawn(name, [sys.executable, "-m", "system_under_test", svc,
+                                        "--port", str(port)],
+                                 log_path=self.state_dir / "logs" / f"{name}.log",
+                                 env=self.service_env(svc), cwd=self.state_dir)
+            self._record(rec)
+            wait_service(svc, port, rec)
+        else:
+            raise UsageError(f"no part named {name!r} (parts: proxy, redis, "
+                             f"{', '.join(self.pg)}, {', '.join('svc-' + s.name for s in SERVICES)})")
+        return rec
+
+    def _spawn_proxy(self) -> procs.ProcRecord:
+        cfg = self.state_dir / "proxies.json"
+        cfg.write_text(json.dumps([{"name": l_.name, "listen": f"127.0.0.1:{l_.listen_port}",
+                                    "upstream": f"127.0.0.1:{l_.upstream_port}", "enabled": True}
+                                   for l_ in self.layout.links], indent=2) + "\n")
+        _, rec = procs.spawn("proxy", [sys.executable, "-m", "chaos.server", "--host", "127.0.0.1",
+                                       "--port", str(self.layout.proxy_api_port), "--config", str(cfg)],
+                             log_path=self.state_dir / "logs" / "proxy.log", cwd=self.state_dir)
+        return rec
+
+    def _wait_proxy(self, rec: procs.ProcRecord) -> None:
+        url = f"http://127.0.0.1:{self.layout.proxy_api_port}/proxies"
+        want = {l_.name for l_ in self.layout.links}
+
+        def probe() -> str | None:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    have = set(json.loads(resp.read()))
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                return str(e)
+            return None if have >= want else f"proxies missing: {sorted(want - have)}"
+        procs.wait_ready(rec, probe, what=f"fault proxy API on port {self.layout.proxy_api_port}",
+                         timeout=20)
+
+    def _bootstrap(self) -> None:
         jobs = []
         for svc in SERVICES:
             if not svc.database:
                 continue
-            inst = primaries[self.layout.instance_of(svc.name).name]
+            inst = self.primaries[self.layout.instance_of(svc.name).name]
             inst.ensure_service_database(database=svc.database, role=svc.role,
-                                         password=sec["roles"][svc.role])
+                                         password=self.sec["roles"][svc.role])
             jobs.append((svc, inst))
 
         def migrate(job):
             svc, inst = job
             migrations.apply(svc.migrations, host="127.0.0.1", port=inst.port, dbname=svc.database,
-                             user=svc.role, password=sec["roles"][svc.role])
+                             user=svc.role, password=self.sec["roles"][svc.role])
         with ThreadPoolExecutor(max_workers=len(jobs)) as ex:
             list(ex.map(migrate, jobs))
 
-    def service_env(self, name: str, sec: dict) -> dict:
+    def service_env(self, name: str) -> dict:
+        """A service's environment: its own DSN only, and every link via its proxy."""
+        sec = self.sec
         svc = SERVICE_BY_NAME[name]
+        L = self.layout
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "VIRTUAL_ENV",
                                          "PYTHONPATH", "TZ") if k in os.environ}
-        env.update({"PYTHONUNBUFFERED": "1", "MSDB_CONFIG": str(CONFIG_PATH),
-                    "MSDB_SERVICE": name,
-                    "REDIS_URL": self.redis.url(name)})
+        env.update({"PYTHONUNBUFFERED": "1", "MSDB_CONFIG": str(CONFIG_PATH), "MSDB_SERVICE": name})
+        if name in REDIS_USERS:
+            env["REDIS_URL"] = (f"redis://{name}:{sec['redis'][name]}@127.0.0.1:"
+                                f"{L.link(f'{name}-redis').listen_port}/0")
         if svc.database:
-            inst = self.layout.instance_of(name)
-            env.update({"DB_HOST": "127.0.0.1", "DB_PORT": str(inst.port), "DB_NAME": svc.database,
-                        "DB_USER": svc.role, "DB_PASSWORD": sec["roles"][svc.role],
-                        "DB_SSL": EMBEDDED_SSLMODE})
+            env.update({"DB_HOST": "127.0.0.1", "DB_PORT": str(L.link(f"{name}-db").listen_port),
+                        "DB_NAME": svc.database, "DB_USER": svc.role,
+                        "DB_PASSWORD": sec["roles"][svc.role], "DB_SSL": EMBEDDED_SSLMODE})
         if name == "orders":
-            env.update({"DB_REPLICA_HOST": "127.0.0.1", "DB_REPLICA_PORT": str(self.layout.replica.port)})
+            env.update({"DB_REPLICA_HOST": "127.0.0.1",
+                        "DB_REPLICA_PORT": str(L.link("orders-replica").listen_port)})
         if name == "analytics":
             (self.state_dir / "analytics").mkdir(exist_ok=True)
             env["ANALYTICS_DB_PATH"] = str(self.state_dir / "analytics" / "analytics.duckdb")
         for caller, callee in PEER_LINKS:
             if caller == name:
-                env[f"{callee.upper()}_URL"] = f"http://127.0.0.1:{self.layout.service_ports[callee]}"
+                env[f"{callee.upper()}_URL"] = f"http://127.0.0.1:{L.link(f'{caller}-to-{callee}').listen_port}"
         return env
-
-    def _start_services(self, sec: dict) -> None:
-        started = []
-        for svc in SERVICES:
-            port = self.layout.service_ports[svc.name]
-            _, rec = procs.spawn(f"svc-{svc.name}",
-                                 [sys.executable, "-m", "system_under_test", svc.name,
-                                  "--port", str(port)],
-                                 log_path=self.state_dir / "logs" / f"svc-{svc.name}.log",
-                                 env=self.service_env(svc.name, sec), cwd=self.state_dir)
-            self._record(rec)
-            started.append((svc.name, port, rec))
-        with ThreadPoolExecutor(max_workers=len(started)) as ex:
-            list(ex.map(lambda a: wait_service(*a), started))
 
     def _write_info(self, *, partial: bool) -> None:
         sec = self.secrets()
@@ -288,11 +349,17 @@ class Stack:
                 continue
             inst = L.instance_of(svc.name)
             pw = sec["roles"][svc.role]
+            via = L.link(f"{svc.name}-db").listen_port
             databases[svc.name] = {
                 "instance": inst.name, "database": svc.database, "role": svc.role,
-                "dsn": f"postgresql://{svc.role}:{pw}@127.0.0.1:{inst.port}/{svc.database}?sslmode={EMBEDDED_SSLMODE}",
+                "dsn": f"postgresql://{svc.role}:{pw}@127.0.0.1:{inst.port}/{svc.database}"
+                       f"?sslmode={EMBEDDED_SSLMODE}",
+                "proxy": f"{svc.name}-db",
+                "dsn_via_proxy": f"postgresql://{svc.role}:{pw}@127.0.0.1:{via}/{svc.database}"
+                                 f"?sslmode={EMBEDDED_SSLMODE}",
             }
         o = SERVICE_BY_NAME["orders"]
+        proxy_rec = self.procs.get("proxy")
         self.info = {
             "version": 1,
             "state": "starting" if partial else "running",
@@ -315,13 +382,15 @@ class Stack:
                 "instance": L.replica.name, "port": L.replica.port, "primary": L.replica.replica_of,
                 "dsn": f"postgresql://{o.role}:{sec['roles'][o.role]}@127.0.0.1:{L.replica.port}/"
                        f"{o.database}?sslmode={EMBEDDED_SSLMODE}",
+                "replication_proxy": "orders-replication",
             },
             "redis": {"url": f"redis://default:{sec['redis']['default']}@127.0.0.1:{L.redis_port}/0",
                       "port": L.redis_port,
                       "pid": self.procs["redis"].pid if "redis" in self.procs else None},
             "analytics": {"duckdb": str(self.state_dir / "analytics" / "analytics.duckdb")},
-            "links": [{"name": f"{a}-to-{b}", "from": a, "to": b} for a, b in PEER_LINKS],
-            "proxy": {"api": None, "proxies": []},
+            "proxy": {"api": f"http://127.0.0.1:{L.proxy_api_port}", "port": L.proxy_api_port,
+                      "pid": proxy_rec.pid if proxy_rec else None,
+                      "proxies": [l_.to_json() for l_ in L.links]},
             "processes": [r.to_json() for r in self.procs.values()],
         }
         _atomic_write_json(self.state_dir / "stack.json", self.info)
@@ -337,11 +406,13 @@ def stop_records(records: list[procs.ProcRecord]) -> list[str]:
     def rank(r: procs.ProcRecord) -> int:
         if r.name.startswith("svc-"):
             return 0
-        if r.name == "redis":
+        if r.name == "proxy":
             return 1
-        if r.name == "pg-replica":
+        if r.name == "redis":
             return 2
-        return 3
+        if r.name == "pg-replica":
+            return 3
+        return 4
     left = []
     groups: dict[int, list] = {}
     for r in records:
@@ -474,6 +545,28 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[PartStatus]:
         detail = str(e).strip().splitlines()[0][:120]
     parts.append(PartStatus("replication", "replication",
                             f"{rep['primary']} -> {rep['instance']}", None, ok, detail))
+
+    proxy = info.get("proxy") or {}
+    if proxy.get("api"):
+        pid, alive = proc_ok("proxy")
+        ok, detail = False, "process not running"
+        if alive:
+            try:
+                with urllib.request.urlopen(proxy["api"] + "/proxies", timeout=3) as resp:
+                    have = json.loads(resp.read())
+                want = {p["name"] for p in proxy["proxies"]}
+                missing = sorted(want - set(have))
+                disabled = sorted(n for n, p in have.items() if not p["enabled"])
+                toxics = sum(len(p["toxics"]) for p in have.values())
+                ok = not missing and not disabled
+                detail = f"{len(have)} proxies, {toxics} toxic(s)"
+                if missing:
+                    detail += f"; missing: {', '.join(missing)}"
+                if disabled:
+                    detail += f"; disabled: {', '.join(disabled)}"
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                detail = str(e)[:120]
+        parts.append(PartStatus("proxy", "proxy", proxy["api"], pid, ok, detail))
 
     pid, alive = proc_ok("redis")
     ok, detail = False, "process not running"

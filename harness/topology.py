@@ -24,7 +24,7 @@ from .errors import UsageError
 
 __all__ = [
     "DEFAULT_BASE_PORT", "TOPOLOGIES", "SERVICES", "ServiceSpec", "InstanceSpec",
-    "Layout", "layout",
+    "Layout", "layout", "LinkSpec", "PEER_LINKS", "REDIS_USERS",
 ]
 
 DEFAULT_BASE_PORT = 15400
@@ -66,6 +66,13 @@ _INSTANCE_ORDER = {
     "grouped": ["pg-core", "pg-transactions", "pg-reference"],
     "dedicated": ["pg-users", "pg-orders", "pg-payments", "pg-catalog", "pg-search"],
 }
+# Service-to-service calls: (caller, callee).
+PEER_LINKS = (("users", "orders"), ("users", "payments"),
+              ("orders", "catalog"), ("orders", "payments"))
+# Services that use Redis (sessions, cache, bus).
+REDIS_USERS = ("users", "catalog", "orders", "search", "analytics")
+PROXY_FIRST_OFFSET = 31
+
 REPLICA_NAME = "pg-replica"
 REPLICA_OFFSET = 9
 REDIS_OFFSET = 10
@@ -78,6 +85,27 @@ class InstanceSpec:
     port: int
     databases: tuple[str, ...]   # service names whose databases it holds
     replica_of: str | None = None
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One network link of the stack, carried by a named fault proxy.
+
+    kind: db (service -> its database), replica-db (orders -> the replica, for
+    history reads), redis (service -> Redis), http (service -> service),
+    replication (the replica's streaming connection -> its primary).
+    """
+    name: str
+    kind: str
+    source: str        # who connects (a service, or the replica)
+    target: str        # the part it reaches (an instance, redis, a service)
+    listen_port: int
+    upstream_port: int
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "from": self.source, "to": self.target,
+                "listen": f"127.0.0.1:{self.listen_port}",
+                "upstream": f"127.0.0.1:{self.upstream_port}"}
 
 
 @dataclass(frozen=True)
@@ -102,10 +130,40 @@ class Layout:
     def primaries(self) -> tuple[InstanceSpec, ...]:
         return tuple(i for i in self.instances if i.replica_of is None)
 
+    @property
+    def proxy_api_port(self) -> int:
+        return self.base_port + PROXY_API_OFFSET
+
+    @property
+    def links(self) -> tuple[LinkSpec, ...]:
+        """Every link, in a fixed order that fixes its proxy port."""
+        out: list[tuple[str, str, str, str, int]] = []
+        for svc in SERVICES:
+            if svc.database:
+                inst = self.instance_of(svc.name)
+                out.append((f"{svc.name}-db", "db", svc.name, inst.name, inst.port))
+        out.append(("orders-replica", "replica-db", "orders", self.replica.name, self.replica.port))
+        for name in REDIS_USERS:
+            out.append((f"{name}-redis", "redis", name, "redis", self.redis_port))
+        for a, b in PEER_LINKS:
+            out.append((f"{a}-to-{b}", "http", a, b, self.service_ports[b]))
+        primary = next(i for i in self.primaries if i.name == self.replica.replica_of)
+        out.append(("orders-replication", "replication", self.replica.name, primary.name, primary.port))
+        return tuple(LinkSpec(n, k, s_, t, self.base_port + PROXY_FIRST_OFFSET + i, up)
+                     for i, (n, k, s_, t, up) in enumerate(out))
+
+    def link(self, name: str) -> LinkSpec:
+        for l_ in self.links:
+            if l_.name == name:
+                return l_
+        raise KeyError(name)
+
     def all_ports(self) -> dict[int, str]:
         ports = {i.port: f"PostgreSQL {i.name}" for i in self.instances}
         ports[self.redis_port] = "Redis"
         ports.update({p: f"service {s}" for s, p in self.service_ports.items()})
+        ports[self.proxy_api_port] = "the fault proxy API"
+        ports.update({l_.listen_port: f"proxy {l_.name}" for l_ in self.links})
         return ports
 
 

@@ -39,8 +39,15 @@ def test_stack_json_records_every_endpoint_dsn_and_pid(stack):
     for inst in stack["postgres"]["instances"]:
         assert inst["pid"] > 0 and inst["admin_dsn"].startswith("postgresql://postgres:")
     recs = [procs.ProcRecord.from_json(p) for p in stack["processes"]]
-    assert len(recs) == 6 + 2 + 1
+    assert len(recs) == 6 + 2 + 1 + 1      # services, postgres x2, redis, proxy
     assert all(procs.is_running(r) for r in recs)
+    names = {p["name"] for p in stack["proxy"]["proxies"]}
+    assert names == {"users-db", "catalog-db", "orders-db", "payments-db", "search-db",
+                     "orders-replica", "users-redis", "catalog-redis", "orders-redis",
+                     "search-redis", "analytics-redis", "users-to-orders", "users-to-payments",
+                     "orders-to-catalog", "orders-to-payments", "orders-replication"}
+    for p in stack["proxy"]["proxies"]:
+        assert p["listen"].startswith("127.0.0.1:") and p["upstream"].startswith("127.0.0.1:")
 
 
 def test_replica_serves_what_the_primary_wrote(stack):
@@ -78,3 +85,52 @@ def test_up_is_idempotent(stack, state_dir):
     info, started = up(opts, log=lambda *a: None)
     assert started is False
     assert info["processes"] == stack["processes"]
+
+
+def test_every_link_goes_through_its_proxy(stack, urls):
+    """A toxic on a named proxy reaches the traffic of exactly that link."""
+    import httpx
+    from chaos.client import ToxiproxyServer
+    api = ToxiproxyServer("127.0.0.1", stack["proxy"]["port"])
+    with httpx.Client(timeout=30) as http:
+        r = http.post(f"{urls['catalog']}/products", json={"sku": "p", "name": "Proxy probe",
+                                                             "price": "1.00", "stock": 5})
+        pid = r.json()["id"]
+        def timed(url):
+            t0 = time.perf_counter()
+            assert http.get(url).status_code == 200
+            return (time.perf_counter() - t0) * 1000
+        base = min(timed(f"{urls['catalog']}/inventory/{pid}") for _ in range(5))
+        api.add_toxic("catalog-db", "latency", attributes={"latency": 150})
+        try:
+            slowed = min(timed(f"{urls['catalog']}/inventory/{pid}") for _ in range(3))
+            # users -> its own database is not affected
+            other = min(timed(f"{urls['payments']}/users/{pid}/payments") for _ in range(3))
+        finally:
+            api.remove_toxic("catalog-db", "latency_downstream")
+        assert slowed >= base + 140, (base, slowed)
+        assert other < 140, other
+
+
+def test_replica_streams_through_the_replication_proxy(stack):
+    from chaos.client import ToxiproxyServer
+    api = ToxiproxyServer("127.0.0.1", stack["proxy"]["port"])
+    primary = next(i for i in stack["postgres"]["instances"] if i["name"] == stack["replica"]["primary"])
+
+    def state():
+        with psycopg.connect(primary["admin_dsn"], autocommit=True) as c:
+            row = c.execute("SELECT state FROM pg_stat_replication WHERE application_name = 'pg-replica'").fetchone()
+        return row[0] if row else None
+    assert state() == "streaming"
+    api.set_enabled("orders-replication", False)
+    try:
+        deadline = time.monotonic() + 15
+        while state() is not None:
+            assert time.monotonic() < deadline, "replication survived a disabled proxy: it bypasses it"
+            time.sleep(0.1)
+    finally:
+        api.set_enabled("orders-replication", True)
+    deadline = time.monotonic() + 30
+    while state() != "streaming":
+        assert time.monotonic() < deadline, "replication did not come back through the proxy"
+        time.sleep(0.2)
