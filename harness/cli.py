@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spawn-rate", type=float, default=None, metavar="R", help="users started per second")
     s.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/<time>-<scenario>)")
     s.add_argument("--slo", default=None, metavar="FILE", help="SLO thresholds (default: scenarios/slo.yaml)")
+    s.add_argument("--faults", default=None, metavar="FILE",
+                   help="fault schedule (YAML list: kind, target, at, for, ...) replacing the scenario's")
     s.add_argument("--seed-users", type=int, default=None, metavar="N", help="users to seed")
     s.add_argument("--seed-products", type=int, default=None, metavar="M", help="products to seed")
     s.add_argument("--keep-stack", action="store_true",
@@ -144,9 +147,15 @@ def cmd_up(args) -> int:
         stop["sig"] = signum
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    from . import procs
+    from .stack import load_stack
     try:
+        # We are the parent of every part: reap the ones a fault kills, or
+        # they stay zombies and block their own restart.
         while stop["sig"] is None:
-            signal.pause()
+            for p in load_stack(Path(args.state_dir)).get("processes", []):
+                procs.is_running(procs.ProcRecord.from_json(p))   # reaps if it exited
+            time.sleep(0.5)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("\nstopping the stack ...")

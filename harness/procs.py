@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["ProcRecord", "spawn", "is_running", "stop", "wait_gone", "start_ticks",
-           "wait_ready", "tail", "pids_in"]
+           "wait_ready", "tail", "pids_in", "members", "signal_all"]
 
 # Tunables, patchable by tests.
 POLL_INTERVAL = 0.05
@@ -170,7 +170,7 @@ def _kill_group_leftovers(rec: ProcRecord, kill_group: bool) -> None:
             pass
     if rec.workdir:
         deadline = time.monotonic() + 5.0
-        while (left := pids_in(rec.workdir)) and time.monotonic() < deadline:
+        while pids_in(rec.workdir) and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL)
         for pid in pids_in(rec.workdir):
             try:
@@ -225,3 +225,36 @@ def wait_ready(rec: ProcRecord, probe: Callable[[], str | None], *, what: str,
         time.sleep(interval)
     raise StartupError(f"{what} was not ready within {timeout:.0f} s ({last}); "
                        f"log {rec.log}:\n{tail(rec.log)}")
+
+
+def members(rec: ProcRecord) -> list[int]:
+    """The live processes that make up a part: its leader (if it is still the
+    recorded process), its process group, and whoever works in its workdir."""
+    out = []
+    if is_running(rec):
+        out.append(rec.pid)
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == rec.pid:
+            continue
+        try:
+            raw = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2:].split()
+        if fields[0] not in ("Z", "X") and int(fields[2]) == rec.pid and start_ticks(rec.pid) in (None, rec.start_ticks):
+            out.append(int(d.name))
+    if rec.workdir:
+        out += [p for p in pids_in(rec.workdir) if p not in out]
+    return out
+
+
+def signal_all(rec: ProcRecord, sig: int) -> list[int]:
+    """Send sig to every member of the part; returns the PIDs signalled."""
+    done = []
+    for pid in members(rec):
+        try:
+            os.kill(pid, sig)
+            done.append(pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return done

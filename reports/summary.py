@@ -36,10 +36,10 @@ def format_summary(run_dir: Path) -> str:
     if m:
         lines.append("")
         keys = ["requests_total", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "failures_total",
-                "server_errors", "orders_ok", "orders_fail", "orders_info"]
+                "server_errors", "orders_ok", "orders_fail", "orders_info", "recovery_s"]
         lines.append("  ".join(f"{k}={_fmt(m[k])}" for k in keys if k in m))
-        p95 = next((c for c in results["checks"] if c["name"] == "p95-latency"), None)
-        eps = (p95 or {}).get("details", {}).get("endpoints") or {}
+        lat = next((c for c in results["checks"] if c["name"] in ("p95-latency", "endpoint-latencies")), None)
+        eps = (lat or {}).get("details", {}).get("endpoints") or {}
         if eps:
             lines.append("")
             nw = max(len(n) for n in eps)
@@ -47,6 +47,11 @@ def format_summary(run_dir: Path) -> str:
             for n, e in eps.items():
                 lines.append(f"{n.ljust(nw)}  {e['count']:>7}  {_fmt(e['p50_ms']):>8}  "
                              f"{_fmt(e['p95_ms']):>8}  {_fmt(e['p99_ms']):>8}")
+    faults = (m or {}).get("fault_windows") or []
+    if faults:
+        lines.append("")
+        lines.append("faults: " + "; ".join(f"{f['kind']} on {f['target']} {f['start']} -> {f['end']}"
+                                             for f in faults))
     lines.append("")
     lines.append(f"VERDICT: {_MARK[results['verdict']]}   ({run_dir / 'results.json'})")
     return "\n".join(lines)

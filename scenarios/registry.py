@@ -1,4 +1,11 @@
-"""The scenarios `msdb run` knows, with their default parameters."""
+"""The scenarios `msdb run` knows: defaults, fault schedules, and what proves
+that a fault was felt.
+
+Fault schedules are data (see chaos/faults.py): `at`/`for` as shares of the
+run's duration scale with `--duration`; `--faults FILE` replaces a schedule.
+`effect` names the endpoint where the fault must show: `latency` (the median
+must grow by about `ms`), `slower` (by at least `ms`), or `errors`.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +28,58 @@ class Scenario:
     seed_users: int = 50
     seed_products: int = 100
     user_classes: tuple[str, ...] = ("scenarios.workload:ShopUser",)
+    faults: tuple[dict, ...] = ()
+    effect: dict | None = None
     extra: dict = field(default_factory=dict)
 
 
-_SCENARIOS = {
-    "smoke": Scenario(
+_FAULTY = dict(duration_s=60.0, users=10)
+
+_SCENARIOS = {s.name: s for s in (
+    Scenario(
         name="smoke",
         summary="the shop mix (browse, search, login, dashboard, orders) for a short run; "
                 "checks no 5xx, error rate, p95 and health after the run"),
-}
+    Scenario(
+        name="db-latency", **_FAULTY,
+        summary="200 ms latency on catalog's database link (catalog-db) for the middle half of "
+                "the run; the catalog endpoints must show it, nothing may 500, all recovers",
+        faults=({"kind": "latency", "target": "catalog-db", "at": "25%", "for": "50%",
+                 "latency": 200, "jitter": 0},),
+        effect={"kind": "latency", "endpoint": "catalog GET /products", "ms": 200}),
+    Scenario(
+        name="connection-reset", **_FAULTY,
+        summary="every connection on orders' database link is reset (reset_peer) for 30% of "
+                "the run; orders fail cleanly with 503, the pool reconnects after the heal",
+        faults=({"kind": "reset_peer", "target": "orders-db", "at": "25%", "for": "30%",
+                 "timeout": 0},),
+        effect={"kind": "errors", "endpoint": "orders POST /orders", "min": 1}),
+    Scenario(
+        name="db-down", **_FAULTY,
+        summary="orders' database link is down (proxy disabled) for 20 s; requests fail or wait "
+                "within the pool's acquire timeout, never 500, and recover",
+        faults=({"kind": "down", "target": "orders-db", "at": "25%", "for": "20s"},),
+        effect={"kind": "errors", "endpoint": "orders POST /orders", "min": 1}),
+    Scenario(
+        name="db-restart", **_FAULTY,
+        summary="kill -9 of the PostgreSQL instance holding order_service_db, restarted after "
+                "5 s; pools reconnect, the replica resumes streaming",
+        faults=({"kind": "kill", "target": "@orders-instance", "at": "25%", "for": "5s"},),
+        effect={"kind": "errors", "endpoint": "orders POST /orders", "min": 1}),
+    Scenario(
+        name="service-down", **_FAULTY,
+        summary="the catalog service is stopped for 20 s, then started again; orders fail "
+                "with clean 503s, the dashboard still answers",
+        faults=({"kind": "stop", "target": "catalog", "at": "25%", "for": "20s"},),
+        effect={"kind": "errors", "endpoint": "catalog GET /products", "min": 1}),
+    Scenario(
+        name="slow-network", **_FAULTY,
+        summary="catalog's database link limited to 50 KB/s for the middle half of the run; "
+                "product listings slow down, nothing fails",
+        faults=({"kind": "bandwidth", "target": "catalog-db", "at": "25%", "for": "50%",
+                 "rate": 50},),
+        effect={"kind": "slower", "endpoint": "catalog GET /products", "ms": 20}),
+)}
 
 
 def all() -> list[Scenario]:  # noqa: A001  (the registry's natural name)

@@ -6,6 +6,7 @@ products are only created up to the count wanted.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -19,11 +20,23 @@ class SeedError(RuntimeError):
     pass
 
 
+RETRIES = 5
+
+
 def _post(session: requests.Session, url: str, body: dict) -> requests.Response:
-    try:
-        return session.post(url, json=body, timeout=30)
-    except requests.RequestException as e:
-        raise SeedError(f"POST {url} failed: {e}") from None
+    """POST, retrying transient failures (503, no connection): seeding is set-up,
+    and a stack just healed from a fault may need a moment."""
+    for attempt in range(RETRIES):
+        try:
+            r = session.post(url, json=body, timeout=30)
+        except requests.RequestException as e:
+            if attempt == RETRIES - 1:
+                raise SeedError(f"POST {url} failed: {e}") from None
+        else:
+            if r.status_code != 503 or attempt == RETRIES - 1:
+                return r
+        time.sleep(0.2 * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def seed(services: dict, *, users: int, products: int, stock: int = 100_000,

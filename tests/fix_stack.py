@@ -9,13 +9,15 @@ process it started (or any member of their process groups) is still alive.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from harness import procs
-from harness.stack import StackOptions, down, load_stack, up
+from harness.stack import down, load_stack
 
 TEST_BASE_PORT = int(os.environ.get("MSDB_TEST_BASE_PORT", "25400"))
 
@@ -63,12 +65,16 @@ def wait_no_leftovers(info: dict, timeout: float = 10.0) -> list[str]:
 def stack(tmp_path_factory):
     """stack.json of a running single-topology stack."""
     state = tmp_path_factory.mktemp("msdb-state")
-    opts = StackOptions(state_dir=state, topology="single", base_port=TEST_BASE_PORT)
-    try:
-        info, _ = up(opts, log=lambda *a: None)
-    except BaseException:
+    # Started as users start it, by a separate `msdb up` process: its parts are
+    # then children of PID 1, which reaps a part killed by a fault (were they
+    # children of pytest, a killed postmaster would stay a zombie and block
+    # its own restart).
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "up", "--state-dir", str(state),
+                        "--base-port", str(TEST_BASE_PORT)], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
         down(state, purge=True, log=lambda *a: None)
-        raise
+        raise RuntimeError(f"msdb up failed: {r.stdout}{r.stderr}")
+    info = load_stack(state)
     yield info
     final = load_stack(state)
     left = down(state, purge=True, log=lambda *a: None)

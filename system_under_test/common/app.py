@@ -20,6 +20,10 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -183,9 +187,14 @@ class Service:
                                         host=self.cfg.replica.host, port=self.cfg.replica.port)
                 await self.replica.open()
         if self.needs_redis:
-            self.redis = aioredis.Redis.from_url(self.cfg.redis_url, socket_timeout=2.0,
-                                                 socket_connect_timeout=2.0,
-                                                 health_check_interval=10)
+            # A pooled connection that a network fault closed fails on its next
+            # command; retry such errors (briefly) on a fresh connection instead
+            # of failing the request that happens to find it.
+            self.redis = aioredis.Redis.from_url(
+                self.cfg.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                health_check_interval=10,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+                retry_on_error=[RedisConnectionError, RedisTimeoutError])
             self.bus = RedisStreamBus(self.redis)
         for p in self.peer_names:
             self.peers[p] = Peer(p, self.cfg.peers[p], timeout_ms=self.cfg.peer_timeout_ms)

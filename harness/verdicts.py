@@ -1,0 +1,190 @@
+"""Checks of a finished run, built from what the run recorded.
+
+Inputs are the per-request samples (one tuple per request, as in
+requests.csv), the fault journal's final records, the pool samples, and the
+parts' health after the run.  Each builder returns `Check`s; none of them
+ever passes something it could not measure (`unknown` instead).
+
+Request sample tuple: (time, name, method, status, response_ms, bytes, ok, error)
+where `time` is the request's start (Unix seconds).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from statistics import median
+
+from . import checks as C
+
+__all__ = ["percentile", "endpoint_stats", "load_checks", "fault_checks", "fault_windows",
+           "SLO_KEYS", "LOAD_KEYS", "FAULT_KEYS", "LATENCY_KEYS"]
+
+T, NAME, METHOD, STATUS, MS, BYTES, OK, ERROR = range(8)
+
+SLO_KEYS = {"error_rate_max": float, "server_errors_max": int, "p95_ms_max": float,
+            "healthy_after_s": float, "recovery_s": float, "heal_grace_s": float,
+            "errors_after_heal_max": int, "fault_error_rate_max": float,
+            "internal_errors_max": int, "latency_observed_min_ratio": float,
+            "latency_observed_max_ratio": float}
+LOAD_KEYS = ("error_rate_max", "server_errors_max", "p95_ms_max", "healthy_after_s")
+FAULT_KEYS = ("recovery_s", "heal_grace_s", "errors_after_heal_max", "fault_error_rate_max",
+              "internal_errors_max")
+LATENCY_KEYS = ("latency_observed_min_ratio", "latency_observed_max_ratio")
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list (exact, no interpolation)."""
+    if not sorted_values:
+        return None
+    k = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[k - 1]
+
+
+def _server_error(s) -> bool:
+    return s[STATUS] == 0 or s[STATUS] >= 500
+
+
+def endpoint_stats(samples: list) -> dict:
+    by_name: dict[str, list[float]] = {}
+    for s in samples:
+        by_name.setdefault(s[NAME], []).append(s[MS])
+    out = {}
+    for name, vals in sorted(by_name.items()):
+        vals.sort()
+        out[name] = {"count": len(vals), "p50_ms": percentile(vals, 50), "p95_ms": percentile(vals, 95),
+                     "p99_ms": percentile(vals, 99), "max_ms": vals[-1]}
+    return out
+
+
+def load_checks(*, samples: list, duration_s: float, slo: dict, scrapes: dict, scrape_failures: dict,
+                health_after: list, workload_errors: dict, strict_errors: bool = True) -> list[C.Check]:
+    """Checks of a run without faults (or of the whole run, `strict_errors` off under faults)."""
+    total = len(samples)
+    failures = sum(1 for s in samples if not s[OK])
+    server_errors = sum(1 for s in samples if _server_error(s))
+    endpoints = endpoint_stats(samples)
+    worst_ep = max(endpoints, key=lambda k: endpoints[k]["p95_ms"]) if endpoints else None
+    unhealthy = [p for p in health_after if not p["healthy"]]
+    min_scrapes = min(scrapes.values()) if scrapes else 0
+    out = [C.at_least("requests-made", total, 1)]
+    if strict_errors:
+        out += [
+            C.at_most("no-server-errors", server_errors if total else None, slo["server_errors_max"],
+                      by_endpoint={n: sum(1 for s in samples if s[NAME] == n and _server_error(s))
+                                   for n in endpoints}),
+            C.at_most("error-rate", round(failures / total, 5) if total else None,
+                      slo["error_rate_max"], failures=failures, requests=total),
+            C.at_most("p95-latency", endpoints[worst_ep]["p95_ms"] if worst_ep else None,
+                      slo["p95_ms_max"], worst_endpoint=worst_ep, unit="ms", endpoints=endpoints),
+        ]
+    else:
+        out.append(C.Check("endpoint-latencies", "pass" if total else "unknown", len(endpoints), None,
+                           {"endpoints": endpoints, "note": "latency under faults is reported, not judged"}))
+    out += [
+        # A crash inside the workload code is never a pass.
+        C.at_most("workload-errors", sum(workload_errors.values()), 0, errors=workload_errors),
+        C.at_most("healthy-after-run", len(unhealthy), 0,
+                  unhealthy={p["name"]: p["detail"] for p in unhealthy}),
+        C.at_least("metrics-sampled", min_scrapes, max(1, int(duration_s * 0.5)),
+                   scrapes=dict(scrapes), failures=dict(scrape_failures)),
+    ]
+    return out
+
+
+def _epoch(utc: str | None) -> float | None:
+    if not utc:
+        return None
+    return datetime.fromisoformat(utc.replace("Z", "+00:00")).timestamp()
+
+
+def fault_windows(records: list[dict]) -> list[tuple[float, float, dict]]:
+    """(start, end, record) in Unix seconds for every fault that was in place."""
+    out = []
+    for r in records:
+        s, e = _epoch(r.get("start")), _epoch(r.get("end"))
+        if s is not None and r.get("status") in ("healed", "heal-failed", "active"):
+            out.append((s, e if e is not None else float("inf"), r))
+    return out
+
+
+def fault_checks(*, samples: list, records: list[dict], expected: int, slo: dict,
+                 recovery_s: float | None, pools_after: dict, pool_min: int,
+                 effect: dict | None) -> tuple[list[C.Check], dict]:
+    """Checks of a run with faults: injected and healed, clean errors, recovery, effect seen."""
+    windows = fault_windows(records)
+    healed = [r for r in records if r.get("status") == "healed"]
+    not_healed = [r["name"] for r in records if r.get("status") in ("heal-failed", "active")]
+    failed = {r["name"]: r.get("error") for r in records if r.get("status") in ("failed", "skipped")}
+    out = [
+        C.Check("faults-injected", "pass" if len(healed) == expected and not failed else "fail",
+                len(healed), expected, {"not_injected": failed}),
+        C.at_most("faults-healed", len(not_healed), 0, not_healed=not_healed),
+    ]
+    in_window = lambda t: any(s <= t <= e for s, e, _ in windows)  # noqa: E731
+    first_start = min((s for s, _, _ in windows), default=None)
+    last_end = max((e for _, e, _ in windows), default=None)
+    during = [s for s in samples if in_window(s[T])]
+    before = [s for s in samples if first_start is not None and s[T] < first_start]
+    grace = slo["heal_grace_s"]
+    after = [s for s in samples if last_end is not None and s[T] > last_end + grace]
+    internal = [s for s in samples if s[STATUS] == 500]
+    out.append(C.at_most("no-internal-errors", len(internal) if samples else None,
+                         slo["internal_errors_max"],
+                         examples=[f"{s[NAME]} at {s[T]}" for s in internal[:10]],
+                         note="faults must surface as clean 4xx/503s, never a 500"))
+    fails_during = sum(1 for s in during if not s[OK])
+    out.append(C.at_most("error-rate-during-fault",
+                         round(fails_during / len(during), 4) if during else None,
+                         slo["fault_error_rate_max"], failures=fails_during, requests=len(during)))
+    errs_after = [s for s in after if not s[OK]]
+    out.append(C.at_most("no-errors-after-heal", len(errs_after) if after else None,
+                         slo["errors_after_heal_max"], requests_after=len(after), grace_s=grace,
+                         examples=[f"{s[NAME]} HTTP {s[STATUS]} {s[ERROR]}" for s in errs_after[:10]]))
+    out.append(C.at_most("healthy-again-after-heal", recovery_s, slo["recovery_s"], unit="s"))
+    low = {f"{svc}/{pool}": v for (svc, pool), v in pools_after.items() if v < pool_min}
+    out.append(C.Check("pools-recovered", "unknown" if not pools_after else ("pass" if not low else "fail"),
+                       len(low) if pools_after else None, 0,
+                       {"pool_size_after": {f"{s}/{p}": v for (s, p), v in pools_after.items()},
+                        "below_min": low, "pool_min": pool_min}))
+    metrics = {"fault_windows": [{"name": r["name"], "kind": r["kind"], "target": r["target"],
+                                  "start": r.get("start"), "end": r.get("end")} for _, _, r in windows],
+               "requests_during_faults": len(during), "failures_during_faults": fails_during,
+               "requests_after_heal": len(after), "failures_after_heal": len(errs_after)}
+    if effect:
+        out.append(_effect_check(effect, before, during, slo))
+    return out, metrics
+
+
+def _effect_check(effect: dict, before: list, during: list, slo: dict) -> C.Check:
+    """The fault was really felt where it was injected (a calibration of the whole chain)."""
+    ep = effect["endpoint"]
+    b = [s[MS] for s in before if s[NAME] == ep and s[OK]]
+    d_all = [s for s in during if s[NAME] == ep]
+    if effect["kind"] == "latency":
+        d = [s[MS] for s in d_all if s[OK]]
+        if len(b) < 5 or len(d) < 5:
+            return C.Check("injected-latency-observed", "unknown", None, effect["ms"],
+                           {"endpoint": ep, "reason": f"too few samples ({len(b)} before, {len(d)} during)"})
+        added = median(d) - median(b)
+        lo, hi = effect["ms"] * slo["latency_observed_min_ratio"], effect["ms"] * slo["latency_observed_max_ratio"]
+        return C.Check("injected-latency-observed", "pass" if lo <= added <= hi else "fail",
+                       round(added, 2), effect["ms"],
+                       {"endpoint": ep, "median_before_ms": round(median(b), 3),
+                        "median_during_ms": round(median(d), 3), "accepted_ms": [lo, hi],
+                        "samples_before": len(b), "samples_during": len(d)})
+    if effect["kind"] == "slower":
+        d = [s[MS] for s in d_all if s[OK]]
+        if len(b) < 5 or len(d) < 5:
+            return C.Check("fault-slowed-requests", "unknown", None, effect["ms"],
+                           {"endpoint": ep, "reason": f"too few samples ({len(b)} before, {len(d)} during)"})
+        added = median(d) - median(b)
+        return C.Check("fault-slowed-requests", "pass" if added >= effect["ms"] else "fail",
+                       round(added, 2), effect["ms"],
+                       {"endpoint": ep, "median_before_ms": round(median(b), 3),
+                        "median_during_ms": round(median(d), 3)})
+    # kind == "errors": the fault made some of these requests fail (or be refused)
+    bad = sum(1 for s in d_all if not s[OK])
+    return C.Check("fault-had-effect", "pass" if bad >= effect.get("min", 1) else
+                   ("unknown" if not d_all else "fail"), bad, effect.get("min", 1),
+                   {"endpoint": ep, "requests_during": len(d_all)})

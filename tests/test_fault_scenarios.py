@@ -1,0 +1,124 @@
+"""Fault scenarios end to end on the session stack, and faults that always heal."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from chaos.client import ToxiproxyServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SMALL = ["--users", "6", "--seed-users", "10", "--seed-products", "20"]
+
+
+def msdb(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def api(stack) -> ToxiproxyServer:
+    return ToxiproxyServer("127.0.0.1", stack["proxy"]["port"])
+
+
+def assert_clean(stack):
+    """No toxic anywhere, every proxy enabled, every part healthy."""
+    proxies = api(stack).proxies()
+    assert all(p.enabled for p in proxies.values())
+    assert all(api(stack).toxics(n) == {} for n in proxies)
+    st = msdb("status", "--state-dir", stack["state_dir"])
+    assert st.returncode == 0, st.stdout + st.stderr
+
+
+def check(results, name):
+    return next(c for c in results["checks"] if c["name"] == name)
+
+
+def test_db_latency_shows_the_injected_latency(stack, tmp_path):
+    out = tmp_path / "run"
+    r = msdb("run", "db-latency", "--duration", "20s", "--state-dir", stack["state_dir"],
+             "--out", str(out), *SMALL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    seen = check(results, "injected-latency-observed")
+    assert seen["verdict"] == "pass" and 160 <= seen["measured"] <= 400, seen
+    faults = [json.loads(x) for x in (out / "faults.jsonl").read_text().splitlines()]
+    assert [f["status"] for f in faults] == ["active", "healed"]
+    assert faults[-1]["target"] == "catalog-db" and faults[-1]["params"]["latency"] == 200
+    assert_clean(stack)
+
+
+def test_db_restart_kills_and_restarts_postgres(stack, tmp_path):
+    state = stack["state_dir"]
+    info0 = json.loads(open(f"{state}/stack.json").read())
+    pid0 = next(p["pid"] for p in info0["processes"] if p["name"] == "pg-main")
+    out = tmp_path / "run"
+    r = msdb("run", "db-restart", "--duration", "25s", "--state-dir", state, "--out", str(out), *SMALL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert check(results, "fault-had-effect")["verdict"] == "pass"
+    assert check(results, "no-internal-errors")["measured"] == 0
+    info1 = json.loads(open(f"{state}/stack.json").read())
+    pid1 = next(p["pid"] for p in info1["processes"] if p["name"] == "pg-main")
+    assert pid1 != pid0                       # it really was killed and restarted
+    assert_clean(stack)
+
+
+def test_custom_schedule_pause_and_down_heal(stack, tmp_path):
+    sched = tmp_path / "faults.yaml"
+    sched.write_text("- {kind: pause, target: search, at: 2s, for: 3s}\n"
+                     "- {kind: down, target: users-redis, at: 3s, for: 2s}\n")
+    out = tmp_path / "run"
+    r = msdb("run", "smoke", "--duration", "12s", "--faults", str(sched), "--slo",
+             str(_fault_slo(tmp_path)), "--state-dir", stack["state_dir"], "--out", str(out), *SMALL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert check(results, "no-errors-after-heal")["measured"] == 0
+    final = {f["name"]: f for f in map(json.loads, (out / "faults.jsonl").read_text().splitlines())}
+    assert {f["status"] for f in final.values()} == {"healed"}
+    assert final["pause-search-1"]["kind"] == "pause"
+    assert_clean(stack)
+
+
+def _fault_slo(tmp_path):
+    p = tmp_path / "slo.yaml"
+    p.write_text("smoke: {healthy_after_s: 30, recovery_s: 15, heal_grace_s: 3, errors_after_heal_max: 0, "
+                 "fault_error_rate_max: 1.0, internal_errors_max: 0}\n")
+    return p
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_run_killed_mid_fault_leaves_the_stack_clean(stack, tmp_path, how):
+    """Ctrl-C heals through the run; a run that dies outright is healed by its nemesis."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "db-latency", "--duration",
+                             "120s", "--state-dir", stack["state_dir"], "--out", str(out), *SMALL],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while '"active"' not in ((out / "faults.jsonl").read_text() if (out / "faults.jsonl").exists() else ""):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert api(stack).toxics("catalog-db")        # the fault is in place
+        proc.send_signal(getattr(signal, how))
+        proc.wait(90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if how == "SIGINT":
+        assert proc.returncode == 3
+        assert json.loads((out / "results.json").read_text())["verdict"] == "unknown"
+    deadline = time.monotonic() + 20
+    while api(stack).toxics("catalog-db"):
+        assert time.monotonic() < deadline, "the fault outlived its run"
+        time.sleep(0.2)
+    final = {f["name"]: f for f in map(json.loads, (out / "faults.jsonl").read_text().splitlines())}
+    assert [f["status"] for f in final.values()] == ["healed"]
+    assert_clean(stack)
