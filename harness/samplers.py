@@ -23,30 +23,47 @@ METRICS_COLUMNS = ["time", "service", "metric", "labels", "value"]
 HEALTH_COLUMNS = ["time", "part", "kind", "healthy", "detail"]
 
 
-class MetricsSampler:
+class _Periodic:
+    """Calls sample_once() every `interval` seconds in a thread until stop()."""
     INTERVAL_S = 1.0
-    TIMEOUT_S = 2.0
 
-    def __init__(self, services: dict[str, str], table: CsvTable, *, interval: float | None = None):
-        self.services = services    # name -> base URL
+    def __init__(self, table: CsvTable, interval: float | None):
         self.table = table
         self.interval = interval or self.INTERVAL_S
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.scrapes = {s: 0 for s in services}
-        self.failures = {s: 0 for s in services}
-        # latest psycopg_pool gauges: (service, pool, stat) -> value
-        self.pools: dict[tuple[str, str, str], float] = {}
-        self._session = requests.Session()
+
+    def sample_once(self):
+        raise NotImplementedError
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="metrics-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=type(self).__name__, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=15)
+
+    def _loop(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            self.sample_once()
+            next_t += self.interval
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+
+class MetricsSampler(_Periodic):
+    TIMEOUT_S = 2.0
+
+    def __init__(self, services: dict[str, str], table: CsvTable, *, interval: float | None = None):
+        super().__init__(table, interval)
+        self.services = services    # name -> base URL
+        self.scrapes = {s: 0 for s in services}
+        self.failures = {s: 0 for s in services}
+        # latest psycopg_pool gauges: (service, pool, stat) -> value
+        self.pools: dict[tuple[str, str, str], float] = {}
+        self._session = requests.Session()
 
     def sample_once(self) -> None:
         for name, url in self.services.items():
@@ -70,36 +87,15 @@ class MetricsSampler:
                     if s.name.startswith("psycopg_pool_"):
                         self.pools[(name, s.labels.get("pool", ""), s.name[13:])] = s.value
 
-    def _loop(self) -> None:
-        next_t = time.monotonic()
-        while not self._stop.is_set():
-            self.sample_once()
-            next_t += self.interval
-            self._stop.wait(max(0.0, next_t - time.monotonic()))
 
-
-class HealthSampler:
+class HealthSampler(_Periodic):
     """Every part's health at 1 Hz (the same probe as `msdb status`), so that
     recovery after a heal is measured to the second, not guessed."""
 
-    INTERVAL_S = 1.0
-
     def __init__(self, probe, table: CsvTable, *, interval: float | None = None):
+        super().__init__(table, interval)
         self.probe = probe          # () -> list of PartStatus-like objects
-        self.table = table
-        self.interval = interval or self.INTERVAL_S
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.history: list[tuple[float, bool]] = []   # (time, all parts healthy)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="health-sampler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=15)
 
     def sample_once(self) -> bool:
         ts = round(time.time(), 3)
@@ -121,10 +117,3 @@ class HealthSampler:
             if ts >= t and ok:
                 return round(ts - t, 2)
         return None
-
-    def _loop(self) -> None:
-        next_t = time.monotonic()
-        while not self._stop.is_set():
-            self.sample_once()
-            next_t += self.interval
-            self._stop.wait(max(0.0, next_t - time.monotonic()))

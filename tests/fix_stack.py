@@ -22,33 +22,13 @@ from harness.stack import down, load_stack
 TEST_BASE_PORT = int(os.environ.get("MSDB_TEST_BASE_PORT", "25400"))
 
 
-def group_members(pgid: int) -> list[int]:
-    """PIDs (not zombies) whose process group is pgid."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            raw = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(d.name))
-    return out
-
-
 def leftovers(info: dict) -> list[str]:
+    """Every live process of the recorded parts: leaders, their process groups,
+    and (PostgreSQL backends setsid) whoever works in their data dirs."""
     left = []
     for p in info.get("processes", []):
         rec = procs.ProcRecord.from_json(p)
-        if procs.is_running(rec):
-            left.append(f"{rec.name} pid {rec.pid}")
-        for pid in group_members(rec.pid):
-            left.append(f"{rec.name} group member pid {pid}")
-        if rec.workdir:   # PostgreSQL backends leave the group (setsid) but keep the data dir
-            for pid in procs.pids_in(rec.workdir):
-                left.append(f"{rec.name} child pid {pid} in {rec.workdir}")
+        left += [f"{rec.name}: pid {pid}" for pid in procs.members(rec)]
     return left
 
 
