@@ -6,6 +6,7 @@
     msdb scenarios
     msdb proxy [--host 127.0.0.1] [--port 8474] [--config FILE]
     msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR]
+    msdb report RUN_DIR... [--index DIR]
 
 Exit codes: 0 every check passed, 1 a check failed (or a part is
 unhealthy), 2 usage or configuration error, 3 infrastructure error.
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     sub.add_parser("scenarios", help="list the scenarios `msdb run` knows")
+
+    s = sub.add_parser("report", help="write report.html and report.pdf for run directories")
+    s.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories")
+    s.add_argument("--no-pdf", action="store_true", help="HTML only")
+    s.add_argument("--index", default=None, metavar="DIR",
+                   help="also write DIR/index.html linking every run under DIR")
 
     s = sub.add_parser("proxy", help="run the Toxiproxy-compatible fault proxy in the foreground")
     s.add_argument("--host", default="127.0.0.1", help="API host (loopback only; default 127.0.0.1)")
@@ -191,6 +198,24 @@ def cmd_scenarios(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .errors import UsageError
+    if not args.run_dirs and not args.index:
+        raise UsageError("give at least one RUN_DIR, or --index DIR")
+    from reports.render import build_index, build_report
+    for d in args.run_dirs:
+        p = Path(d)
+        if not (p / "run.json").exists():
+            raise UsageError(f"RUN_DIR {d!r} is not a run directory (no run.json)")
+        html, pdf = build_report(p, pdf=not args.no_pdf)
+        print(f"{html}" + (f"\n{pdf}" if pdf else ""))
+    if args.index:
+        if not Path(args.index).is_dir():
+            raise UsageError(f"--index {args.index!r} is not a directory")
+        print(build_index(Path(args.index)))
+    return 0
+
+
 def cmd_proxy(args) -> int:
     from chaos.server import main as proxy_main
     argv = ["--host", args.host, "--port", str(args.port)]
@@ -207,7 +232,7 @@ def cmd_run(args) -> int:
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "scenarios": cmd_scenarios,
-            "run": cmd_run, "proxy": cmd_proxy}
+            "run": cmd_run, "proxy": cmd_proxy, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,8 @@ from . import verdicts as V
 from .durations import parse_duration
 from .errors import ConfigError, InfraError, MsdbError, NoStackError, UsageError
 from .rundir import RunDir, utc_now
-from .samplers import HEALTH_COLUMNS, METRICS_COLUMNS, HealthSampler, MetricsSampler
+from .samplers import (HEALTH_COLUMNS, METRICS_COLUMNS, PG_COLUMNS, REDIS_COLUMNS, STATEMENT_COLUMNS,
+                       HealthSampler, MetricsSampler, StoreSampler, write_statement_deltas)
 from .stack import load_stack, status
 
 __all__ = ["run_command", "RunParams", "load_slo", "percentile"]
@@ -379,8 +380,12 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
     req_table = rd.table("requests.csv", REQUEST_COLUMNS)
     met_table = rd.table("metrics.csv", METRICS_COLUMNS)
     health_table = rd.table("health.csv", HEALTH_COLUMNS)
+    pg_table = rd.table("postgres.csv", PG_COLUMNS)
+    redis_table = rd.table("redis.csv", REDIS_COLUMNS)
     sampler = MetricsSampler(services, met_table)
     health = HealthSampler(lambda: status(state_dir), health_table)
+    stores = StoreSampler(info, pg_table, redis_table)
+    statements_before: dict = {}
     samples: list[tuple] = []
     counts = {"ok": 0, "fail": 0, "info": 0}
     nemesis = None
@@ -418,12 +423,14 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
             raise InfraError(f"seeding failed: {e}") from None
         workload.Pool.configure(services=info["services"], products=data["products"],
                                 seeded_users=len(data["users"]))
+        statements_before = stores.statements()   # after seeding: the run's queries only
         workload.set_history(CountingHistory())
         print(f"seeded {len(data['users'])} users, {len(data['products'])} products; running "
               f"{sc.name} with {p.users} users for {p.duration_s:g} s"
               + (f", {len(faults)} fault(s)" if faults else "") + " ...")
         sampler.start()
         health.start()
+        stores.start()
         t0 = time.monotonic()
         nemesis = _Nemesis(rd, p.state_dir, faults)
         try:
@@ -443,6 +450,9 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
             time.sleep(0.5)
         health.stop()
         sampler.stop()
+        stores.stop()
+        with rd.table("statements.csv", STATEMENT_COLUMNS) as st:
+            write_statement_deltas(statements_before, stores.statements(), st)
         health_after = [p_.__dict__ for p_ in status(state_dir)]
         checks = V.load_checks(samples=samples, duration_s=elapsed, slo=slo, scrapes=sampler.scrapes,
                                scrape_failures=sampler.failures, health_after=health_after,
@@ -497,12 +507,27 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
                 run_info["heal_error"] = str(e)
         health.stop()
         sampler.stop()
+        stores.stop()
+        stores.close()
         history.close()
-        for t in (req_table, met_table, health_table):
+        for t in (req_table, met_table, health_table, pg_table, redis_table):
             t.close()
         run_info["end"] = utc_now()
         rd.write_json("run.json", run_info)
         if results is not None:
             rd.write_json("results.json", results)
     print(format_summary(rd.path))
+    _write_report(rd)
     return C.exit_code(results["verdict"])
+
+
+def _write_report(rd: RunDir) -> None:
+    """report.html + report.pdf, and the index of the runs next to this one."""
+    from reports.render import build_index, build_report
+    try:
+        html, pdf = build_report(rd.path)
+        print(f"report: {html}  {pdf}")
+        build_index(rd.path.parent)
+    except Exception as e:  # a report failure must not hide the verdict already written
+        print(f"warning: the report could not be built ({type(e).__name__}: {e}); "
+              f"retry with `msdb report {rd.path}`", file=sys.stderr)

@@ -5,7 +5,12 @@
     faults.jsonl    fault records with UTC start/end
     requests.csv    one row per client request (exact percentiles)
     metrics.csv     services' /metrics samples, tidy: time, service, metric, labels, value
+    health.csv      every part's health at 1 Hz
+    postgres.csv    per instance: backends by state, transaction and block counters, lag
+    redis.csv       Redis INFO: hits, misses, clients, memory
+    statements.csv  pg_stat_statements: the run's top queries (end minus start)
     results.json    checks and verdict
+    report.html     the report (self-contained), and report.pdf from the same HTML
 
 Writers are safe to call from Locust greenlets and sampler threads.
 """
@@ -51,6 +56,12 @@ class CsvTable:
                 self._f.flush()
                 os.fsync(self._f.fileno())
                 self._f.close()
+
+    def __enter__(self) -> "CsvTable":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class HistoryWriter:

@@ -117,3 +117,123 @@ class HealthSampler(_Periodic):
             if ts >= t and ok:
                 return round(ts - t, 2)
         return None
+
+
+PG_COLUMNS = ["time", "instance", "metric", "labels", "value"]
+REDIS_COLUMNS = ["time", "metric", "value"]
+STATEMENT_COLUMNS = ["instance", "database", "queryid", "query", "calls", "total_exec_ms",
+                     "mean_exec_ms", "rows"]
+
+
+class StoreSampler(_Periodic):
+    """PostgreSQL and Redis at 1 Hz, over direct admin connections (never
+    through the fault proxies, so a fault on a link does not blind it).
+
+    postgres.csv: up; backends by state and database (pg_stat_activity);
+    xact_commit / xact_rollback / blks_hit / blks_read per database (counters:
+    rates are computed in analysis); replication lag in bytes per standby.
+    redis.csv: up, keyspace_hits, keyspace_misses, connected_clients,
+    used_memory, instantaneous_ops_per_sec.
+    """
+
+    def __init__(self, info: dict, pg_table: CsvTable, redis_table: CsvTable, *,
+                 interval: float | None = None):
+        super().__init__(pg_table, interval)
+        self.instances = {i["name"]: i["admin_dsn"] for i in info["postgres"]["instances"]}
+        self.redis_url = info["redis"]["url"]
+        self.redis_table = redis_table
+        self._conns: dict = {}
+        self._redis = None
+
+    def _conn(self, name: str):
+        import psycopg
+        c = self._conns.get(name)
+        if c is None or c.closed:
+            c = psycopg.connect(self.instances[name], autocommit=True, connect_timeout=2)
+            self._conns[name] = c
+        return c
+
+    def sample_once(self) -> None:
+        import psycopg
+        import redis
+        ts = round(time.time(), 3)
+        row = self.table.row
+        for name in self.instances:
+            try:
+                c = self._conn(name)
+                row(ts, name, "up", "", 1)
+                for state, datname, n in c.execute(
+                        "SELECT coalesce(state, 'background'), coalesce(datname, ''), count(*) "
+                        "FROM pg_stat_activity GROUP BY 1, 2").fetchall():
+                    row(ts, name, "backends", f"datname={datname};state={state}", n)
+                for datname, commit, rollback, hit, read in c.execute(
+                        "SELECT datname, xact_commit, xact_rollback, blks_hit, blks_read "
+                        "FROM pg_stat_database WHERE datname IS NOT NULL "
+                        "AND datname NOT IN ('template0', 'template1')").fetchall():
+                    lab = f"datname={datname}"
+                    row(ts, name, "xact_commit", lab, commit)
+                    row(ts, name, "xact_rollback", lab, rollback)
+                    row(ts, name, "blks_hit", lab, hit)
+                    row(ts, name, "blks_read", lab, read)
+                for app, lag in c.execute(
+                        "SELECT application_name, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) "
+                        "FROM pg_stat_replication WHERE NOT pg_is_in_recovery()").fetchall():
+                    row(ts, name, "replication_lag_bytes", f"standby={app}", lag if lag is not None else "")
+            except psycopg.Error:
+                self._conns.pop(name, None)
+                row(ts, name, "up", "", 0)
+        try:
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
+            info = self._redis.info()
+            self.redis_table.row(ts, "up", 1)
+            for k in ("keyspace_hits", "keyspace_misses", "connected_clients", "used_memory",
+                      "instantaneous_ops_per_sec", "total_commands_processed"):
+                self.redis_table.row(ts, k, info.get(k, ""))
+        except redis.RedisError:
+            self._redis = None
+            self.redis_table.row(ts, "up", 0)
+
+    def statements(self) -> dict:
+        """A pg_stat_statements snapshot: (instance, db, queryid) -> (query, calls, ms, rows)."""
+        import psycopg
+        out = {}
+        for name, dsn in self.instances.items():
+            try:
+                with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as c:
+                    if c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                        continue
+                    dbs = [r[0] for r in c.execute(
+                        "SELECT datname FROM pg_database WHERE datname LIKE '%%_service_db'").fetchall()]
+                for db in dbs:
+                    with psycopg.connect(dsn.rsplit("/", 1)[0] + f"/{db}", autocommit=True,
+                                         connect_timeout=2) as c:
+                        for qid, q, calls, ms, rows in c.execute(
+                                "SELECT queryid, query, calls, total_exec_time, rows FROM pg_stat_statements "
+                                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                        ).fetchall():
+                            out[(name, db, qid)] = (q, calls, ms, rows)
+            except psycopg.Error:
+                continue
+        return out
+
+    def close(self) -> None:
+        for c in self._conns.values():
+            try:
+                c.close()
+            except Exception:  # closing a broken connection may itself fail
+                pass
+        self._conns.clear()
+
+
+def write_statement_deltas(before: dict, after: dict, table: CsvTable, top: int = 50) -> None:
+    """The top queries by time spent during the run (end snapshot minus start)."""
+    rows = []
+    for key, (q, calls, ms, nrows) in after.items():
+        b = before.get(key, (q, 0, 0.0, 0))
+        dc, dms, dr = calls - b[1], ms - b[2], nrows - b[3]
+        if dc > 0:
+            rows.append((key[0], key[1], key[2], " ".join(q.split())[:500], dc, round(dms, 3),
+                         round(dms / dc, 4), dr))
+    for r in sorted(rows, key=lambda r: -r[5])[:top]:
+        table.row(*r)

@@ -1,0 +1,171 @@
+"""Charts (matplotlib, Agg) as inline PNG data URIs.
+
+Every time chart shades the fault windows from the journal (`windows` from
+analysis.fault_windows), so latency, pools and lag line up with the faults.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+__all__ = ["throughput_chart", "latency_chart", "capacity_chart", "pool_chart", "db_chart",
+           "redis_chart", "tps_chart", "shade"]
+
+FAULT_COLOR = "#e4572e"
+plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
+                     "axes.spines.top": False, "axes.spines.right": False})
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def shade(ax, windows: list[dict], t_max: float | None = None) -> None:
+    for i, w in enumerate(windows):
+        end = w["end_s"] if w["end_s"] is not None else (t_max or w["start_s"] + 1)
+        ax.axvspan(w["start_s"], end, color=FAULT_COLOR, alpha=0.15, lw=0,
+                   label=f"fault: {w['kind']} on {w['target']}" if i < 3 else None)
+
+
+def _legend(ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
+
+
+def throughput_chart(sec: pd.DataFrame, windows: list[dict]) -> str | None:
+    if sec.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 2.8))
+    ax.plot(sec["second"], sec["requests"], lw=1.2, label="requests/s")
+    ax.plot(sec["second"], sec["errors"], lw=1.2, color=FAULT_COLOR, label="failed/s")
+    shade(ax, windows, sec["second"].max())
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel("per second")
+    ax.set_title("Throughput")
+    _legend(ax)
+    return _png(fig)
+
+
+def latency_chart(sec: pd.DataFrame, windows: list[dict]) -> str | None:
+    if sec.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3))
+    for q, lw in (("p50", 1.0), ("p95", 1.0), ("p99", 1.4)):
+        ax.plot(sec["second"], sec[q], lw=lw, label=q)
+    shade(ax, windows, sec["second"].max())
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_title("Latency percentiles per second (all endpoints)")
+    _legend(ax)
+    return _png(fig)
+
+
+def capacity_chart(sec: pd.DataFrame, steps: pd.DataFrame, knees: pd.DataFrame,
+                   p99_slo: float | None) -> str | None:
+    if sec.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.scatter(sec["requests"], sec["p99"], s=6, alpha=0.35, label="p99 of each second")
+    if not steps.empty:
+        allp = steps[steps["endpoint"] == "(all)"].sort_values("users")
+        ax.plot(allp["throughput"], allp["p99"], "o-", lw=1.5, color="#2e86ab",
+                label="p99 per load step (all endpoints)")
+        for _, r in allp.iterrows():
+            ax.annotate(f"{int(r['users'])}u", (r["throughput"], r["p99"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        k = knees[knees["endpoint"] == "(all)"] if not knees.empty else knees
+        if not k.empty and pd.notna(k.iloc[0]["knee_throughput"]):
+            ax.axvline(k.iloc[0]["knee_throughput"], color="#3bb273", ls="--",
+                       label=f"knee: {k.iloc[0]['knee_throughput']:.0f} req/s")
+    if p99_slo:
+        ax.axhline(p99_slo, color=FAULT_COLOR, ls=":", label=f"p99 SLO {p99_slo:g} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("throughput, requests/s")
+    ax.set_ylabel("p99 latency, ms (log)")
+    ax.set_title("Latency against throughput (capacity curve)")
+    _legend(ax)
+    return _png(fig)
+
+
+def pool_chart(pools: pd.DataFrame, windows: list[dict]) -> str | None:
+    if pools.empty:
+        return None
+    prim = pools[pools["pool"] == "primary"]
+    services = sorted(prim["service"].unique())
+    if not services:
+        return None
+    fig, axes = plt.subplots(len(services), 1, figsize=(9, 1.6 * len(services) + 0.6), sharex=True)
+    axes = axes if len(services) > 1 else [axes]
+    for ax, svc in zip(axes, services):
+        g = prim[prim["service"] == svc]
+        ax.plot(g["t"], g["pool_size"], lw=1.2, label="size")
+        ax.plot(g["t"], g["pool_available"], lw=1.0, label="available")
+        ax.plot(g["t"], g["requests_waiting"], lw=1.2, color=FAULT_COLOR, label="waiting")
+        if "requests_wait_ms_per_s" in g:
+            ax2 = ax.twinx()
+            ax2.plot(g["t"], g["requests_wait_ms_per_s"], lw=0.8, color="#888", ls="--",
+                     label="wait ms/s")
+            ax2.set_ylabel("wait ms/s", fontsize=7)
+            ax2.grid(False)
+        shade(ax, windows, g["t"].max())
+        ax.set_ylabel(svc)
+        if ax is axes[0]:
+            _legend(ax)
+    axes[0].set_title("Connection pools (psycopg_pool): size, available, waiting; dashed: wait time")
+    axes[-1].set_xlabel("seconds since the first request")
+    return _png(fig)
+
+
+def db_chart(db: pd.DataFrame, windows: list[dict]) -> str | None:
+    if db.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3))
+    for q, g in db.groupby("query"):
+        ax.plot(g["t"], g["mean_ms"], lw=1.0, label=q)
+    shade(ax, windows, db["t"].max())
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel("mean ms in the database (log)")
+    ax.set_title("Database query latency (busiest named queries)")
+    _legend(ax)
+    return _png(fig)
+
+
+def redis_chart(hits: pd.DataFrame, windows: list[dict]) -> str | None:
+    if hits.empty or hits["hit_rate"].dropna().empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 2.4))
+    ax.plot(hits["t"], hits["hit_rate"] * 100, lw=1.2)
+    shade(ax, windows, hits["t"].max())
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel("hit rate, %")
+    ax.set_title("Redis keyspace hit rate")
+    return _png(fig)
+
+
+def tps_chart(tps: pd.DataFrame, windows: list[dict]) -> str | None:
+    if tps.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 2.4))
+    for inst, g in tps.groupby("instance"):
+        ax.plot(g["t"], g["tps"], lw=1.0, label=inst)
+    shade(ax, windows, tps["t"].max())
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel("transactions/s")
+    ax.set_title("PostgreSQL transactions per second")
+    _legend(ax)
+    return _png(fig)
