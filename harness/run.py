@@ -89,6 +89,8 @@ def load_slo(path: str | None, scenario: str, required: tuple[str, ...] = V.LOAD
 
 
 def _required_slo(sc, has_faults: bool) -> tuple[str, ...]:
+    if sc.shape:
+        return V.CAPACITY_KEYS
     if not has_faults:
         return V.LOAD_KEYS
     keys = ("healthy_after_s",) + V.FAULT_KEYS
@@ -98,7 +100,8 @@ def _required_slo(sc, has_faults: bool) -> tuple[str, ...]:
 
 
 def _params(args, sc) -> RunParams:
-    duration = parse_duration(args.duration, "--duration") if args.duration else sc.duration_s
+    default = len(sc.shape["steps"]) * sc.shape["step_s"] if sc.shape else sc.duration_s
+    duration = parse_duration(args.duration, "--duration") if args.duration else default
     users = sc.users if args.users is None else args.users
     if users < 1:
         raise UsageError(f"--users {users} must be at least 1")
@@ -254,19 +257,28 @@ def _load_user_classes(specs) -> list:
 
 
 def run_locust(*, user_classes, host: str, users: int, spawn_rate: float, duration_s: float,
-               on_request) -> dict:
-    """Run Locust in library mode for duration_s; returns Locust's own totals."""
+               on_request, shape=None) -> dict:
+    """Run Locust in library mode for duration_s (or until the shape stops);
+    returns Locust's own totals."""
     import gevent
     import locust
     from locust.env import Environment
-    env = Environment(user_classes=user_classes, events=locust.events, host=host, stop_timeout=10)
+    from locust.runners import STATE_STOPPED, STATE_STOPPING
+    env = Environment(user_classes=user_classes, events=locust.events, host=host, stop_timeout=10,
+                      shape_class=shape)
     runner = env.create_local_runner()
     listener = env.events.request.add_listener(on_request)
     try:
-        runner.start(users, spawn_rate=spawn_rate)
+        if shape is not None:
+            runner.start_shape()
+        else:
+            runner.start(users, spawn_rate=spawn_rate)
         deadline = time.monotonic() + duration_s
         while time.monotonic() < deadline:
             gevent.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            if shape is not None and runner.state in (STATE_STOPPING, STATE_STOPPED) \
+                    and time.monotonic() > deadline - duration_s + 1:
+                break
         runner.stop()
     finally:
         runner.quit()
@@ -431,13 +443,25 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
         sampler.start()
         health.start()
         stores.start()
+        shape = None
+        if sc.shape:
+            from scenarios.shapes import StepLoadShape
+            settle = sc.shape.get("settle_s", 0)
+            StepLoadShape.configure(steps=sc.shape["steps"], step_s=sc.shape["step_s"],
+                                    judge=lambda st: V.step_breach(
+                                        samples, st, settle_s=settle, p99_ms=slo["p99_ms_max"],
+                                        error_rate=slo["error_rate_max"]))
+            shape = StepLoadShape()
+            run_info["parameters"]["settle_s"] = settle
+            run_info["parameters"]["steps"] = list(sc.shape["steps"])
+            run_info["parameters"]["step_s"] = sc.shape["step_s"]
         t0 = time.monotonic()
         nemesis = _Nemesis(rd, p.state_dir, faults)
         try:
             locust_totals = run_locust(user_classes=_load_user_classes(sc.user_classes),
                                        host=services["users"], users=p.users,
                                        spawn_rate=p.spawn_rate, duration_s=p.duration_s,
-                                       on_request=on_request)
+                                       on_request=on_request, shape=shape)
         finally:
             elapsed = time.monotonic() - t0
             workload.set_history(None)
@@ -457,8 +481,15 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
         checks = V.load_checks(samples=samples, duration_s=elapsed, slo=slo, scrapes=sampler.scrapes,
                                scrape_failures=sampler.failures, health_after=health_after,
                                workload_errors=locust_totals["user_errors"],
-                               strict_errors=not faults)
+                               strict_errors=not faults and shape is None)
         metrics = {}
+        if shape is not None:
+            steps = shape.finish()
+            rd.write_json("steps.json", steps)
+            cchecks, cmetrics = V.capacity_checks(samples=samples, steps=steps,
+                                                  settle_s=sc.shape.get("settle_s", 0), slo=slo)
+            checks += cchecks
+            metrics.update(cmetrics)
         if faults:
             records = Journal.read(rd.path / "faults.jsonl")
             ends = [V._epoch(r.get("end")) for r in records if r.get("end")]

@@ -18,7 +18,8 @@ from statistics import median
 from . import checks as C
 
 __all__ = ["percentile", "endpoint_stats", "load_checks", "fault_checks", "fault_windows",
-           "SLO_KEYS", "LOAD_KEYS", "FAULT_KEYS", "LATENCY_KEYS"]
+           "step_breach", "capacity_checks", "SLO_KEYS", "LOAD_KEYS", "FAULT_KEYS", "LATENCY_KEYS",
+           "CAPACITY_KEYS"]
 
 T, NAME, METHOD, STATUS, MS, BYTES, OK, ERROR = range(8)
 
@@ -26,11 +27,12 @@ SLO_KEYS = {"error_rate_max": float, "server_errors_max": int, "p95_ms_max": flo
             "healthy_after_s": float, "recovery_s": float, "heal_grace_s": float,
             "errors_after_heal_max": int, "fault_error_rate_max": float,
             "internal_errors_max": int, "latency_observed_min_ratio": float,
-            "latency_observed_max_ratio": float}
+            "latency_observed_max_ratio": float, "p99_ms_max": float, "knee_min_rps": float}
 LOAD_KEYS = ("error_rate_max", "server_errors_max", "p95_ms_max", "healthy_after_s")
 FAULT_KEYS = ("recovery_s", "heal_grace_s", "errors_after_heal_max", "fault_error_rate_max",
               "internal_errors_max")
 LATENCY_KEYS = ("latency_observed_min_ratio", "latency_observed_max_ratio")
+CAPACITY_KEYS = ("p99_ms_max", "error_rate_max", "knee_min_rps", "healthy_after_s")
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -80,7 +82,7 @@ def load_checks(*, samples: list, duration_s: float, slo: dict, scrapes: dict, s
         ]
     else:
         out.append(C.Check("endpoint-latencies", "pass" if total else "unknown", len(endpoints), None,
-                           {"endpoints": endpoints, "note": "latency under faults is reported, not judged"}))
+                           {"endpoints": endpoints, "note": "latencies are reported here and judged by the scenario's own checks"}))
     out += [
         # A crash inside the workload code is never a pass.
         C.at_most("workload-errors", sum(workload_errors.values()), 0, errors=workload_errors),
@@ -188,3 +190,50 @@ def _effect_check(effect: dict, before: list, during: list, slo: dict) -> C.Chec
     return C.Check("fault-had-effect", "pass" if bad >= effect.get("min", 1) else
                    ("unknown" if not d_all else "fail"), bad, effect.get("min", 1),
                    {"endpoint": ep, "requests_during": len(d_all)})
+
+
+def step_breach(samples: list, step: dict, *, settle_s: float, p99_ms: float,
+                error_rate: float) -> str | None:
+    """Why a load step broke the SLO (all endpoints together), or None."""
+    lo, hi = step["start"] + settle_s, step["end"]
+    win = [s for s in samples if lo <= s[T] < hi]
+    if not win:
+        return None
+    errors = sum(1 for s in win if not s[OK])
+    if errors / len(win) > error_rate:
+        return f"error rate {errors / len(win):.1%} > {error_rate:.1%}"
+    p99 = percentile(sorted(s[MS] for s in win), 99)
+    if p99 > p99_ms:
+        return f"p99 {p99:.0f} ms > {p99_ms:g} ms"
+    return None
+
+
+def capacity_checks(*, samples: list, steps: list[dict], settle_s: float, slo: dict) -> tuple[list[C.Check], dict]:
+    """The knee (all endpoints): the last step before the first breach."""
+    rows = []
+    knee = None
+    for st in steps:
+        lo, hi = st["start"] + settle_s, st["end"]
+        win = [s for s in samples if lo <= s[T] < hi]
+        if hi <= lo or not win:
+            continue
+        ms = sorted(s[MS] for s in win)
+        rows.append({"users": st["users"], "throughput": round(len(win) / (hi - lo), 2),
+                     "p99_ms": percentile(ms, 99),
+                     "error_rate": round(sum(1 for s in win if not s[OK]) / len(win), 4),
+                     "breach": st.get("breach")})
+        if st.get("breach"):
+            break
+        knee = rows[-1]
+    crashed = [st["breach"] for st in steps if st.get("judge_error")]
+    checks = [
+        C.Check("load-stepped", "unknown" if crashed or not rows else "pass", len(rows), None,
+                {"steps": rows, **({"error": crashed[0]} if crashed else {})}),
+        C.at_least("knee-throughput", knee["throughput"] if knee else (0.0 if rows else None),
+                   slo["knee_min_rps"], unit="req/s", knee=knee,
+                   first_breach=next((r for r in rows if r["breach"]), None)),
+    ]
+    metrics = {"knee_rps": knee["throughput"] if knee else None,
+               "knee_users": knee["users"] if knee else None,
+               "knee_p99_ms": knee["p99_ms"] if knee else None, "steps": rows}
+    return checks, metrics

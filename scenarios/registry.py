@@ -30,6 +30,8 @@ class Scenario:
     user_classes: tuple[str, ...] = ("scenarios.workload:ShopUser",)
     faults: tuple[dict, ...] = ()
     effect: dict | None = None
+    # a step load instead of a constant one: {"steps": [...], "step_s": 15, "settle_s": 2}
+    shape: dict | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -40,6 +42,11 @@ _SCENARIOS = {s.name: s for s in (
         name="smoke",
         summary="the shop mix (browse, search, login, dashboard, orders) for a short run; "
                 "checks no 5xx, error rate, p95 and health after the run"),
+    Scenario(
+        name="capacity", users=160, duration_s=6 * 15.0,
+        summary="steps users up 5, 10, 20, 40, 80, 160 (15 s each) until p99 or errors break "
+                "the SLO; finds the knee per endpoint and sizes the pools by Little's law",
+        shape={"steps": [5, 10, 20, 40, 80, 160], "step_s": 15, "settle_s": 3}),
     Scenario(
         name="db-latency", **_FAULTY,
         summary="200 ms latency on catalog's database link (catalog-db) for the middle half of "
