@@ -182,14 +182,19 @@ def ensure_stack(p: RunParams, log=print) -> bool:
     return True
 
 
-def heal_stack(state_dir: Path) -> list[str]:
+def heal_stack(state_dir: Path, *, keep_overrides: bool = False) -> list[str]:
     """Make the stack whole whatever a nemesis left: every proxy enabled and
     toxic-free, every part resumed and running.  Returns what it had to fix."""
     from chaos.client import ToxiproxyServer
     from . import procs
     from .faults import StackActions
+    from .stack import Stack
     info = load_stack(state_dir)
     fixed = []
+    if info.get("overrides") and not keep_overrides:
+        restarted = Stack.attach(state_dir).set_overrides({})
+        fixed.append(f"settings restored: {', '.join(restarted)}")
+        info = load_stack(state_dir)
     try:
         api = ToxiproxyServer("127.0.0.1", info["proxy"]["port"], timeout=10)
         leftovers = {n: p for n, p in api.proxies().items()}
@@ -375,12 +380,17 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
     state_dir = Path(p.state_dir)
     info = load_stack(state_dir)
     leftovers = heal_stack(state_dir)   # a run starts from a whole stack
+    if sc.service_env:
+        from .stack import Stack
+        Stack.attach(state_dir).set_overrides({k: dict(v) for k, v in sc.service_env.items()})
+        info = load_stack(state_dir)
     run_info = {"scenario": sc.name, "parameters": dict(p.__dict__), "slo": slo,
                 "topology": info["topology"],
                 "stack": {"base_port": info["base_port"],
                           "services": {k: v["url"] for k, v in info["services"].items()},
                           "proxy_api": info["proxy"]["api"], "pool": _pool_config()},
                 "faults": [f.to_json() for f in faults], "healed_before_run": leftovers,
+                "overrides": info.get("overrides", {}),
                 "versions": _versions(info), "machine": _machine(),
                 "start": utc_now(), "end": None, "status": "running"}
     rd.write_json("run.json", run_info)
@@ -466,7 +476,7 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
             elapsed = time.monotonic() - t0
             workload.set_history(None)
             nemesis_rc = nemesis.stop()
-            fixed = heal_stack(state_dir)
+            fixed = heal_stack(state_dir, keep_overrides=True)
             run_info["healed_after_run"] = fixed
         # Health after the run, sampled until whole (or the SLO's patience runs out).
         deadline = time.monotonic() + slo["healthy_after_s"]
@@ -494,7 +504,9 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
             records = Journal.read(rd.path / "faults.jsonl")
             ends = [V._epoch(r.get("end")) for r in records if r.get("end")]
             recovery = health.healthy_since(max(ends)) if ends else None
-            pool_min = _pool_config()["min"]
+            pool_min = {"*": _pool_config()["min"],
+                        **{svc: int(env["DB_POOL_MIN"]) for svc, env in info.get("overrides", {}).items()
+                           if "DB_POOL_MIN" in env}}
             pools_after = {(svc, pool): v for (svc, pool, stat), v in sampler.pools.items()
                            if stat == "pool_size"}
             fchecks, fmetrics = V.fault_checks(samples=samples, records=records, expected=len(faults),
@@ -531,9 +543,10 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
     finally:
         if nemesis is not None and nemesis.proc is not None and nemesis.proc.poll() is None:
             nemesis.stop()
-        if run_info["status"] != "completed":
-            try:
-                run_info["healed_after_run"] = heal_stack(state_dir)
+        if run_info["status"] != "completed" or run_info.get("overrides"):
+            try:   # also puts the scenario's changed settings back
+                run_info.setdefault("healed_after_run", [])
+                run_info["healed_after_run"] += heal_stack(state_dir)
             except MsdbError as e:
                 run_info["heal_error"] = str(e)
         health.stop()

@@ -47,6 +47,10 @@ CONFIG_PATH = Path(__file__).resolve().parent.parent / "system_under_test" / "se
 # stack; the docker-compose stack's PostgreSQL runs with TLS.
 EMBEDDED_SSLMODE = "disable"
 
+# Service settings a scenario may change for one run (services.yaml ${VARS}).
+OVERRIDABLE = ("DB_POOL_MAX", "DB_POOL_MIN", "DB_POOL_ACQUIRE", "DB_POOL_IDLE", "PEER_TIMEOUT_MS",
+               "PAYMENT_DECLINE_RATE", "ORDER_HISTORY_READ")
+
 
 
 def _now() -> str:
@@ -325,7 +329,30 @@ class Stack:
         for caller, callee in PEER_LINKS:
             if caller == name:
                 env[f"{callee.upper()}_URL"] = f"http://127.0.0.1:{L.link(f'{caller}-to-{callee}').listen_port}"
+        env.update(self.info.get("overrides", {}).get(name, {}))
         return env
+
+    def set_overrides(self, overrides: dict[str, dict[str, str]]) -> list[str]:
+        """Restart the services whose settings change (seed §3.2 keys only);
+        returns the services restarted.  The overrides stay in stack.json, so a
+        service restarted by a fault keeps them, until set_overrides({})."""
+        for svc, env in overrides.items():
+            if svc not in SERVICE_BY_NAME:
+                raise UsageError(f"override for unknown service {svc!r}")
+            for k in env:
+                if k not in OVERRIDABLE:
+                    raise UsageError(f"{svc}.{k}: cannot be overridden (allowed: {', '.join(OVERRIDABLE)})")
+        current = self.info.get("overrides", {})
+        changed = sorted(s for s in set(current) | set(overrides)
+                         if current.get(s, {}) != overrides.get(s, {}))
+        self.info["overrides"] = {k: dict(v) for k, v in overrides.items() if v}
+        self._write_info(partial=False)
+        for svc in changed:
+            rec = self.procs.get(f"svc-{svc}")
+            if rec is not None:
+                procs.stop(rec)
+            self.start_part(f"svc-{svc}")
+        return changed
 
     def _write_info(self, *, partial: bool) -> None:
         sec = self.secrets()
@@ -392,6 +419,7 @@ class Stack:
                       "pid": proxy_rec.pid if proxy_rec else None,
                       "proxies": [l_.to_json() for l_ in L.links]},
             "processes": [r.to_json() for r in self.procs.values()],
+            "overrides": self.info.get("overrides", {}),
         }
         _atomic_write_json(self.state_dir / "stack.json", self.info)
 

@@ -111,7 +111,7 @@ def fault_windows(records: list[dict]) -> list[tuple[float, float, dict]]:
 
 
 def fault_checks(*, samples: list, records: list[dict], expected: int, slo: dict,
-                 recovery_s: float | None, pools_after: dict, pool_min: int,
+                 recovery_s: float | None, pools_after: dict, pool_min,
                  effect: dict | None) -> tuple[list[C.Check], dict]:
     """Checks of a run with faults: injected and healed, clean errors, recovery, effect seen."""
     windows = fault_windows(records)
@@ -144,7 +144,9 @@ def fault_checks(*, samples: list, records: list[dict], expected: int, slo: dict
                          slo["errors_after_heal_max"], requests_after=len(after), grace_s=grace,
                          examples=[f"{s[NAME]} HTTP {s[STATUS]} {s[ERROR]}" for s in errs_after[:10]]))
     out.append(C.at_most("healthy-again-after-heal", recovery_s, slo["recovery_s"], unit="s"))
-    low = {f"{svc}/{pool}": v for (svc, pool), v in pools_after.items() if v < pool_min}
+    mins = pool_min if isinstance(pool_min, dict) else {}
+    floor = lambda svc: mins.get(svc, mins.get("*", pool_min if isinstance(pool_min, int) else 0))  # noqa: E731
+    low = {f"{svc}/{pool}": v for (svc, pool), v in pools_after.items() if v < floor(svc)}
     out.append(C.Check("pools-recovered", "unknown" if not pools_after else ("pass" if not low else "fail"),
                        len(low) if pools_after else None, 0,
                        {"pool_size_after": {f"{s}/{p}": v for (s, p), v in pools_after.items()},
@@ -175,6 +177,22 @@ def _effect_check(effect: dict, before: list, during: list, slo: dict) -> C.Chec
                        {"endpoint": ep, "median_before_ms": round(median(b), 3),
                         "median_during_ms": round(median(d), 3), "accepted_ms": [lo, hi],
                         "samples_before": len(b), "samples_during": len(d)})
+    if effect["kind"] == "acquire-timeouts":
+        # Failed requests on the endpoint: clean 503s, after about the acquire timeout.
+        failed = [s for s in d_all if not s[OK]]
+        not_503 = [s for s in failed if s[STATUS] != 503]
+        if not failed:
+            return C.Check("pool-timeouts-clean", "fail" if d_all else "unknown", 0, effect["acquire_ms"],
+                           {"endpoint": ep, "reason": "no request timed out waiting for the pool"})
+        med = median(s[MS] for s in failed if s[STATUS] == 503) if len(not_503) < len(failed) else None
+        lo, hi = effect["acquire_ms"] * 0.9, effect["acquire_ms"] * 2.0
+        ok = not not_503 and med is not None and lo <= med <= hi
+        return C.Check("pool-timeouts-clean", "pass" if ok else "fail",
+                       None if med is None else round(med, 1), effect["acquire_ms"],
+                       {"endpoint": ep, "timeouts": len(failed), "not_503": len(not_503),
+                        "examples_not_503": [f"HTTP {s[STATUS]} {s[ERROR]}" for s in not_503[:5]],
+                        "accepted_ms": [lo, hi],
+                        "meaning": "median latency of the 503s vs the configured pool.acquire"})
     if effect["kind"] == "slower":
         d = [s[MS] for s in d_all if s[OK]]
         if len(b) < 5 or len(d) < 5:

@@ -32,6 +32,8 @@ class Scenario:
     effect: dict | None = None
     # a step load instead of a constant one: {"steps": [...], "step_s": 15, "settle_s": 2}
     shape: dict | None = None
+    # service settings for this run only (services.yaml variables), restored afterwards
+    service_env: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
@@ -47,6 +49,15 @@ _SCENARIOS = {s.name: s for s in (
         summary="steps users up 5, 10, 20, 40, 80, 160 (15 s each) until p99 or errors break "
                 "the SLO; finds the knee per endpoint and sizes the pools by Little's law",
         shape={"steps": [5, 10, 20, 40, 80, 160], "step_s": 15, "settle_s": 3}),
+    Scenario(
+        name="pool-exhaustion", duration_s=60.0, users=30,
+        summary="catalog's pool cut to 4 connections with a 2 s acquire timeout, then 500 ms of "
+                "latency on catalog-db: requests queue for connections, time out at the acquire "
+                "timeout as clean 503s, and all recovers after the heal",
+        service_env={"catalog": {"DB_POOL_MAX": "4", "DB_POOL_MIN": "2", "DB_POOL_ACQUIRE": "2000"}},
+        faults=({"kind": "latency", "target": "catalog-db", "at": "25%", "for": "50%",
+                 "latency": 500},),
+        effect={"kind": "acquire-timeouts", "endpoint": "catalog GET /products", "acquire_ms": 2000}),
     Scenario(
         name="db-latency", **_FAULTY,
         summary="200 ms latency on catalog's database link (catalog-db) for the middle half of "
