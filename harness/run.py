@@ -58,7 +58,26 @@ class RunParams:
     faults_file: str | None = None
 
 
+ENDPOINT_SLO_KEYS = {"p95_ms_max": float, "p99_ms_max": float, "error_rate_max": float}
+
+
+def _slo_value(where: str, key: str, v, kind):
+    if isinstance(v, bool):
+        raise ConfigError(f"{where}.{key}: expected a number, got {v!r}")
+    try:
+        out = kind(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}.{key}: expected a number, got {v!r}") from None
+    if out < 0:
+        raise ConfigError(f"{where}.{key}: must be >= 0, got {v!r}")
+    return out
+
+
 def load_slo(path: str | None, scenario: str, required: tuple[str, ...] = V.LOAD_KEYS) -> dict:
+    """Thresholds for one scenario: the file's `defaults` (the seed's RPO 15 min and
+    RTO 2 h live there) overlaid by the scenario's section.  Every key must be
+    known: a mistyped threshold is an error, never silently ignored."""
+    from scenarios.data import ENDPOINTS
     p = Path(path) if path else SLO_PATH
     where = str(p)
     try:
@@ -67,21 +86,36 @@ def load_slo(path: str | None, scenario: str, required: tuple[str, ...] = V.LOAD
         raise ConfigError(f"--slo {where!r}: file does not exist") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--slo {where!r}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict) or scenario not in raw:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of scenario sections")
+    if scenario not in raw:
         raise ConfigError(f"{where}: no section for scenario {scenario!r}")
-    section = raw[scenario]
-    if not isinstance(section, dict):
-        raise ConfigError(f"{where}: {scenario}: expected a mapping")
-    out = {}
-    for k, v in section.items():
-        if k not in V.SLO_KEYS:
-            raise ConfigError(f"{where}: {scenario}.{k}: unknown key (known: {', '.join(V.SLO_KEYS)})")
-        try:
-            out[k] = V.SLO_KEYS[k](v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {scenario}.{k}: expected a number, got {v!r}") from None
-        if out[k] < 0:
-            raise ConfigError(f"{where}: {scenario}.{k}: must be >= 0, got {v!r}")
+    out: dict = {}
+    for section in ("defaults", scenario):
+        body = raw.get(section) or {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: {section}: expected a mapping")
+        for k, v in body.items():
+            if k == "endpoints":
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{where}: {section}.endpoints: expected a mapping of endpoint names")
+                eps = out.setdefault("endpoints", {})
+                for ep, th in v.items():
+                    if ep not in ENDPOINTS:
+                        raise ConfigError(f"{where}: {section}.endpoints: unknown endpoint {ep!r} "
+                                          f"(known: {', '.join(ENDPOINTS)})")
+                    if not isinstance(th, dict):
+                        raise ConfigError(f"{where}: {section}.endpoints.{ep}: expected a mapping")
+                    for tk, tv in th.items():
+                        if tk not in ENDPOINT_SLO_KEYS:
+                            raise ConfigError(f"{where}: {section}.endpoints.{ep}.{tk}: unknown key "
+                                              f"(known: {', '.join(ENDPOINT_SLO_KEYS)})")
+                        eps.setdefault(ep, {})[tk] = _slo_value(f"{where}: {section}.endpoints.{ep}", tk,
+                                                                tv, ENDPOINT_SLO_KEYS[tk])
+                continue
+            if k not in V.SLO_KEYS:
+                raise ConfigError(f"{where}: {section}.{k}: unknown key (known: {', '.join(V.SLO_KEYS)})")
+            out[k] = _slo_value(f"{where}: {section}", k, v, V.SLO_KEYS[k])
     for k in required:
         if k not in out:
             raise ConfigError(f"{where}: {scenario}.{k}: missing key")

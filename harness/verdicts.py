@@ -27,7 +27,10 @@ SLO_KEYS = {"error_rate_max": float, "server_errors_max": int, "p95_ms_max": flo
             "healthy_after_s": float, "recovery_s": float, "heal_grace_s": float,
             "errors_after_heal_max": int, "fault_error_rate_max": float,
             "internal_errors_max": int, "latency_observed_min_ratio": float,
-            "latency_observed_max_ratio": float, "p99_ms_max": float, "knee_min_rps": float}
+            "latency_observed_max_ratio": float, "p99_ms_max": float, "knee_min_rps": float,
+            # seed §7.2 and §9.1: recovery objectives and lag, for the drill and lag scenarios
+            "rpo_seconds_max": float, "rto_seconds_max": float, "replica_lag_ms_max": float,
+            "cdc_lag_p99_ms_max": float}
 LOAD_KEYS = ("error_rate_max", "server_errors_max", "p95_ms_max", "healthy_after_s")
 FAULT_KEYS = ("recovery_s", "heal_grace_s", "errors_after_heal_max", "fault_error_rate_max",
               "internal_errors_max")
@@ -83,6 +86,17 @@ def load_checks(*, samples: list, duration_s: float, slo: dict, scrapes: dict, s
     else:
         out.append(C.Check("endpoint-latencies", "pass" if total else "unknown", len(endpoints), None,
                            {"endpoints": endpoints, "note": "latencies are reported here and judged by the scenario's own checks"}))
+    for ep, th in sorted((slo.get("endpoints") or {}).items()):
+        st = endpoints.get(ep)
+        if "p95_ms_max" in th:
+            out.append(C.at_most(f"p95[{ep}]", st["p95_ms"] if st else None, th["p95_ms_max"], unit="ms"))
+        if "p99_ms_max" in th:
+            out.append(C.at_most(f"p99[{ep}]", st["p99_ms"] if st else None, th["p99_ms_max"], unit="ms"))
+        if "error_rate_max" in th:
+            n = [s for s in samples if s[NAME] == ep]
+            out.append(C.at_most(f"error-rate[{ep}]",
+                                 round(sum(1 for s in n if not s[OK]) / len(n), 5) if n else None,
+                                 th["error_rate_max"], requests=len(n)))
     out += [
         # A crash inside the workload code is never a pass.
         C.at_most("workload-errors", sum(workload_errors.values()), 0, errors=workload_errors),

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["product_doc", "user_credentials", "SEARCH_WORDS", "LOAD_PASSWORD"]
+__all__ = ["product_doc", "user_credentials", "SEARCH_WORDS", "LOAD_PASSWORD", "ENDPOINTS"]
+
+# Every request name the shop workload reports (SLO files may set thresholds
+# per name).  Here, not in workload.py, because importing Locust patches the
+# standard library (gevent) and only `msdb run` may do that.
+ENDPOINTS = ("catalog GET /inventory/{id}", "catalog GET /products", "catalog GET /products/{id}",
+             "orders GET /users/{id}/orders", "orders POST /orders", "search GET /search",
+             "users GET /dashboard/{id}", "users GET /sessions/{token}", "users POST /sessions",
+             "users POST /users")
 
 CATEGORIES = ["garden", "kitchen", "books", "toys", "sports", "electronics", "office", "outdoor"]
 ADJECTIVES = ["red", "blue", "compact", "heavy", "wireless", "organic", "classic", "foldable",

@@ -126,3 +126,25 @@ def test_history_closes_pending_operations_as_info(tmp_path):
                                                         ("p2", "invoke"), ("p2", "info")]
     assert ops[-1]["value"]["k"] == 2 and "run ended" in ops[-1]["value"]["error"]
     assert [o["index"] for o in ops] == [0, 1, 2, 3]
+
+
+def test_slo_defaults_endpoints_and_unknown_names(tmp_path):
+    slo = load_slo(None, "smoke")
+    assert slo["rpo_seconds_max"] == 900 and slo["rto_seconds_max"] == 7200   # seed §7.2
+    assert slo["endpoints"]["orders POST /orders"]["p99_ms_max"] == 1000
+    f = tmp_path / "slo.yaml"
+    base = "smoke: {error_rate_max: 0.01, server_errors_max: 0, p95_ms_max: 1, healthy_after_s: 1"
+    f.write_text(base + ", endpoints: {'orders POST /ordrs': {p95_ms_max: 1}}}\n")
+    with pytest.raises(ConfigError, match=r"unknown endpoint 'orders POST /ordrs'"):
+        load_slo(str(f), "smoke")
+    f.write_text(base + ", endpoints: {'orders POST /orders': {p95: 1}}}\n")
+    with pytest.raises(ConfigError, match=r"endpoints.orders POST /orders.p95: unknown key"):
+        load_slo(str(f), "smoke")
+    f.write_text(base + ", endpoints: {'orders POST /orders': {p95_ms_max: fast}}}\n")
+    with pytest.raises(ConfigError, match=r"p95_ms_max: expected a number, got 'fast'"):
+        load_slo(str(f), "smoke")
+    f.write_text("defaults: {rpo_seconds_max: 60}\n" + base + "}\n")
+    assert load_slo(str(f), "smoke")["rpo_seconds_max"] == 60
+    f.write_text("defaults: {rpo_minutes: 15}\n" + base + "}\n")
+    with pytest.raises(ConfigError, match=r"defaults.rpo_minutes: unknown key"):
+        load_slo(str(f), "smoke")
