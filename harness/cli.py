@@ -7,6 +7,7 @@
     msdb proxy [--host 127.0.0.1] [--port 8474] [--config FILE]
     msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR]
     msdb report RUN_DIR... [--index DIR]
+    msdb suite nightly [--quick] [--out DIR]
 
 Exit codes: 0 every check passed, 1 a check failed (or a part is
 unhealthy), 2 usage or configuration error, 3 infrastructure error.
@@ -73,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("scenarios", help="list the scenarios `msdb run` knows")
 
+    s = sub.add_parser("suite", help="run a matrix of scenarios on a fresh stack (junit.xml, index, PDF)")
+    s.add_argument("suite", help="suite name from scenarios/suites.yaml (nightly, quick)")
+    s.add_argument("--quick", action="store_true", help="the short matrix, for pull-request CI")
+    s.add_argument("--out", default=None, metavar="DIR", help="suite directory (default: runs/suite-...)")
+    s.add_argument("--slo", default=None, metavar="FILE", help="SLO thresholds for every run")
+    s.add_argument("--suites", default=None, metavar="FILE", help="suites file (default: scenarios/suites.yaml)")
+    s.add_argument("--state-dir", default=".msdb-suite", metavar="DIR",
+                   help="state dir of the suite's own fresh stack (default: .msdb-suite)")
+    s.add_argument("--base-port", type=int, default=15500, metavar="N",
+                   help="port block of the suite's stack (default: 15500)")
+    s.add_argument("--topology", default="single", choices=("single", "grouped", "dedicated"))
+    s.add_argument("--keep-stack", action="store_true", help="leave the suite's stack running")
+
     s = sub.add_parser("report", help="write report.html and report.pdf for run directories")
     s.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories")
     s.add_argument("--no-pdf", action="store_true", help="HTML only")
@@ -95,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spawn-rate", type=float, default=None, metavar="R", help="users started per second")
     s.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/<time>-<scenario>)")
     s.add_argument("--slo", default=None, metavar="FILE", help="SLO thresholds (default: scenarios/slo.yaml)")
+    s.add_argument("--steps", default=None, metavar="N,N,...",
+                   help="user counts of a stepped load (capacity), e.g. 5,20,80")
+    s.add_argument("--step-duration", default=None, metavar="DURATION", help="how long each step holds")
     s.add_argument("--faults", default=None, metavar="FILE",
                    help="fault schedule (YAML list: kind, target, at, for, ...) replacing the scenario's")
     s.add_argument("--seed-users", type=int, default=None, metavar="N", help="users to seed")
@@ -198,6 +215,11 @@ def cmd_scenarios(args) -> int:
     return 0
 
 
+def cmd_suite(args) -> int:
+    from .suite import run_suite
+    return run_suite(args)
+
+
 def cmd_report(args) -> int:
     from .errors import UsageError
     if not args.run_dirs and not args.index:
@@ -232,7 +254,7 @@ def cmd_run(args) -> int:
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "scenarios": cmd_scenarios,
-            "run": cmd_run, "proxy": cmd_proxy, "report": cmd_report}
+            "run": cmd_run, "proxy": cmd_proxy, "report": cmd_report, "suite": cmd_suite}
 
 
 def main(argv: list[str] | None = None) -> int:

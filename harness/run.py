@@ -142,6 +142,24 @@ def _params(args, sc) -> RunParams:
     rate = sc.spawn_rate if args.spawn_rate is None else args.spawn_rate
     if not rate > 0:
         raise UsageError(f"--spawn-rate {rate} must be greater than 0")
+    if getattr(args, "steps", None) or getattr(args, "step_duration", None):
+        if not sc.shape:
+            raise UsageError(f"--steps/--step-duration: scenario {sc.name!r} has no stepped load")
+        steps = list(sc.shape["steps"])
+        if args.steps:
+            try:
+                steps = [int(x) for x in args.steps.split(",")]
+            except ValueError:
+                raise UsageError(f"--steps {args.steps!r} is not a list of user counts (5,20,80)") from None
+            if not steps or any(n < 1 for n in steps):
+                raise UsageError(f"--steps {args.steps!r}: every step needs at least 1 user")
+        step_s = parse_duration(args.step_duration, "--step-duration") if args.step_duration \
+            else sc.shape["step_s"]
+        from dataclasses import replace
+        sc = replace(sc, shape={**sc.shape, "steps": steps, "step_s": step_s,
+                                "settle_s": min(sc.shape.get("settle_s", 0), step_s / 3)})
+        if not args.duration:
+            duration = len(steps) * step_s
     su = sc.seed_users if args.seed_users is None else args.seed_users
     sp = sc.seed_products if args.seed_products is None else args.seed_products
     if su < 1:
@@ -151,7 +169,7 @@ def _params(args, sc) -> RunParams:
     return RunParams(scenario=sc.name, duration_s=duration, users=users, spawn_rate=rate,
                      seed_users=su, seed_products=sp, state_dir=args.state_dir,
                      topology=args.topology, base_port=args.base_port,
-                     faults_file=getattr(args, "faults", None))
+                     faults_file=getattr(args, "faults", None)), sc
 
 
 def _raw_schedule(p: RunParams, sc) -> list:
@@ -333,7 +351,7 @@ def run_command(args) -> int:
         sc = registry.get(args.scenario)
     except registry.UnknownScenario as e:
         raise UsageError(str(e)) from None
-    p = _params(args, sc)
+    p, sc = _params(args, sc)
     raw_faults = _raw_schedule(p, sc)
     slo = load_slo(args.slo, sc.name, _required_slo(sc, bool(raw_faults)))
     rd = RunDir.create(args.out, sc.name)
