@@ -123,6 +123,8 @@ def load_slo(path: str | None, scenario: str, required: tuple[str, ...] = V.LOAD
 
 
 def _required_slo(sc, has_faults: bool) -> tuple[str, ...]:
+    if sc.extra.get("matrix") or (sc.shape and sc.shape.get("kind") == "phased"):
+        return V.NEIGHBOUR_KEYS
     if sc.shape:
         return V.CAPACITY_KEYS
     if not has_faults:
@@ -134,7 +136,8 @@ def _required_slo(sc, has_faults: bool) -> tuple[str, ...]:
 
 
 def _params(args, sc) -> RunParams:
-    default = len(sc.shape["steps"]) * sc.shape["step_s"] if sc.shape else sc.duration_s
+    stepped = bool(sc.shape) and sc.shape.get("kind", "steps") == "steps"
+    default = len(sc.shape["steps"]) * sc.shape["step_s"] if stepped else sc.duration_s
     duration = parse_duration(args.duration, "--duration") if args.duration else default
     users = sc.users if args.users is None else args.users
     if users < 1:
@@ -143,7 +146,7 @@ def _params(args, sc) -> RunParams:
     if not rate > 0:
         raise UsageError(f"--spawn-rate {rate} must be greater than 0")
     if getattr(args, "steps", None) or getattr(args, "step_duration", None):
-        if not sc.shape:
+        if not stepped:
             raise UsageError(f"--steps/--step-duration: scenario {sc.name!r} has no stepped load")
         steps = list(sc.shape["steps"])
         if args.steps:
@@ -352,6 +355,10 @@ def run_command(args) -> int:
     except registry.UnknownScenario as e:
         raise UsageError(str(e)) from None
     p, sc = _params(args, sc)
+    if sc.extra.get("matrix"):
+        slo = load_slo(args.slo, sc.name, _required_slo(sc, False))
+        from .matrix import run_matrix
+        return run_matrix(p, sc, slo, RunDir.create(args.out, sc.name), args)
     raw_faults = _raw_schedule(p, sc)
     slo = load_slo(args.slo, sc.name, _required_slo(sc, bool(raw_faults)))
     rd = RunDir.create(args.out, sc.name)
@@ -506,7 +513,13 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
         health.start()
         stores.start()
         shape = None
-        if sc.shape:
+        if sc.shape and sc.shape.get("kind") == "phased":
+            from scenarios.shapes import PhasedShape
+            base_s = round(p.duration_s * sc.shape["baseline_share"], 1)
+            PhasedShape.configure(baseline_s=base_s, noisy_s=p.duration_s - base_s,
+                                  noisy_users=sc.shape["noisy_users"])
+            shape = PhasedShape()
+        elif sc.shape:
             from scenarios.shapes import StepLoadShape
             settle = sc.shape.get("settle_s", 0)
             StepLoadShape.configure(steps=sc.shape["steps"], step_s=sc.shape["step_s"],
@@ -545,7 +558,13 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
                                workload_errors=locust_totals["user_errors"],
                                strict_errors=not faults and shape is None)
         metrics = {}
-        if shape is not None:
+        if shape is not None and sc.shape.get("kind") == "phased":
+            phases = shape.finish()
+            rd.write_json("phases.json", phases)
+            nchecks, nmetrics = V.neighbour_checks(samples=samples, phases=phases, slo=slo)
+            checks += nchecks
+            metrics.update(nmetrics)
+        elif shape is not None:
             steps = shape.finish()
             rd.write_json("steps.json", steps)
             cchecks, cmetrics = V.capacity_checks(samples=samples, steps=steps,

@@ -18,7 +18,7 @@ from statistics import median
 from . import checks as C
 
 __all__ = ["percentile", "endpoint_stats", "load_checks", "fault_checks", "fault_windows",
-           "step_breach", "capacity_checks", "SLO_KEYS", "LOAD_KEYS", "FAULT_KEYS", "LATENCY_KEYS",
+           "step_breach", "capacity_checks", "neighbour_checks", "NEIGHBOUR_KEYS", "SLO_KEYS", "LOAD_KEYS", "FAULT_KEYS", "LATENCY_KEYS",
            "CAPACITY_KEYS"]
 
 T, NAME, METHOD, STATUS, MS, BYTES, OK, ERROR = range(8)
@@ -30,12 +30,14 @@ SLO_KEYS = {"error_rate_max": float, "server_errors_max": int, "p95_ms_max": flo
             "latency_observed_max_ratio": float, "p99_ms_max": float, "knee_min_rps": float,
             # seed §7.2 and §9.1: recovery objectives and lag, for the drill and lag scenarios
             "rpo_seconds_max": float, "rto_seconds_max": float, "replica_lag_ms_max": float,
-            "cdc_lag_p99_ms_max": float}
+            "cdc_lag_p99_ms_max": float, "neighbour_p95_ratio_max": float}
 LOAD_KEYS = ("error_rate_max", "server_errors_max", "p95_ms_max", "healthy_after_s")
 FAULT_KEYS = ("recovery_s", "heal_grace_s", "errors_after_heal_max", "fault_error_rate_max",
               "internal_errors_max")
 LATENCY_KEYS = ("latency_observed_min_ratio", "latency_observed_max_ratio")
 CAPACITY_KEYS = ("p99_ms_max", "error_rate_max", "knee_min_rps", "healthy_after_s")
+NEIGHBOUR_KEYS = ("healthy_after_s", "neighbour_p95_ratio_max")
+PROBE = "users GET /users/{id}"
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -269,3 +271,30 @@ def capacity_checks(*, samples: list, steps: list[dict], settle_s: float, slo: d
                "knee_users": knee["users"] if knee else None,
                "knee_p99_ms": knee["p99_ms"] if knee else None, "steps": rows}
     return checks, metrics
+
+
+def neighbour_checks(*, samples: list, phases: list[dict], slo: dict) -> tuple[list[C.Check], dict]:
+    """The users service's p95 alone and beside the noisy neighbours."""
+    def window(name):
+        ph = next((p for p in phases if p["phase"] == name and p.get("end")), None)
+        if ph is None:
+            return [], None, 0.0
+        rows = [s for s in samples if ph["start"] <= s[T] < ph["end"]]
+        return rows, ph, ph["end"] - ph["start"]
+    base, _, _ = window("baseline")
+    noisy, _, noisy_s = window("noisy")
+    b = sorted(s[MS] for s in base if s[NAME] == PROBE and s[OK])
+    n = sorted(s[MS] for s in noisy if s[NAME] == PROBE and s[OK])
+    orders = [s for s in noisy if s[NAME] == "orders POST /orders"]
+    metrics = {"baseline_p95_ms": percentile(b, 95), "noisy_p95_ms": percentile(n, 95),
+               "baseline_p50_ms": percentile(b, 50), "noisy_p50_ms": percentile(n, 50),
+               "probe_requests": [len(b), len(n)],
+               "neighbour_orders_per_s": round(len(orders) / noisy_s, 1) if noisy_s else None}
+    if len(b) < 20 or len(n) < 20:
+        return [C.Check("neighbour-p95-ratio", "unknown", None, slo["neighbour_p95_ratio_max"],
+                        {"reason": f"too few probe samples ({len(b)} alone, {len(n)} with neighbours)"})], metrics
+    ratio = round(metrics["noisy_p95_ms"] / metrics["baseline_p95_ms"], 2)
+    metrics["p95_ratio"] = ratio
+    return [C.at_most("neighbour-p95-ratio", ratio, slo["neighbour_p95_ratio_max"], endpoint=PROBE,
+                      baseline_p95_ms=metrics["baseline_p95_ms"], noisy_p95_ms=metrics["noisy_p95_ms"],
+                      neighbour_orders_per_s=metrics["neighbour_orders_per_s"])], metrics

@@ -103,6 +103,8 @@ def report_context(run_dir: str | Path) -> dict:
         "knees": _records(knees), "little": _records(little),
         "pool_findings": _pool_findings(little, pool_cfg, slo), "pool_cfg": pool_cfg,
         "statements": _records(stmts), "slo": slo, "name": Path(run_dir).name,
+        "comparison": json.loads((Path(run_dir) / "comparison.json").read_text())
+        if (Path(run_dir) / "comparison.json").exists() else [],
     }
 
 

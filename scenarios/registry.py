@@ -59,6 +59,18 @@ _SCENARIOS = {s.name: s for s in (
                  "latency": 500},),
         effect={"kind": "acquire-timeouts", "endpoint": "catalog GET /products", "acquire_ms": 2000}),
     Scenario(
+        name="noisy-neighbour", duration_s=40.0,
+        summary="heavy order and analytics load beside the users service's own traffic, on each of "
+                "the seed's three topologies in turn (single, grouped, dedicated; fresh stacks on "
+                "--base-port, default 15600); one table compares how much the users service suffers",
+        extra={"matrix": ["single", "grouped", "dedicated"], "one": "noisy-neighbour-one"}),
+    Scenario(
+        name="noisy-neighbour-one", duration_s=40.0, users=35,
+        summary="one topology of noisy-neighbour: the users service alone (baseline), then with "
+                "30 back-to-back order/analytics clients beside it; compares its p95",
+        user_classes=("scenarios.workload:ProbeUser", "scenarios.workload:NoisyUser"),
+        shape={"kind": "phased", "baseline_share": 0.4, "noisy_users": 30}),
+    Scenario(
         name="db-latency", **_FAULTY,
         summary="200 ms latency on catalog's database link (catalog-db) for the middle half of "
                 "the run; the catalog endpoints must show it, nothing may 500, all recovers",

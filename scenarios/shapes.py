@@ -14,7 +14,7 @@ from typing import Callable
 
 from locust import LoadTestShape
 
-__all__ = ["StepLoadShape"]
+__all__ = ["StepLoadShape", "PhasedShape"]
 
 
 class StepLoadShape(LoadTestShape):
@@ -65,3 +65,46 @@ class StepLoadShape(LoadTestShape):
         """Close the last step (when the run ended by its duration) and return all steps."""
         self._close_step()
         return self.recorded
+
+
+class PhasedShape(LoadTestShape):
+    """Baseline, then noise: the probe users alone for `baseline_s`, then the
+    probe users plus `noisy_users` neighbours for `noisy_s`.  Phases are
+    recorded (UTC-epoch start/end) to split the samples."""
+    baseline_s: float = 15.0
+    noisy_s: float = 25.0
+    probe_users: int = 5
+    noisy_users: int = 30
+    spawn_rate: float = 50.0
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.phases: list[dict] = []
+
+    @classmethod
+    def configure(cls, *, baseline_s: float, noisy_s: float, noisy_users: int) -> None:
+        cls.baseline_s, cls.noisy_s, cls.noisy_users = baseline_s, noisy_s, noisy_users
+
+    def _enter(self, name: str) -> None:
+        if not self.phases or self.phases[-1]["phase"] != name:
+            if self.phases:
+                self.phases[-1]["end"] = time.time()
+            self.phases.append({"phase": name, "start": time.time(), "end": None})
+
+    def tick(self):
+        from .workload import NoisyUser, ProbeUser
+        t = self.get_run_time()
+        if t < self.baseline_s:
+            self._enter("baseline")
+            return self.probe_users, self.spawn_rate, [ProbeUser]
+        if t < self.baseline_s + self.noisy_s:
+            self._enter("noisy")
+            return self.probe_users + self.noisy_users, self.spawn_rate, [ProbeUser, NoisyUser]
+        if self.phases and self.phases[-1]["end"] is None:
+            self.phases[-1]["end"] = time.time()
+        return None
+
+    def finish(self) -> list[dict]:
+        if self.phases and self.phases[-1]["end"] is None:
+            self.phases[-1]["end"] = time.time()
+        return self.phases

@@ -18,11 +18,11 @@ import random
 import uuid
 from pathlib import Path
 
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, constant, events, task
 
 from .data import SEARCH_WORDS, LOAD_PASSWORD, user_credentials
 
-__all__ = ["ShopUser", "load_endpoints", "set_history", "Pool"]
+__all__ = ["ShopUser", "ProbeUser", "NoisyUser", "load_endpoints", "set_history", "Pool"]
 
 # A history recorder injected by the harness (None under the plain Locust UI).
 _history = None
@@ -189,3 +189,59 @@ class ShopUser(FastHttpUser):
                 r.failure(f"HTTP {status}: {str(body)[:200]}")
             if _history:
                 getattr(_history, kind)(self.process, "create_order", result)
+
+
+class _Base(FastHttpUser):
+    abstract = True
+    host = ShopUser.host
+    connection_timeout = 10.0
+    network_timeout = 35.0
+
+    def on_start(self):
+        self.urls = Pool.urls
+        self.user_id = None
+        if Pool.seeded_users:
+            cred = user_credentials(random.randrange(Pool.seeded_users))
+            r = self.client.post(self.urls["users"] + "/sessions", name="users POST /sessions",
+                                 json={"email": cred["email"], "password": LOAD_PASSWORD})
+            if r.status_code == 201:
+                self.user_id = r.json()["user_id"]
+
+
+class ProbeUser(_Base):
+    """The users service's own steady traffic, whose latency the noisy-neighbour
+    scenario measures (a DB read per request)."""
+    fixed_count = 5
+    wait_time = between(0.05, 0.15)
+
+    @task
+    def read_user(self):
+        if self.user_id:
+            self.client.get(self.urls["users"] + f"/users/{self.user_id}", name="users GET /users/{id}")
+
+
+class NoisyUser(_Base):
+    """A heavy neighbour: orders placed back to back, order history, analytics."""
+    wait_time = constant(0)
+
+    @task(6)
+    def order(self):
+        if not self.user_id or len(Pool.products) < 3:
+            return
+        items = [{"product_id": pid, "quantity": 1} for pid in random.sample(Pool.products, 2)]
+        with self.client.post(self.urls["orders"] + "/orders", name="orders POST /orders",
+                              json={"user_id": self.user_id, "items": items},
+                              headers={"Idempotency-Key": uuid.uuid4().hex}, catch_response=True) as r:
+            if r.status_code in (402, 409):
+                r.success()
+
+    @task(2)
+    def history(self):
+        if self.user_id:
+            self.client.get(self.urls["orders"] + f"/users/{self.user_id}/orders?limit=50&read=primary",
+                            name="orders GET /users/{id}/orders")
+
+    @task(1)
+    def sales(self):
+        self.client.get(self.urls["analytics"] + "/sales/top-products?limit=20",
+                        name="analytics GET /sales/top-products")
