@@ -79,9 +79,12 @@ def _reap(pid: int) -> None:
 def is_running(rec: ProcRecord) -> bool:
     """True if the recorded process still exists and is not a zombie."""
     _reap(rec.pid)
-    if start_ticks(rec.pid) != rec.start_ticks:
+    try:
+        raw = Path(f"/proc/{rec.pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
         return False
-    return _state(rec.pid) not in (None, "Z", "X")
+    fields = raw[raw.rfind(")") + 2:].split()
+    return int(fields[19]) == rec.start_ticks and fields[0] not in ("Z", "X")
 
 
 def spawn(name: str, argv: list[str], *, log_path: Path, env: dict | None = None,

@@ -34,7 +34,7 @@ from .errors import ConfigError, InfraError, MsdbError, NoStackError, UsageError
 from .rundir import RunDir, utc_now
 from .samplers import (HEALTH_COLUMNS, METRICS_COLUMNS, PG_COLUMNS, REDIS_COLUMNS, STATEMENT_COLUMNS,
                        HealthSampler, MetricsSampler, StoreSampler, write_statement_deltas)
-from .stack import load_stack, status
+from .stack import StatusProbe, load_stack, status
 
 __all__ = ["run_command", "RunParams", "load_slo", "percentile"]
 
@@ -464,7 +464,8 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
     pg_table = rd.table("postgres.csv", PG_COLUMNS)
     redis_table = rd.table("redis.csv", REDIS_COLUMNS)
     sampler = MetricsSampler(services, met_table)
-    health = HealthSampler(lambda: status(state_dir), health_table)
+    probe = StatusProbe()
+    health = HealthSampler(lambda: status(state_dir, probe), health_table)
     stores = StoreSampler(info, pg_table, redis_table)
     statements_before: dict = {}
     samples: list[tuple] = []
@@ -624,6 +625,7 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
         sampler.stop()
         stores.stop()
         stores.close()
+        probe.close()
         history.close()
         for t in (req_table, met_table, health_table, pg_table, redis_table):
             t.close()

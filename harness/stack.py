@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +36,7 @@ from .redis_srv import REDIS_KEYS, RedisServer
 from .topology import (DEFAULT_BASE_PORT, PEER_LINKS, REDIS_USERS, SERVICE_BY_NAME, SERVICES,
                        Layout, layout)
 
-__all__ = ["StackOptions", "Stack", "PartStatus", "up", "down", "status", "load_stack",
+__all__ = ["StackOptions", "Stack", "PartStatus", "StatusProbe", "up", "down", "status", "load_stack",
            "DEFAULT_STATE_DIR", "PEER_LINKS"]
 
 DEFAULT_STATE_DIR = Path(".msdb")
@@ -524,8 +525,89 @@ def down(state_dir: Path = DEFAULT_STATE_DIR, *, purge: bool = False, log=print)
     return left
 
 
-def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[PartStatus]:
-    info = load_stack(state_dir)
+class StatusProbe:
+    """What `status` talks through, with connections kept between calls.
+
+    The health sampler asks every second; a fresh SCRAM login per instance
+    and a fresh HTTP connection per service cost more CPU than the checks
+    themselves (measured: benchmarks/bench_samplers.py).
+    """
+
+    def __init__(self):
+        self._info: tuple[float, dict] | None = None   # (mtime, stack.json)
+        self._pg: dict[str, psycopg.Connection] = {}
+        self._redis: dict[str, redis.Redis] = {}
+        import requests
+        self.http = requests.Session()
+        self.http.trust_env = False   # loopback only: skip the per-request proxy lookup
+
+    @contextmanager
+    def pg(self, dsn: str):
+        c = self._pg.get(dsn)
+        if c is None or c.closed:
+            c = self._pg[dsn] = psycopg.connect(dsn, connect_timeout=3, autocommit=True)
+        try:
+            yield c
+        except psycopg.Error:
+            self._pg.pop(dsn, None)
+            try:
+                c.close()
+            except psycopg.Error:
+                pass
+            raise
+
+    def redis(self, url: str) -> redis.Redis:
+        r = self._redis.get(url)
+        if r is None:
+            r = self._redis[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        return r
+
+    def get_json(self, url: str, timeout: float = 3) -> tuple[int, dict]:
+        import requests
+        try:
+            resp = self.http.get(url, timeout=timeout)
+        except requests.RequestException as e:
+            raise OSError(str(e)) from None
+        try:
+            return resp.status_code, resp.json()
+        except ValueError:
+            return resp.status_code, {}
+
+    def stack(self, state_dir: Path) -> dict:
+        """stack.json, parsed again only when it changed."""
+        path = Path(state_dir) / "stack.json"
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return load_stack(state_dir)   # raises NoStackError
+        if self._info is None or self._info[0] != mtime:
+            self._info = (mtime, load_stack(state_dir))
+        return self._info[1]
+
+    def close(self) -> None:
+        for c in self._pg.values():
+            try:
+                c.close()
+            except psycopg.Error:
+                pass
+        for r in self._redis.values():
+            r.close()
+        self.http.close()
+        self._pg.clear()
+        self._redis.clear()
+
+
+def status(state_dir: Path = DEFAULT_STATE_DIR, probe: StatusProbe | None = None) -> list[PartStatus]:
+    own = probe is None
+    probe = probe or StatusProbe()
+    try:
+        return _status(probe.stack(state_dir), probe)
+    finally:
+        if own:
+            probe.close()
+
+
+def _status(info: dict, probe: StatusProbe) -> list[PartStatus]:
     by_name = {p["name"]: procs.ProcRecord.from_json(p) for p in info.get("processes", [])}
     parts: list[PartStatus] = []
 
@@ -541,7 +623,7 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[PartStatus]:
             detail = "process not running"
         else:
             try:
-                with psycopg.connect(inst["admin_dsn"], connect_timeout=3, autocommit=True) as c:
+                with probe.pg(inst["admin_dsn"]) as c:
                     in_rec = c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
                     if inst["role"] == "replica":
                         ok = in_rec
@@ -560,7 +642,7 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[PartStatus]:
     primary = next(i for i in instances if i["name"] == rep["primary"])
     ok, detail = False, ""
     try:
-        with psycopg.connect(primary["admin_dsn"], connect_timeout=3, autocommit=True) as c:
+        with probe.pg(primary["admin_dsn"]) as c:
             row = c.execute(
                 "SELECT state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint "
                 "FROM pg_stat_replication WHERE application_name = %s", (rep["instance"],)).fetchone()
@@ -580,8 +662,7 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[PartStatus]:
         ok, detail = False, "process not running"
         if alive:
             try:
-                with urllib.request.urlopen(proxy["api"] + "/proxies", timeout=3) as resp:
-                    have = json.loads(resp.read())
+                _, have = probe.get_json(proxy["api"] + "/proxies")
                 want = {p["name"] for p in proxy["proxies"]}
                 missing = sorted(want - set(have))
                 disabled = sorted(n for n, p in have.items() if not p["enabled"])
@@ -592,7 +673,7 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[PartStatus]:
                     detail += f"; missing: {', '.join(missing)}"
                 if disabled:
                     detail += f"; disabled: {', '.join(disabled)}"
-            except (urllib.error.URLError, OSError, ValueError) as e:
+            except (OSError, ValueError, AttributeError) as e:
                 detail = str(e)[:120]
         parts.append(PartStatus("proxy", "proxy", proxy["api"], pid, ok, detail))
 
@@ -600,9 +681,9 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[PartStatus]:
     ok, detail = False, "process not running"
     if alive:
         try:
-            with redis.Redis.from_url(info["redis"]["url"], socket_timeout=2) as r:
-                ok = bool(r.ping())
-                detail = f"redis {r.info('server')['redis_version']}"
+            r = probe.redis(info["redis"]["url"])
+            ok = bool(r.ping())
+            detail = f"redis {r.info('server')['redis_version']}"
         except redis.RedisError as e:
             detail = str(e)[:120]
     parts.append(PartStatus("redis", "redis", f"127.0.0.1:{info['redis']['port']}", pid, ok, detail))
@@ -612,19 +693,13 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[PartStatus]:
         ok, detail = False, "process not running"
         if alive:
             try:
-                with urllib.request.urlopen(svc["url"] + "/health", timeout=3) as resp:
-                    body = json.loads(resp.read())
-                    ok = resp.status == 200
-                    detail = ", ".join(f"{k} {'ok' if v.get('ok') else 'DOWN'}"
-                                       for k, v in body.get("checks", {}).items())
-            except urllib.error.HTTPError as e:
-                try:
-                    body = json.loads(e.read())
-                    detail = "unhealthy: " + ", ".join(
-                        f"{k} {'ok' if v.get('ok') else 'DOWN'}" for k, v in body.get("checks", {}).items())
-                except ValueError:
-                    detail = f"HTTP {e.code}"
-            except (urllib.error.URLError, OSError) as e:
+                code, body = probe.get_json(svc["url"] + "/health")
+                ok = code == 200
+                detail = ("" if ok else "unhealthy: ") + ", ".join(
+                    f"{k} {'ok' if v.get('ok') else 'DOWN'}" for k, v in body.get("checks", {}).items())
+                if not body:
+                    detail = f"HTTP {code}"
+            except OSError as e:
                 detail = str(e)[:120]
         parts.append(PartStatus(name, "service", svc["url"], pid, ok, detail))
     return parts
