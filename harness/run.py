@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import yaml
 
 from . import checks as C
 from . import verdicts as V
 from .durations import parse_duration
 from .errors import ConfigError, InfraError, MsdbError, NoStackError, UsageError
+from .files import read_yaml
 from .rundir import RunDir, utc_now
 from .samplers import (HEALTH_COLUMNS, METRICS_COLUMNS, PG_COLUMNS, REDIS_COLUMNS, STATEMENT_COLUMNS,
                        HealthSampler, MetricsSampler, StoreSampler, write_statement_deltas)
@@ -80,12 +80,7 @@ def load_slo(path: str | None, scenario: str, required: tuple[str, ...] = V.LOAD
     from scenarios.data import ENDPOINTS
     p = Path(path) if path else SLO_PATH
     where = str(p)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--slo {where!r}: file does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--slo {where!r}: not valid YAML: {e}") from None
+    raw = read_yaml(p, "--slo")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of scenario sections")
     if scenario not in raw:
@@ -178,12 +173,7 @@ def _params(args, sc) -> RunParams:
 def _raw_schedule(p: RunParams, sc) -> list:
     if not p.faults_file:
         return [dict(f) for f in sc.faults]
-    try:
-        raw = yaml.safe_load(Path(p.faults_file).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--faults {p.faults_file!r}: file does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--faults {p.faults_file!r}: not valid YAML: {e}") from None
+    raw = read_yaml(p.faults_file, "--faults")
     if isinstance(raw, dict) and "faults" in raw:
         raw = raw["faults"]
     if not isinstance(raw, list):

@@ -17,10 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-import yaml
-
 from . import checks as C
 from .errors import ConfigError, UsageError
+from .files import read_yaml
 
 __all__ = ["run_suite", "write_junit", "load_suite", "SUITES_PATH"]
 
@@ -31,12 +30,7 @@ ENTRY_KEYS = ("scenario", "duration", "users", "steps", "step_duration", "faults
 def load_suite(name: str, path: str | None = None) -> list[dict]:
     from scenarios import registry
     p = Path(path) if path else SUITES_PATH
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--suites {str(p)!r}: file does not exist") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    raw = read_yaml(p, "--suites")
     if not isinstance(raw, dict) or name not in raw:
         known = ", ".join(raw) if isinstance(raw, dict) else "none"
         raise UsageError(f"unknown suite {name!r} (known: {known})")

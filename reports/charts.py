@@ -129,43 +129,42 @@ def pool_chart(pools: pd.DataFrame, windows: list[dict]) -> str | None:
     return _png(fig)
 
 
+def _lines(df: pd.DataFrame, group: str | None, y: str, windows: list[dict], *, title: str,
+           ylabel: str, log: bool = False, height: float = 2.6, scale: float = 1.0,
+           ylim: tuple | None = None) -> str:
+    """A time chart: one line per `group` (or one line), fault windows shaded."""
+    fig, ax = plt.subplots(figsize=(9, height))
+    for label, g in (df.groupby(group) if group else [(None, df)]):
+        ax.plot(g["t"], g[y] * scale, lw=1.0, label=label)
+    shade(ax, windows, df["t"].max())
+    if log:
+        ax.set_yscale("log")
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    _legend(ax)
+    return _png(fig)
+
+
 def db_chart(db: pd.DataFrame, windows: list[dict]) -> str | None:
     if db.empty:
         return None
-    fig, ax = plt.subplots(figsize=(9, 3))
-    for q, g in db.groupby("query"):
-        ax.plot(g["t"], g["mean_ms"], lw=1.0, label=q)
-    shade(ax, windows, db["t"].max())
-    ax.set_yscale("log")
-    ax.set_xlabel("seconds since the first request")
-    ax.set_ylabel("mean ms in the database (log)")
-    ax.set_title("Database query latency (busiest named queries)")
-    _legend(ax)
-    return _png(fig)
+    return _lines(db, "query", "mean_ms", windows, log=True, height=3,
+                  title="Database query latency (busiest named queries)",
+                  ylabel="mean ms in the database (log)")
 
 
 def redis_chart(hits: pd.DataFrame, windows: list[dict]) -> str | None:
     if hits.empty or hits["hit_rate"].dropna().empty:
         return None
-    fig, ax = plt.subplots(figsize=(9, 2.4))
-    ax.plot(hits["t"], hits["hit_rate"] * 100, lw=1.2)
-    shade(ax, windows, hits["t"].max())
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("seconds since the first request")
-    ax.set_ylabel("hit rate, %")
-    ax.set_title("Redis keyspace hit rate")
-    return _png(fig)
+    return _lines(hits, None, "hit_rate", windows, scale=100, ylim=(0, 105),
+                  title="Redis keyspace hit rate", ylabel="hit rate, %")
 
 
 def tps_chart(tps: pd.DataFrame, windows: list[dict]) -> str | None:
     if tps.empty:
         return None
-    fig, ax = plt.subplots(figsize=(9, 2.4))
-    for inst, g in tps.groupby("instance"):
-        ax.plot(g["t"], g["tps"], lw=1.0, label=inst)
-    shade(ax, windows, tps["t"].max())
-    ax.set_xlabel("seconds since the first request")
-    ax.set_ylabel("transactions/s")
-    ax.set_title("PostgreSQL transactions per second")
-    _legend(ax)
-    return _png(fig)
+    return _lines(tps, "instance", "tps", windows, title="PostgreSQL transactions per second",
+                  ylabel="transactions/s")
