@@ -519,9 +519,12 @@ def down(state_dir: Path = DEFAULT_STATE_DIR, *, purge: bool = False, log=print)
             (f"; still running: {', '.join(left)}" if left else ""))
     else:
         log(f"no stack running in {state_dir}")
-    if purge and not left and state_dir.exists():
+    if purge and not left:
+        # Also when the state dir is already gone: as root the data lives
+        # elsewhere (/var/lib/msdb/<id of the state dir's path>).
         PgRuntime.for_state_dir(state_dir).purge()
-        shutil.rmtree(state_dir)
+        if state_dir.exists():
+            shutil.rmtree(state_dir)
     return left
 
 

@@ -133,8 +133,8 @@ def run_suite(args) -> int:
                 print(r.stderr, file=sys.stderr)
                 break
     finally:
-        if not args.keep_stack:
-            subprocess.run([*cli, "down", *state], capture_output=True, text=True)
+        if not args.keep_stack:   # the suite's stack is its own: nothing of it stays behind
+            subprocess.run([*cli, "down", *state, "--purge"], capture_output=True, text=True)
     write_junit(out / "junit.xml", args.suite, runs)
     index = build_index(out, title=f"msdb suite {args.suite}{' (quick)' if args.quick else ''}")
     try:

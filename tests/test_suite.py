@@ -26,6 +26,8 @@ def suite(tmp_path, slo_text, port):
     r = subprocess.run([sys.executable, "-m", "harness.cli", "suite", "mini", "--suites", str(suites),
                         "--slo", str(slo), "--out", str(out), "--state-dir", str(tmp_path / "state"),
                         "--base-port", str(port)], capture_output=True, text=True, timeout=600)
+    from harness.pg import PgRuntime
+    assert not PgRuntime.for_state_dir(tmp_path / "state").data_root.exists()   # purged
     return r, out
 
 
