@@ -231,8 +231,11 @@ class Stack:
         with ThreadPoolExecutor(max_workers=len(parts)) as ex:
             list(ex.map(self.start_part, parts))
 
-    def start_part(self, name: str) -> procs.ProcRecord:
-        """Start one part and wait until it is healthy; records its new PID."""
+    def start_part(self, name: str, *, extra_env: dict | None = None) -> procs.ProcRecord:
+        """Start one part and wait until it is healthy; records its new PID.
+
+        `extra_env` (services only) is for tests that plant test-only switches;
+        it is not recorded, so any later restart drops it."""
         self._prepare()
         if name == "proxy":
             rec = self._spawn_proxy()
@@ -257,7 +260,7 @@ class Stack:
             _, rec = procs.spawn(name, [sys.executable, "-m", "system_under_test", svc,
                                         "--port", str(port)],
                                  log_path=self.state_dir / "logs" / f"{name}.log",
-                                 env=self.service_env(svc), cwd=self.state_dir)
+                                 env={**self.service_env(svc), **(extra_env or {})}, cwd=self.state_dir)
             self._record(rec)
             wait_service(svc, port, rec)
         else:

@@ -153,13 +153,37 @@ def test_payments_idempotent_and_refund_before_charge_voids(http, urls):
     body = {"order_id": order, "user_id": user, "amount": "12.34"}
     assert http.post(f"{urls['payments']}/payments", json=body).status_code == 201
     assert http.post(f"{urls['payments']}/payments", json=body).status_code == 200
-    assert http.post(f"{urls['payments']}/payments", json={**body, "amount": "99.00"}).status_code == 409
-    assert http.post(f"{urls['payments']}/payments/{order}/refund").json()["status"] == "REFUNDED"
-    assert http.post(f"{urls['payments']}/payments/{order}/refund").json()["status"] == "REFUNDED"
+    r = http.post(f"{urls['payments']}/payments", json={**body, "amount": "99.00"})
+    assert r.status_code == 409 and r.json()["field"] == "charge_key"
+    refunded = http.post(f"{urls['payments']}/payments/{order}/refund").json()
+    assert refunded["voided"] and [p["status"] for p in refunded["payments"]] == ["REFUNDED"]
+    again = http.post(f"{urls['payments']}/payments/{order}/refund").json()
+    assert [p["status"] for p in again["payments"]] == ["REFUNDED"]          # idempotent
+    # a refund that overtakes its charge voids the order: the late charge is refused
     late = str(uuid.uuid4())
-    assert http.post(f"{urls['payments']}/payments/{late}/refund").json()["status"] == "VOIDED"
+    assert http.post(f"{urls['payments']}/payments/{late}/refund").json()["payments"] == []
     r = http.post(f"{urls['payments']}/payments", json={**body, "order_id": late})
     assert r.status_code == 409 and r.json()["field"] == "order_id"
+    assert late in http.get(f"{urls['payments']}/admin/voided", params={"limit": 10000}).json()["items"]
+
+
+def test_distinct_charge_keys_are_distinct_charges(http, urls):
+    """What the double-charge mutation exploits: the key, not the order, makes a charge unique."""
+    order = str(uuid.uuid4())
+    body = {"order_id": order, "user_id": str(uuid.uuid4()), "amount": "5.00"}
+    assert http.post(f"{urls['payments']}/payments", json={**body, "charge_key": "a"}).status_code == 201
+    assert http.post(f"{urls['payments']}/payments", json={**body, "charge_key": "b"}).status_code == 201
+    assert http.get(f"{urls['payments']}/payments/by-order/{order}").json()["charges"] == 2
+
+
+def test_reservation_after_release_is_refused(http, urls):
+    p = new_product(http, urls, stock=5)
+    order = str(uuid.uuid4())
+    assert http.post(f"{urls['catalog']}/inventory/reservations/{order}/release").json()["state"] == "NONE"
+    r = http.post(f"{urls['catalog']}/inventory/reservations", json={
+        "order_id": order, "items": [{"product_id": p["id"], "quantity": 1}]})
+    assert r.status_code == 409 and "released" in r.json()["message"]
+    assert stock(http, urls, p["id"])["available"] == 5
 
 
 def test_cache_aside_read_and_invalidation_on_write(http, urls):

@@ -9,7 +9,7 @@ search service indexes from it.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 import orjson
@@ -163,6 +163,15 @@ async def reserve(body: ReserveRequest):
     check_items(items)
     reservation, created = await inventory.reserve(body.order_id, items)
     return JSON(reservation, status_code=201 if created else 200)
+
+
+@app.get("/admin/reservations", tags=["admin"])
+async def list_reservations(state: Annotated[Literal["RESERVED", "CONFIRMED", "RELEASED"] | None, Query()] = None,
+                            limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                            offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
+    """Every reservation line, for checkers reading the final state."""
+    return {"items": await inventory.reservations(state=state, limit=limit, offset=offset),
+            "limit": limit, "offset": offset}
 
 
 @app.get("/inventory/reservations/{order_id}", tags=["inventory"])

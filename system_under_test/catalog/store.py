@@ -21,6 +21,8 @@ from ..common.errors import BadRequest, Conflict, NotFound
 
 __all__ = ["ProductRepository", "PgJsonbProductRepository", "Inventory"]
 
+_ORDER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s::text, 11))"
+
 
 class ProductRepository(Protocol):
     async def create(self, doc: dict, stock: int) -> dict: ...
@@ -92,6 +94,12 @@ class Inventory:
             "list_stock", "SELECT product_id, available, reserved, sold, initial FROM inventory "
             "ORDER BY product_id LIMIT %s OFFSET %s", (limit, offset))
 
+    async def reservations(self, *, state: str | None, limit: int, offset: int) -> list[dict]:
+        return await self.db.fetchall(
+            "list_reservations", "SELECT order_id, product_id, quantity, state FROM reservations "
+            "WHERE (%(s)s::text IS NULL OR state = %(s)s) ORDER BY order_id, product_id "
+            "LIMIT %(l)s OFFSET %(o)s", {"s": state, "l": limit, "o": offset})
+
     async def reservation(self, order_id: UUID) -> dict | None:
         rows = await self.db.fetchall(
             "get_reservation", "SELECT r.product_id, r.quantity, r.state, "
@@ -127,10 +135,12 @@ class Inventory:
         "WITH req AS (SELECT pid, q FROM unnest(%(pids)s::uuid[], %(qtys)s::int[]) AS t(pid, q)), "
         "existing AS MATERIALIZED (SELECT product_id, quantity, state FROM reservations "
         "  WHERE order_id = %(o)s), "
+        "tomb AS MATERIALIZED (SELECT 1 FROM released_orders WHERE order_id = %(o)s), "
         "locked AS MATERIALIZED (SELECT i.product_id, i.available FROM inventory i "
         "  WHERE i.product_id = ANY(%(pids)s::uuid[]) AND NOT EXISTS (SELECT 1 FROM existing) "
         "  ORDER BY i.product_id FOR UPDATE), "
         "verdict AS MATERIALIZED (SELECT NOT EXISTS (SELECT 1 FROM existing) AND "
+        "  NOT EXISTS (SELECT 1 FROM tomb) AND "
         "  (SELECT count(*) FROM locked l JOIN req r ON r.pid = l.product_id AND l.available >= r.q) "
         "  = (SELECT count(*) FROM req) AS go), "
         "upd AS (UPDATE inventory i SET available = i.available - r.q, reserved = i.reserved + r.q "
@@ -144,18 +154,28 @@ class Inventory:
         "  (p.doc->>'price')::numeric FROM existing e JOIN products p ON p.id = e.product_id "
         "UNION ALL SELECT 'stock', l.product_id, NULL, NULL, l.available, NULL FROM locked l "
         "  WHERE NOT (SELECT go FROM verdict) "
+        "UNION ALL SELECT 'released', NULL, NULL, NULL, NULL, NULL FROM tomb "
+        "  WHERE NOT EXISTS (SELECT 1 FROM existing) "
         "ORDER BY 2")
 
     async def _reserve_once(self, order_id: UUID, wanted: dict) -> tuple[dict, bool]:
         pids = sorted(wanted)
         try:
-            rows = await self.db.fetchall("reserve_stock", self._RESERVE, {
-                "o": order_id, "pids": pids, "qtys": [wanted[p] for p in pids]})
+            async with self.db.transaction("reserve_stock") as conn:
+                # One order at a time: a release (tombstone) and a reservation of the
+                # same order never interleave; the statement's snapshot is taken after.
+                await conn.execute(_ORDER_LOCK, (order_id,))
+                cur = await conn.execute(self._RESERVE, {
+                    "o": order_id, "pids": pids, "qtys": [wanted[p] for p in pids]})
+                rows = await cur.fetchall()
         except psycopg.errors.CheckViolation:
             # Cannot happen while `locked` reads the latest values; the CHECK
             # (available >= 0) is the last line of defence, and says why.
             raise Conflict("not enough stock (a concurrent reservation won)", field="items") from None
         kinds = {r["kind"] for r in rows}
+        if "released" in kinds:
+            raise Conflict(f"order {order_id} was released (its saga was cancelled); "
+                           f"it cannot reserve again", field="order_id")
         if "existing" in kinds:
             existing = [r for r in rows if r["kind"] == "existing"]
             if {r["product_id"]: r["quantity"] for r in existing} != wanted:
@@ -204,6 +224,10 @@ class Inventory:
     async def release(self, order_id: UUID) -> dict:
         """Give the stock back.  Idempotent; releasing nothing is a no-op."""
         async with self.db.transaction("release_stock") as conn:
+            await conn.execute(_ORDER_LOCK, (order_id,))
+            # The tombstone: a reservation arriving after this release is refused.
+            await conn.execute("INSERT INTO released_orders (order_id) VALUES (%s) "
+                               "ON CONFLICT (order_id) DO NOTHING", (order_id,))
             await self._lock_stock(conn, order_id)
             cur = await conn.execute(
                 "WITH r AS (UPDATE reservations n SET state = 'RELEASED', updated_at = now() "

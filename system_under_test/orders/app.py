@@ -107,6 +107,29 @@ async def list_orders(status: Annotated[Literal["PENDING", "CONFIRMED", "CANCELL
     return {"items": rows, "limit": limit, "offset": offset}
 
 
+@app.get("/admin/sagas", tags=["admin"])
+async def list_sagas(open_only: Annotated[bool, Query(alias="open")] = False,
+                     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
+    """The saga log, for checkers reading the final state (open=true: not yet ended)."""
+    rows = await service.db.fetchall(
+        "list_sagas", "SELECT id, order_id, idempotency_key, user_id, state, error, created_at, "
+        "updated_at FROM sagas WHERE (NOT %(open)s OR state NOT IN ('COMPLETED', 'COMPENSATED', "
+        "'FAILED')) ORDER BY created_at, id LIMIT %(l)s OFFSET %(o)s",
+        {"open": open_only, "l": limit, "o": offset})
+    return {"items": rows, "limit": limit, "offset": offset}
+
+
+@app.get("/admin/order-items", tags=["admin"])
+async def list_order_items(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                           offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
+    """Every order line, for checkers reading the final state."""
+    rows = await service.db.fetchall(
+        "list_order_items", "SELECT order_id, product_id, quantity, unit_price FROM order_items "
+        "ORDER BY order_id, product_id LIMIT %s OFFSET %s", (limit, offset))
+    return {"items": rows, "limit": limit, "offset": offset}
+
+
 @app.get("/users/{user_id}/orders", tags=["orders"])
 async def user_orders(user_id: Annotated[UUID, Path()],
                       limit: Annotated[int, Query(ge=1, le=500)] = 20,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from decimal import Decimal
@@ -35,10 +36,28 @@ from ..common.db import Database
 from ..common.errors import ApiError, Conflict, NotFound, Unavailable
 from ..common.peers import Peer, PeerError, PeerNotSent, PeerRejected, PeerUnknown
 
-__all__ = ["OrderSaga", "SagaOutcome", "TERMINAL"]
+__all__ = ["OrderSaga", "SagaOutcome", "TERMINAL", "MUTATIONS", "mutation"]
 
 log = logging.getLogger("msdb.saga")
 TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
+
+# Test-only switches that put back the seed pseudo-code's bugs, so tests can
+# prove the saga checker catches each one.  Not in services.yaml, and the
+# service refuses to start with one unless MSDB_ALLOW_MUTATIONS=1 is set too.
+MUTATIONS = ("skip-release", "double-charge", "no-refund", "drop-saga-log", "ack-before-commit")
+
+
+def mutation() -> str | None:
+    name = os.environ.get("MSDB_MUTATION") or None
+    if name is None:
+        return None
+    if os.environ.get("MSDB_ALLOW_MUTATIONS") != "1":
+        raise RuntimeError(f"MSDB_MUTATION={name!r} is a test-only switch; refusing to start "
+                           f"without MSDB_ALLOW_MUTATIONS=1")
+    if name not in MUTATIONS:
+        raise RuntimeError(f"MSDB_MUTATION={name!r} is not one of {', '.join(MUTATIONS)}")
+    log.warning("MUTATION %s IS ON: this orders service is deliberately broken", name)
+    return name
 
 
 class SagaOutcome(Exception):
@@ -58,6 +77,7 @@ class OrderSaga:
     RECOVERY_INTERVAL_S = 5.0
     RECOVERY_MIN_AGE_S = 30.0    # sagas idle this long with no owner are recovered
     IDEMPOTENT_WAIT_S = 10.0
+    COMPENSATION_TIMEOUT_S = 10.0   # undoing waits longer than doing: it must succeed
 
     def __init__(self, db: Database, catalog: Peer, payments: Peer, publish):
         self.db = db
@@ -65,6 +85,8 @@ class OrderSaga:
         self.payments = payments
         self.publish = publish
         self.in_flight: set[uuid.UUID] = set()
+        self.mutation = mutation()
+        self._background: set[asyncio.Task] = set()
 
     # -- entry point -------------------------------------------------------
 
@@ -74,6 +96,8 @@ class OrderSaga:
                    "items": [{"product_id": str(i["product_id"]), "quantity": i["quantity"]}
                              for i in items]}
         saga_id, order_id = uuid.uuid4(), uuid.uuid4()
+        if self.mutation == "drop-saga-log":   # MUTATION: no record before the remote steps
+            return await self._run(saga_id, order_id, user_id, request)
         row = await self.db.fetchone(
             "saga_start",
             "INSERT INTO sagas (id, order_id, idempotency_key, user_id, request, state) "
@@ -139,6 +163,10 @@ class OrderSaga:
         except PeerError as e:
             return await self._fail(saga_id, order_id, f"catalog unavailable: {e}")
 
+        if reservation.get("state") not in ("RESERVED", "CONFIRMED"):
+            # A repeat that found this order's reservation already released.
+            return await self._fail(saga_id, order_id, f"reservation is {reservation.get('state')}",
+                                    status=409)
         prices = {i["product_id"]: Decimal(str(i["unit_price"])) for i in reservation["items"]}
         total = sum(prices[i["product_id"]] * i["quantity"] for i in request["items"])
 
@@ -159,17 +187,34 @@ class OrderSaga:
              "prices": [prices[p] for p in pids]})
         created_at = row["created_at"]
 
-        # 3. Charge.
+        # 3. Charge, idempotently: the charge key is the order id, so a retry after
+        #    an unknown outcome can never charge twice.
+        attempts = iter(range(1_000_000))
+
+        def charge_body() -> dict:
+            body = {"order_id": str(order_id), "user_id": str(user_id), "amount": str(total)}
+            if self.mutation == "double-charge":   # MUTATION: a fresh key on every attempt
+                body["charge_key"] = f"{order_id}:{next(attempts)}"
+            return body
         try:
-            await self._resolve(lambda: self.payments.request(
-                "POST", "/payments", json={"order_id": str(order_id), "user_id": str(user_id),
-                                           "amount": str(total)}))
+            await self._resolve(lambda: self.payments.request("POST", "/payments", json=charge_body()))
         except PeerRejected as e:
             reason = "payment declined" if e.status == 402 else f"payment refused: HTTP {e.status}"
             return await self._fail(saga_id, order_id, reason, status=402 if e.status == 402 else 409)
         except PeerError as e:
             return await self._fail(saga_id, order_id, f"payments unavailable: {e}")
 
+        if self.mutation == "ack-before-commit":   # MUTATION: answer now, finish later
+            order = await self.get_order(order_id)
+            order["status"] = "CONFIRMED"
+            task = asyncio.get_running_loop().create_task(
+                self._finish(saga_id, order_id, user_id, request, prices, total, created_at))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return 201, {"order": order, "saga_id": saga_id}
+        return await self._finish(saga_id, order_id, user_id, request, prices, total, created_at)
+
+    async def _finish(self, saga_id, order_id, user_id, request, prices, total, created_at):
         # 4. Confirm the stock: forward step after money moved; retried, then compensated.
         try:
             await self._resolve(lambda: self.catalog.request(
@@ -229,15 +274,18 @@ class OrderSaga:
             "updated_at = now() WHERE id = %s", (reason, saga_id))
         order_exists = await self.db.fetchone(
             "order_exists", "SELECT 1 AS x FROM orders WHERE id = %s", (order_id,)) is not None
+        t = self.COMPENSATION_TIMEOUT_S
         try:
             if order_exists:  # the charge may have run
-                await self._retry_hard(lambda: self.payments.request(
-                    "POST", f"/payments/{order_id}/refund"))
+                if self.mutation != "no-refund":   # MUTATION: cancel without refunding
+                    await self._retry_hard(lambda: self.payments.request(
+                        "POST", f"/payments/{order_id}/refund", timeout=t))
                 await self.db.execute(
                     "cancel_order", "UPDATE orders SET status = 'CANCELLED' "
                     "WHERE id = %s AND status <> 'CANCELLED'", (order_id,))
-            await self._retry_hard(lambda: self.catalog.request(
-                "POST", f"/inventory/reservations/{order_id}/release"))
+            if self.mutation != "skip-release":    # MUTATION: keep the stock reserved
+                await self._retry_hard(lambda: self.catalog.request(
+                    "POST", f"/inventory/reservations/{order_id}/release", timeout=t))
         except PeerError as e:
             log.warning("saga %s: compensation incomplete (%s); recovery will retry", saga_id, e)
             return False

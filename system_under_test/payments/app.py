@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ..common.app import JSON, Service
 from ..common.errors import Conflict, NotFound
-from ..common.types import Model, Money
+from ..common.types import Model, Money, text
 
 service = Service("payments", redis_user=False, description="Charges and refunds")
 app = service.app
@@ -42,13 +42,27 @@ class Charge(Model):
     order_id: UUID
     user_id: UUID
     amount: Money
+    # Idempotency key of this charge; by default the order id (one charge per order).
+    charge_key: text(255, 1) | None = None
 
 
 class DeclineRate(Model):
     rate: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
-_COLS = "id, order_id, user_id, amount, status, created_at, refunded_at"
+_COLS = "id, order_id, user_id, amount, status, charge_key, created_at, refunded_at"
+_NULLS = ", ".join(["NULL"] * len(_COLS.split(",")))
+# Insert unless the order was voided; or return the earlier charge of this key.
+_CHARGE = (
+    "WITH v AS (SELECT 1 FROM voided_orders WHERE order_id = %(o)s), "
+    f"ins AS (INSERT INTO payments (order_id, user_id, amount, status, charge_key) "
+    f"  SELECT %(o)s, %(u)s, %(a)s, %(s)s, %(k)s WHERE NOT EXISTS (SELECT 1 FROM v) "
+    f"  ON CONFLICT (charge_key) DO NOTHING RETURNING {_COLS}) "
+    f"SELECT {_COLS}, true AS created, false AS voided FROM ins "
+    f"UNION ALL SELECT {_COLS}, false, false FROM payments WHERE charge_key = %(k)s "
+    f"  AND NOT EXISTS (SELECT 1 FROM v) "
+    f"UNION ALL SELECT {_NULLS}, false, true FROM v")
+_ORDER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s::text, 7))"
 
 
 def _result(row: dict, created: bool) -> JSON:
@@ -56,66 +70,74 @@ def _result(row: dict, created: bool) -> JSON:
         return JSON({"error": "payment_declined", "message": f"payment for order "
                      f"{row['order_id']} was declined", "field": "amount", "payment": row},
                     status_code=402)
-    if row["status"] == "VOIDED":
-        return JSON({"error": "conflict", "field": "order_id", "message": f"order "
-                     f"{row['order_id']} was cancelled before it was charged", "payment": row},
-                    status_code=409)
     return JSON(row, status_code=201 if created else 200)
 
 
 @app.post("/payments", tags=["payments"])
 async def charge(body: Charge):
-    """Charge once per order: a repeat returns the first outcome."""
+    """Charge once per charge key (default: the order id): a repeat returns the
+    first outcome.  An order voided by a refund refuses every charge."""
+    key = body.charge_key or str(body.order_id)
     status = "DECLINED" if _rng.random() < state["decline_rate"] else "CAPTURED"
-    # Insert, or return the first outcome, in one round trip.
-    row = await service.db.fetchone(
-        "charge",
-        f"WITH ins AS (INSERT INTO payments (order_id, user_id, amount, status) "
-        f"VALUES (%(o)s, %(u)s, %(a)s, %(s)s) ON CONFLICT (order_id) DO NOTHING RETURNING {_COLS}) "
-        f"SELECT {_COLS}, true AS created FROM ins UNION ALL "
-        f"SELECT {_COLS}, false FROM payments WHERE order_id = %(o)s",
-        {"o": body.order_id, "u": body.user_id, "a": body.amount, "s": status})
-    if row is None:
-        # A concurrent charge of the same order committed after our snapshot:
-        # ON CONFLICT waited for it, the SELECT could not see it.  Read it now.
-        row = await service.db.fetchone("get_payment", f"SELECT {_COLS}, false AS created "
-                                        f"FROM payments WHERE order_id = %s", (body.order_id,))
+    async with service.db.transaction("charge") as conn:
+        # One order at a time: a refund (void) and a charge of the same order never
+        # interleave, and the next statement's snapshot is taken after the lock.
+        await conn.execute(_ORDER_LOCK, (body.order_id,))
+        cur = await conn.execute(_CHARGE, {"o": body.order_id, "u": body.user_id, "a": body.amount,
+                                           "s": status, "k": key})
+        row = await cur.fetchone()
+    if row is None or row.pop("voided"):
+        raise Conflict(f"order {body.order_id} was cancelled; it cannot be charged", field="order_id")
     created = row.pop("created")
-    if not created and row["status"] in ("CAPTURED", "REFUNDED") and row["amount"] != body.amount:
-        raise Conflict(f"order {body.order_id} was already charged {row['amount']}, "
-                       f"not {body.amount}", field="amount")
+    if not created and (row["order_id"] != body.order_id or row["amount"] != body.amount):
+        raise Conflict(f"charge key {key!r} was already used for order {row['order_id']}, "
+                       f"amount {row['amount']}", field="charge_key")
     return _result(row, created)
 
 
 @app.post("/payments/{order_id}/refund", tags=["payments"])
 async def refund(order_id: Annotated[UUID, Path()]):
-    """Undo the charge of an order.  Idempotent; with no charge yet, leave a
-    VOIDED tombstone so that a charge arriving late is refused."""
+    """Cancel the order's money: refund every captured charge and void the order,
+    so that a charge arriving late is refused.  Idempotent."""
     async with service.db.transaction("refund") as conn:
-        cur = await conn.execute(
-            f"INSERT INTO payments (order_id, user_id, amount, status) "
-            f"VALUES (%s, '00000000-0000-0000-0000-000000000000', 0, 'VOIDED') "
-            f"ON CONFLICT (order_id) DO NOTHING RETURNING {_COLS}", (order_id,))
-        row = await cur.fetchone()
-        if row is None:
-            cur = await conn.execute(
-                f"UPDATE payments SET status = 'REFUNDED', refunded_at = now() "
-                f"WHERE order_id = %s AND status = 'CAPTURED' RETURNING {_COLS}", (order_id,))
-            row = await cur.fetchone()
-            if row is None:
-                cur = await conn.execute(f"SELECT {_COLS} FROM payments WHERE order_id = %s",
-                                         (order_id,))
-                row = await cur.fetchone()
-    return row
+        await conn.execute(_ORDER_LOCK, (order_id,))
+        await conn.execute("INSERT INTO voided_orders (order_id) VALUES (%s) "
+                           "ON CONFLICT (order_id) DO NOTHING", (order_id,))
+        await conn.execute("UPDATE payments SET status = 'REFUNDED', refunded_at = now() "
+                           "WHERE order_id = %s AND status = 'CAPTURED'", (order_id,))
+        cur = await conn.execute(f"SELECT {_COLS} FROM payments WHERE order_id = %s "
+                                 f"ORDER BY created_at", (order_id,))
+        rows = await cur.fetchall()
+    return {"order_id": order_id, "voided": True, "payments": rows}
 
 
 @app.get("/payments/by-order/{order_id}", tags=["payments"])
 async def by_order(order_id: Annotated[UUID, Path()]):
-    row = await service.db.fetchone("get_payment",
-                                    f"SELECT {_COLS} FROM payments WHERE order_id = %s", (order_id,))
-    if row is None:
+    """The order's first charge (there is exactly one when orders behaves)."""
+    rows = await service.db.fetchall("get_payment", f"SELECT {_COLS} FROM payments WHERE order_id = %s "
+                                     f"ORDER BY created_at", (order_id,))
+    if not rows:
         raise NotFound(f"order {order_id} has no payment", field="order_id")
-    return row
+    return {**rows[0], "charges": len(rows)}
+
+
+@app.get("/admin/payments", tags=["admin"])
+async def all_payments(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                       offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
+    """Every charge, for checkers reading the final state."""
+    rows = await service.db.fetchall(
+        "list_payments", f"SELECT {_COLS} FROM payments ORDER BY created_at, id LIMIT %s OFFSET %s",
+        (limit, offset))
+    return {"items": rows, "limit": limit, "offset": offset}
+
+
+@app.get("/admin/voided", tags=["admin"])
+async def all_voided(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
+    """Orders whose money was cancelled (refunded and voided)."""
+    rows = await service.db.fetchall("list_voided", "SELECT order_id FROM voided_orders "
+                                     "ORDER BY order_id LIMIT %s OFFSET %s", (limit, offset))
+    return {"items": [r["order_id"] for r in rows], "limit": limit, "offset": offset}
 
 
 @app.get("/users/{user_id}/payments", tags=["payments"])
