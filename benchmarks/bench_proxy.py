@@ -49,8 +49,8 @@ def pgbench(bin_dir: Path, port: int, pw: str, clients: int, seconds: int) -> tu
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--base-port", default="36400")
-    ap.add_argument("--api-port", type=int, default=36499)
+    ap.add_argument("--base-port", default="30500")
+    ap.add_argument("--api-port", type=int, default=30599)
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="msdb-bench-proxy-"))
     proxy = None

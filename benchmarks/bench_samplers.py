@@ -37,7 +37,7 @@ def cpu() -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30)
-    ap.add_argument("--base-port", default="37400")
+    ap.add_argument("--base-port", default="30600")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="msdb-bench-samplers-"))
     out = Path(tempfile.mkdtemp(prefix="msdb-bench-samplers-run-"))

@@ -117,7 +117,7 @@ async def order_step(orders_url: str, users: list[str], products: list[str], cli
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base-port", default="35400")
+    ap.add_argument("--base-port", default="30400")
     ap.add_argument("--step-seconds", type=float, default=10.0)
     ap.add_argument("--pgbench-seconds", type=int, default=15)
     ap.add_argument("--topology", default="single")

@@ -118,6 +118,8 @@ def load_slo(path: str | None, scenario: str, required: tuple[str, ...] = V.LOAD
 
 
 def _required_slo(sc, has_faults: bool) -> tuple[str, ...]:
+    if sc.extra.get("saga"):
+        return V.SAGA_KEYS
     if sc.extra.get("matrix") or (sc.shape and sc.shape.get("kind") == "phased"):
         return V.NEIGHBOUR_KEYS
     if sc.shape:
@@ -490,7 +492,8 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
 
     try:
         try:
-            data = seed(info["services"], users=p.seed_users, products=p.seed_products)
+            data = seed(info["services"], users=p.seed_users, products=p.seed_products,
+                        fresh_products=bool(sc.extra.get("fresh_products")))
         except SeedError as e:
             raise InfraError(f"seeding failed: {e}") from None
         workload.Pool.configure(services=info["services"], products=data["products"],
@@ -531,6 +534,7 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
         finally:
             elapsed = time.monotonic() - t0
             workload.set_history(None)
+            history.close()     # complete on disk before anything reads it
             nemesis_rc = nemesis.stop()
             fixed = heal_stack(state_dir, keep_overrides=True)
             run_info["healed_after_run"] = fixed
@@ -549,6 +553,10 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
                                workload_errors=locust_totals["user_errors"],
                                strict_errors=not faults and shape is None)
         metrics = {}
+        if sc.extra.get("saga"):
+            schecks, smetrics = _saga_verdict(info, rd, slo, set(data["products"]), elapsed)
+            checks += schecks
+            metrics.update(smetrics)
         if shape is not None and sc.shape.get("kind") == "phased":
             phases = shape.finish()
             rd.write_json("phases.json", phases)
@@ -626,6 +634,27 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
     print(format_summary(rd.path))
     _write_report(rd)
     return C.exit_code(results["verdict"])
+
+
+def _saga_verdict(info: dict, rd: RunDir, slo: dict, products: set[str], elapsed: float):
+    """After quiescence: read the final state, keep this run's part, run the checker."""
+    from scenarios.saga import QuiescenceTimeout, read_final_state, scoped, wait_quiescent
+    final, problem = None, None
+    history = [json.loads(x) for x in (rd.path / "history.jsonl").read_text().splitlines() if x.strip()] \
+        if (rd.path / "history.jsonl").exists() else []
+    try:
+        waited = wait_quiescent(info["services"], timeout_s=max(60.0, slo["recovery_s"] * 3))
+        final = scoped(read_final_state(info["services"]), products)
+        rd.write_json("final_state.json", final)
+    except QuiescenceTimeout as e:
+        problem, waited = str(e), None
+    except Exception as e:  # the state could not be read: the invariants are unknown
+        problem, waited = f"{type(e).__name__}: {e}", None
+    checks, metrics = V.saga_checks(history=history, final=final, slo=slo, quiescence_error=problem)
+    metrics["quiescence_s"] = round(waited, 1) if waited is not None else None
+    if metrics.get("sagas_total"):
+        metrics["sagas_per_s"] = round(metrics["sagas_total"] / elapsed, 1)
+    return checks, metrics
 
 
 def _write_report(rd: RunDir) -> None:

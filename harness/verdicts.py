@@ -18,7 +18,8 @@ from statistics import median
 from . import checks as C
 
 __all__ = ["percentile", "endpoint_stats", "load_checks", "fault_checks", "fault_windows",
-           "step_breach", "capacity_checks", "neighbour_checks", "NEIGHBOUR_KEYS", "SLO_KEYS", "LOAD_KEYS", "FAULT_KEYS", "LATENCY_KEYS",
+           "step_breach", "capacity_checks", "neighbour_checks", "saga_checks", "NEIGHBOUR_KEYS",
+           "SAGA_KEYS", "SLO_KEYS", "LOAD_KEYS", "FAULT_KEYS", "LATENCY_KEYS",
            "CAPACITY_KEYS"]
 
 T, NAME, METHOD, STATUS, MS, BYTES, OK, ERROR = range(8)
@@ -30,7 +31,7 @@ SLO_KEYS = {"error_rate_max": float, "server_errors_max": int, "p95_ms_max": flo
             "latency_observed_max_ratio": float, "p99_ms_max": float, "knee_min_rps": float,
             # seed §7.2 and §9.1: recovery objectives and lag, for the drill and lag scenarios
             "rpo_seconds_max": float, "rto_seconds_max": float, "replica_lag_ms_max": float,
-            "cdc_lag_p99_ms_max": float, "neighbour_p95_ratio_max": float}
+            "cdc_lag_p99_ms_max": float, "neighbour_p95_ratio_max": float, "min_sagas": int}
 LOAD_KEYS = ("error_rate_max", "server_errors_max", "p95_ms_max", "healthy_after_s")
 FAULT_KEYS = ("recovery_s", "heal_grace_s", "errors_after_heal_max", "fault_error_rate_max",
               "internal_errors_max")
@@ -298,3 +299,38 @@ def neighbour_checks(*, samples: list, phases: list[dict], slo: dict) -> tuple[l
     return [C.at_most("neighbour-p95-ratio", ratio, slo["neighbour_p95_ratio_max"], endpoint=PROBE,
                       baseline_p95_ms=metrics["baseline_p95_ms"], noisy_p95_ms=metrics["noisy_p95_ms"],
                       neighbour_orders_per_s=metrics["neighbour_orders_per_s"])], metrics
+
+
+SAGA_KEYS = FAULT_KEYS + ("healthy_after_s", "min_sagas")
+
+
+def saga_checks(*, history: list[dict], final: dict | None, slo: dict,
+                quiescence_error: str | None) -> tuple[list[C.Check], dict]:
+    """The saga checker's invariants as checks; a crash or a missing state is unknown."""
+    from scenarios.saga_checker import INVARIANTS, check
+    if final is None:
+        reason = quiescence_error or "the final state could not be read"
+        return [C.Check(n, "unknown", None, 0, {"reason": reason}) for n in INVARIANTS], {}
+    try:
+        results = check(history, final)
+    except Exception as e:  # a crashing checker must never pass
+        return [C.Check(n, "unknown", None, 0, {"error": f"{type(e).__name__}: {e}"})
+                for n in INVARIANTS], {}
+    checks = [C.Check(r["name"], r["verdict"], r["measured"], r["threshold"], r["details"])
+              for r in results]
+    states: dict[str, int] = {}
+    for s in final["sagas"]:
+        states[s["state"]] = states.get(s["state"], 0) + 1
+    kinds: dict[str, int] = {}
+    for op in history:
+        if op.get("f") == "create_order" and op["type"] != "invoke":
+            kinds[op["type"]] = kinds.get(op["type"], 0) + 1
+    total = len(final["sagas"])
+    checks.append(C.at_least("enough-sagas", total, slo["min_sagas"], by_state=states))
+    metrics = {"sagas_total": total, "sagas_completed": states.get("COMPLETED", 0),
+               "sagas_compensated": states.get("COMPENSATED", 0), "sagas_failed": states.get("FAILED", 0),
+               "sagas_by_state": states, "client_ok": kinds.get("ok", 0),
+               "client_fail": kinds.get("fail", 0), "client_info": kinds.get("info", 0),
+               "orders_confirmed": sum(1 for o in final["orders"] if o["status"] == "CONFIRMED"),
+               "orders_cancelled": sum(1 for o in final["orders"] if o["status"] == "CANCELLED")}
+    return checks, metrics

@@ -20,6 +20,9 @@ from . import charts as Ch
 
 __all__ = ["build_report", "build_index", "report_context"]
 
+SAGA_INVARIANTS = ("stock-conservation", "no-oversell", "orders-end", "payments-match-orders",
+                   "outcomes-match-history", "idempotency")
+
 _env = Environment(loader=PackageLoader("reports", "templates"),
                    autoescape=select_autoescape(["html", "j2"]))
 
@@ -105,6 +108,7 @@ def report_context(run_dir: str | Path) -> dict:
         "statements": _records(stmts), "slo": slo, "name": Path(run_dir).name,
         "comparison": json.loads((Path(run_dir) / "comparison.json").read_text())
         if (Path(run_dir) / "comparison.json").exists() else [],
+        "invariants": [c for c in results.get("checks", []) if c["name"] in SAGA_INVARIANTS],
     }
 
 

@@ -71,6 +71,20 @@ _SCENARIOS = {s.name: s for s in (
         user_classes=("scenarios.workload:ProbeUser", "scenarios.workload:NoisyUser"),
         shape={"kind": "phased", "baseline_share": 0.4, "noisy_users": 30}),
     Scenario(
+        name="saga", duration_s=60.0, users=20, seed_products=30,
+        summary="at least 2,000 create-order sagas from concurrent clients (1 in 10 retried with "
+                "the same Idempotency-Key), 20% of payments declined, latency and resets on "
+                "orders->payments and orders->catalog, a kill -9 of the orchestrator; then a "
+                "Jepsen-style checker audits stock, orders, payments and the history",
+        user_classes=("scenarios.workload:SagaUser",),
+        service_env={"payments": {"PAYMENT_DECLINE_RATE": "0.2"}, "orders": {"PEER_TIMEOUT_MS": "1000"}},
+        faults=({"kind": "latency", "target": "orders-to-payments", "at": "10%", "for": "20%",
+                 "latency": 400, "jitter": 400},
+                {"kind": "reset_peer", "target": "orders-to-catalog", "at": "35%", "for": "8%",
+                 "timeout": 0},
+                {"kind": "kill", "target": "orders", "at": "50%", "for": "2s"}),
+        extra={"saga": True, "fresh_products": True}),
+    Scenario(
         name="db-latency", **_FAULTY,
         summary="200 ms latency on catalog's database link (catalog-db) for the middle half of "
                 "the run; the catalog endpoints must show it, nothing may 500, all recovers",

@@ -40,8 +40,11 @@ def _post(session: requests.Session, url: str, body: dict) -> requests.Response:
 
 
 def seed(services: dict, *, users: int, products: int, stock: int = 100_000,
-         concurrency: int = 8) -> dict:
-    """Returns {"users": [{"id", "email", "password"}...], "products": [ids...]}."""
+         concurrency: int = 8, fresh_products: bool = False) -> dict:
+    """Returns {"users": [{"id", "email", "password"}...], "products": [ids...]}.
+
+    fresh_products: create `products` new ones for this run alone (a checker
+    that audits stock then sees only this run's orders)."""
     users_url, catalog_url = services["users"]["url"], services["catalog"]["url"]
     s = requests.Session()
     try:
@@ -49,10 +52,11 @@ def seed(services: dict, *, users: int, products: int, stock: int = 100_000,
         existing.raise_for_status()
     except requests.RequestException as e:
         raise SeedError(f"GET {catalog_url}/products failed: {e}") from None
-    have = [p["id"] for p in existing.json()["items"]]
+    have = [] if fresh_products else [p["id"] for p in existing.json()["items"]]
+    base = len(existing.json()["items"]) + int(time.time()) % 1_000_000 * 1000 if fresh_products else 0
 
     def make_product(i: int) -> str:
-        r = _post(s, f"{catalog_url}/products", product_doc(i, stock=stock))
+        r = _post(s, f"{catalog_url}/products", product_doc(base + i, stock=stock))
         if r.status_code != 201:
             raise SeedError(f"creating product {i}: HTTP {r.status_code} {r.text[:200]}")
         return r.json()["id"]

@@ -22,7 +22,8 @@ from locust import FastHttpUser, between, constant, events, task
 
 from .data import SEARCH_WORDS, LOAD_PASSWORD, user_credentials
 
-__all__ = ["ShopUser", "ProbeUser", "NoisyUser", "load_endpoints", "set_history", "Pool"]
+__all__ = ["ShopUser", "ProbeUser", "NoisyUser", "SagaUser", "create_order", "load_endpoints",
+           "set_history", "Pool"]
 
 # A history recorder injected by the harness (None under the plain Locust UI).
 _history = None
@@ -159,36 +160,49 @@ class ShopUser(FastHttpUser):
             return
         items = [{"product_id": pid, "quantity": random.randint(1, 3)}
                  for pid in random.sample(Pool.products, random.randint(1, 3))]
-        key = uuid.uuid4().hex
-        value = {"user_id": self.user_id, "items": items, "idempotency_key": key}
-        if _history:
-            _history.invoke(self.process, "create_order", value)
-        with self.client.post(self._u("orders", "/orders"), name="orders POST /orders",
-                              json={"user_id": self.user_id, "items": items},
-                              headers={"Idempotency-Key": key}, catch_response=True) as r:
-            status = r.status_code
+        create_order(self, items, uuid.uuid4().hex)
+
+
+def create_order(user, items: list[dict], key: str) -> str:
+    """POST /orders as one history operation; returns its completion type.
+
+    ok: an order was confirmed.  fail: definitely no confirmed order
+    (declined, out of stock, or compensated in full).  info: unknown
+    (5xx, no response, or the key's first request is still in flight).
+    """
+    value = {"user_id": user.user_id, "items": items, "idempotency_key": key}
+    if _history:
+        _history.invoke(user.process, "create_order", value)
+    with user.client.post(user.urls["orders"] + "/orders", name="orders POST /orders",
+                          json={"user_id": user.user_id, "items": items},
+                          headers={"Idempotency-Key": key}, catch_response=True) as r:
+        status = r.status_code
+        try:
+            body = r.json()
+        except Exception:  # a non-JSON body (e.g. a proxy's) is recorded as None
             body = None
-            try:
-                body = r.json()
-            except Exception:  # a non-JSON body (e.g. a proxy's) is recorded as None
-                body = None
-            order = (body or {}).get("order") or {}
-            result = {**value, "status": status, "order_id": order.get("id"),
-                      "order_status": order.get("status")}
-            if status in (200, 201):
-                kind = "ok"
-            elif status in (402, 409):
-                kind = "fail"          # declined / out of stock: definitely no order
-                r.success()
-            elif status == 0 or status >= 500:
-                # Unknown outcome, unless the saga says it compensated everything.
-                kind = "fail" if (body or {}).get("compensated") is True else "info"
-                r.failure(f"HTTP {status}")
-            else:
-                kind = "fail"
-                r.failure(f"HTTP {status}: {str(body)[:200]}")
-            if _history:
-                getattr(_history, kind)(self.process, "create_order", result)
+        body = body if isinstance(body, dict) else {}
+        order = body.get("order") or {}
+        result = {**value, "status": status, "order_id": order.get("id"),
+                  "order_status": order.get("status")}
+        if status in (200, 201):
+            kind = "ok"
+        elif status == 409 and body.get("field") == "Idempotency-Key":
+            kind = "info"          # the same key's first request is still running
+            r.success()
+        elif status in (402, 409):
+            kind = "fail"          # declined / out of stock: definitely no order
+            r.success()
+        elif status == 0 or status >= 500:
+            # Unknown outcome, unless the saga says it compensated everything.
+            kind = "fail" if body.get("compensated") is True else "info"
+            r.failure(f"HTTP {status}")
+        else:
+            kind = "fail"
+            r.failure(f"HTTP {status}: {str(body)[:200]}")
+        if _history:
+            getattr(_history, kind)(user.process, "create_order", result)
+    return kind
 
 
 class _Base(FastHttpUser):
@@ -200,6 +214,7 @@ class _Base(FastHttpUser):
     def on_start(self):
         self.urls = Pool.urls
         self.user_id = None
+        self.process = f"{type(self).__name__[0].lower()}{id(self) & 0xffffff:06x}"
         if Pool.seeded_users:
             cred = user_credentials(random.randrange(Pool.seeded_users))
             r = self.client.post(self.urls["users"] + "/sessions", name="users POST /sessions",
@@ -245,3 +260,21 @@ class NoisyUser(_Base):
     def sales(self):
         self.client.get(self.urls["analytics"] + "/sales/top-products?limit=20",
                         name="analytics GET /sales/top-products")
+
+
+class SagaUser(_Base):
+    """Orders back to back, for the saga scenario; one in ten is sent again with
+    the same Idempotency-Key, as a client retrying after a lost answer would."""
+    wait_time = between(0.0, 0.02)
+    REPEAT = 0.1
+
+    @task
+    def order(self):
+        if not self.user_id or len(Pool.products) < 3:
+            return
+        items = [{"product_id": pid, "quantity": random.randint(1, 3)}
+                 for pid in random.sample(Pool.products, random.randint(1, 3))]
+        key = uuid.uuid4().hex
+        create_order(self, items, key)
+        if random.random() < self.REPEAT:
+            create_order(self, items, key)

@@ -122,3 +122,23 @@ def test_a_run_killed_mid_fault_leaves_the_stack_clean(stack, tmp_path, how):
     final = {f["name"]: f for f in map(json.loads, (out / "faults.jsonl").read_text().splitlines())}
     assert [f["status"] for f in final.values()] == ["healed"]
     assert_clean(stack)
+
+
+def test_saga_run_is_valid_under_faults_and_a_kill(stack, tmp_path):
+    out = tmp_path / "run"
+    r = msdb("run", "saga", "--duration", "40s", "--state-dir", stack["state_dir"], "--out", str(out),
+             "--seed-users", "20", timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    for name in ("stock-conservation", "no-oversell", "orders-end", "payments-match-orders",
+                 "outcomes-match-history", "idempotency"):
+        assert check(results, name)["verdict"] == "pass", check(results, name)
+    m = results["metrics"]
+    assert m["sagas_total"] >= 2000
+    assert m["sagas_completed"] > 0 and m["sagas_compensated"] > 0     # declines took the other path
+    faults = {f["kind"]: f for f in map(json.loads, (out / "faults.jsonl").read_text().splitlines())}
+    assert faults["kill"]["status"] == "healed" and faults["reset_peer"]["status"] == "healed"
+    assert (out / "final_state.json").exists()
+    html = (out / "report.html").read_text()
+    assert 'id="saga-table"' in html and "stock-conservation" in html
+    assert_clean(stack)
