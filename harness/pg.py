@@ -405,6 +405,19 @@ class PgInstance:
             c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
 
 
+    def ensure_cdc_slot(self, *, database: str, role: str, password: str, slot: str) -> None:
+        """The CDC relay's role (REPLICATION, CONNECT to the source databases
+        only) and a pgoutput logical slot in `database`."""
+        with self.connect() as c:
+            _ensure_role(c, role, password, replication=True)
+            c.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(database), sql.Identifier(role)))
+        with self.connect(database) as c:
+            if not c.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                             (slot,)).fetchone():
+                c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+
+
 def _ensure_role(c: psycopg.Connection, role: str, password: str, replication: bool = False) -> None:
     exists = c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     verb = "ALTER" if exists else "CREATE"

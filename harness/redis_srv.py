@@ -23,6 +23,7 @@ REDIS_KEYS = {
     "payments": ["payments:*"],
     "search": ["search:*", "bus:*"],
     "analytics": ["analytics:*", "bus:*"],
+    "cdc": ["cdc:*", "bus:*"],
 }
 
 

@@ -118,6 +118,11 @@ def load_slo(path: str | None, scenario: str, required: tuple[str, ...] = V.LOAD
 
 
 def _required_slo(sc, has_faults: bool) -> tuple[str, ...]:
+    from .lag import CDC_KEYS, REPLICATION_KEYS
+    if sc.extra.get("replication"):
+        return ("healthy_after_s",) + V.FAULT_KEYS + REPLICATION_KEYS
+    if sc.extra.get("cdc"):
+        return ("healthy_after_s",) + V.FAULT_KEYS + CDC_KEYS
     if sc.extra.get("saga"):
         return V.SAGA_KEYS
     if sc.extra.get("matrix") or (sc.shape and sc.shape.get("kind") == "phased"):
@@ -393,6 +398,28 @@ def _install_interrupts() -> list:
     return [gevent.signal_handler(s, interrupt, s) for s in (signal.SIGINT, signal.SIGTERM)]
 
 
+class _LagMonitor:
+    """The lag monitor process of one run (harness.lagmon): replica heartbeats,
+    pg_stat_replication, CDC lag and backlog, beside every run."""
+
+    def __init__(self, rd: RunDir, state_dir: str):
+        import os
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.lagmon", "--state-dir", state_dir, "--out", str(rd.path),
+             "--parent", str(os.getpid())],
+            stdout=open(rd.path / "lagmon.log", "ab"), stderr=subprocess.STDOUT)
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return -9
+
+
 class _Nemesis:
     """The nemesis process of one run."""
 
@@ -462,14 +489,15 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
     statements_before: dict = {}
     samples: list[tuple] = []
     counts = {"ok": 0, "fail": 0, "info": 0}
-    nemesis = None
+    nemesis = lagmon = None
 
     class CountingHistory:
         def invoke(self, *a):
             history.invoke(*a)
 
         def _done(self, kind, *a):
-            counts[kind] += 1
+            if a[1] == "create_order":
+                counts[kind] += 1
             getattr(history, kind)(*a)
 
         def ok(self, *a):
@@ -506,6 +534,7 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
         sampler.start()
         health.start()
         stores.start()
+        lagmon = _LagMonitor(rd, p.state_dir)
         shape = None
         if sc.shape and sc.shape.get("kind") == "phased":
             from scenarios.shapes import PhasedShape
@@ -538,6 +567,19 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
             nemesis_rc = nemesis.stop()
             fixed = heal_stack(state_dir, keep_overrides=True)
             run_info["healed_after_run"] = fixed
+        cdc_problem = cdc_end = None
+        if sc.extra.get("cdc"):   # the pipeline drains while the monitor still records it
+            from .lag import cdc_end_state, wait_cdc_quiet
+            try:
+                metrics_cdc_wait = wait_cdc_quiet(info["redis"]["url"], slo["cdc_quiesce_s"])
+                cdc_end = cdc_end_state(info["services"])
+                rd.write_json("cdc_end_state.json", cdc_end)
+            except TimeoutError as e:
+                cdc_problem, metrics_cdc_wait = str(e), None
+            except Exception as e:  # the end state could not be read: its checks are unknown
+                cdc_problem, metrics_cdc_wait = f"{type(e).__name__}: {e}", None
+        time.sleep(1.5)   # one more 1 Hz sample of lag and backlog after the drain
+        lagmon_rc = lagmon.stop()
         # Health after the run, sampled until whole (or the SLO's patience runs out).
         deadline = time.monotonic() + slo["healthy_after_s"]
         while not health.sample_once() and time.monotonic() < deadline:
@@ -553,6 +595,27 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
                                workload_errors=locust_totals["user_errors"],
                                strict_errors=not faults and shape is None)
         metrics = {}
+        from . import lag as LAG
+        from chaos.faults import Journal as _J
+        frecords = _J.read(rd.path / "faults.jsonl")
+        rmetrics = LAG.replication_metrics(rd.path, frecords,
+                                           caught_up_ms=slo.get("replica_caught_up_ms", 50.0))
+        stale = LAG.stale_reads(rd.path)
+        metrics.update(rmetrics)
+        metrics["stale_reads"] = sum(d["stale"] for k, d in stale.items() if k != "read-your-writes") \
+            if stale else None
+        metrics["stale_reads_by_routing"] = stale
+        if lagmon_rc not in (0, None):
+            checks.append(C.Check("lag-monitor-exited-cleanly", "fail", lagmon_rc, 0,
+                                  {"log": str(rd.path / "lagmon.log")}))
+        if sc.extra.get("replication"):
+            checks += LAG.replication_checks(rmetrics, stale, frecords, slo)
+        if (rd.path / "cdc_lag.csv").exists():
+            cm = LAG.cdc_metrics(rd.path, frecords)
+            metrics.update(cm)
+            if sc.extra.get("cdc"):
+                metrics["cdc_quiesce_s"] = metrics_cdc_wait
+                checks += LAG.cdc_checks(cm, cdc_end, cdc_problem, slo)
         if sc.extra.get("saga"):
             schecks, smetrics = _saga_verdict(info, rd, slo, set(data["products"]), elapsed)
             checks += schecks
@@ -613,6 +676,8 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
     finally:
         if nemesis is not None and nemesis.proc is not None and nemesis.proc.poll() is None:
             nemesis.stop()
+        if lagmon is not None and lagmon.proc.poll() is None:
+            lagmon.stop()
         if run_info["status"] != "completed" or run_info.get("overrides"):
             try:   # also puts the scenario's changed settings back
                 run_info.setdefault("healed_after_run", [])

@@ -27,13 +27,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 import redis
 
 from . import migrations, procs
 from .errors import InfraError, NoStackError, PortInUseError, UsageError
 from .pg import PgInstance, PgRuntime
 from .redis_srv import REDIS_KEYS, RedisServer
-from .topology import (DEFAULT_BASE_PORT, PEER_LINKS, REDIS_USERS, SERVICE_BY_NAME, SERVICES,
+from .topology import (CDC_ROLE, CDC_SOURCES, DEFAULT_BASE_PORT, PEER_LINKS, REDIS_USERS,
+                       SERVICE_BY_NAME, SERVICES,
                        Layout, layout)
 
 __all__ = ["StackOptions", "Stack", "PartStatus", "StatusProbe", "up", "down", "status", "load_stack",
@@ -133,12 +135,21 @@ class Stack:
 
     def secrets(self) -> dict:
         path = self.state_dir / "secrets.json"
-        if path.exists():
-            return json.loads(path.read_text())
         gen = lambda: pysecrets.token_hex(16)  # noqa: E731  hex: safe in URLs and DSNs
-        s = {"postgres": gen(), "replicator": gen(),
-             "roles": {svc.role: gen() for svc in SERVICES if svc.role},
-             "redis": {"default": gen(), **{k: gen() for k in REDIS_KEYS}}}
+        want = {"postgres": gen(), "replicator": gen(),
+                "roles": {**{svc.role: gen() for svc in SERVICES if svc.role}, CDC_ROLE: gen()},
+                "redis": {"default": gen(), **{k: gen() for k in REDIS_KEYS}}}
+        if path.exists():
+            s = json.loads(path.read_text())
+            # A state dir made by an older msdb: add the secrets of newer parts.
+            missing = {k: v for k, v in want["roles"].items() if k not in s.get("roles", {})}
+            missing_r = {k: v for k, v in want["redis"].items() if k not in s.get("redis", {})}
+            if not missing and not missing_r:
+                return s
+            s.setdefault("roles", {}).update(missing)
+            s.setdefault("redis", {}).update(missing_r)
+        else:
+            s = want
         _atomic_write_json(path, s)
         return s
 
@@ -308,6 +319,13 @@ class Stack:
                              user=svc.role, password=self.sec["roles"][svc.role])
         with ThreadPoolExecutor(max_workers=len(jobs)) as ex:
             list(ex.map(migrate, jobs))
+        # CDC: the relay's role, and one logical slot per source database,
+        # made before any data exists so that every change is relayed.
+        for name in CDC_SOURCES:
+            svc = SERVICE_BY_NAME[name]
+            self.primaries[self.layout.instance_of(name).name].ensure_cdc_slot(
+                database=svc.database, role=CDC_ROLE, password=self.sec["roles"][CDC_ROLE],
+                slot=f"cdc_{name}")
 
     def service_env(self, name: str) -> dict:
         """A service's environment: its own DSN only, and every link via its proxy."""
@@ -327,6 +345,14 @@ class Stack:
         if name == "orders":
             env.update({"DB_REPLICA_HOST": "127.0.0.1",
                         "DB_REPLICA_PORT": str(L.link("orders-replica").listen_port)})
+        if name == "cdc":
+            env["CDC_SOURCES"] = json.dumps({
+                src: {"dsn": make_conninfo(
+                    host="127.0.0.1", port=L.link(f"cdc-{src}-db").listen_port,
+                    dbname=SERVICE_BY_NAME[src].database, user=CDC_ROLE,
+                    password=sec["roles"][CDC_ROLE], sslmode=EMBEDDED_SSLMODE, connect_timeout=5,
+                    application_name="msdb-cdc"), "slot": f"cdc_{src}"}
+                for src in CDC_SOURCES})
         if name == "analytics":
             (self.state_dir / "analytics").mkdir(exist_ok=True)
             env["ANALYTICS_DB_PATH"] = str(self.state_dir / "analytics" / "analytics.duckdb")

@@ -7,8 +7,8 @@ Port block (default base 15400, change with --base-port):
                        dedicated: +0..+4)
     base+9             PostgreSQL streaming replica of the orders instance
     base+10            Redis
-    base+20 .. base+25 services: users, catalog, orders, payments, search,
-                       analytics
+    base+20 .. base+26 services: users, catalog, orders, payments, search,
+                       analytics, cdc (the CDC relay)
     base+30            fault proxy API (Toxiproxy-compatible)
     base+31 .. base+69 proxy listeners, one per link
 
@@ -24,7 +24,7 @@ from .errors import UsageError
 
 __all__ = [
     "DEFAULT_BASE_PORT", "TOPOLOGIES", "SERVICES", "ServiceSpec", "InstanceSpec",
-    "Layout", "layout", "LinkSpec", "PEER_LINKS", "REDIS_USERS",
+    "Layout", "layout", "LinkSpec", "PEER_LINKS", "REDIS_USERS", "CDC_SOURCES", "CDC_ROLE",
 ]
 
 DEFAULT_BASE_PORT = 15400
@@ -48,6 +48,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("payments", 23, "payment_service_db", "payment_service", "payments"),
     ServiceSpec("search", 24, "search_service_db", "search_service", "search"),
     ServiceSpec("analytics", 25),
+    ServiceSpec("cdc", 26),        # the CDC relay (Debezium in the seed)
 )
 SERVICE_BY_NAME = {s.name: s for s in SERVICES}
 
@@ -70,7 +71,10 @@ _INSTANCE_ORDER = {
 PEER_LINKS = (("users", "orders"), ("users", "payments"),
               ("orders", "catalog"), ("orders", "payments"))
 # Services that use Redis (sessions, cache, bus).
-REDIS_USERS = ("users", "catalog", "orders", "search", "analytics")
+REDIS_USERS = ("users", "catalog", "orders", "search", "analytics", "cdc")
+# Databases the CDC relay decodes (logical replication slot per database).
+CDC_SOURCES = ("users", "catalog", "orders")
+CDC_ROLE = "cdc_relay"
 PROXY_FIRST_OFFSET = 31
 
 REPLICA_NAME = "pg-replica"
@@ -93,7 +97,8 @@ class LinkSpec:
 
     kind: db (service -> its database), replica-db (orders -> the replica, for
     history reads), redis (service -> Redis), http (service -> service),
-    replication (the replica's streaming connection -> its primary).
+    replication (the replica's streaming connection -> its primary),
+    cdc-db (the CDC relay -> a source database it decodes).
     """
     name: str
     kind: str
@@ -149,6 +154,9 @@ class Layout:
             out.append((f"{a}-to-{b}", "http", a, b, self.service_ports[b]))
         primary = next(i for i in self.primaries if i.name == self.replica.replica_of)
         out.append(("orders-replication", "replication", self.replica.name, primary.name, primary.port))
+        for name in CDC_SOURCES:
+            inst = self.instance_of(name)
+            out.append((f"cdc-{name}-db", "cdc-db", "cdc", inst.name, inst.port))
         return tuple(LinkSpec(n, k, s_, t, self.base_port + PROXY_FIRST_OFFSET + i, up)
                      for i, (n, k, s_, t, up) in enumerate(out))
 

@@ -31,7 +31,10 @@ SLO_KEYS = {"error_rate_max": float, "server_errors_max": int, "p95_ms_max": flo
             "latency_observed_max_ratio": float, "p99_ms_max": float, "knee_min_rps": float,
             # seed §7.2 and §9.1: recovery objectives and lag, for the drill and lag scenarios
             "rpo_seconds_max": float, "rto_seconds_max": float, "replica_lag_ms_max": float,
-            "cdc_lag_p99_ms_max": float, "neighbour_p95_ratio_max": float, "min_sagas": int}
+            "cdc_lag_p99_ms_max": float, "neighbour_p95_ratio_max": float, "min_sagas": int,
+            "replica_caught_up_ms": float, "replica_catch_up_s_max": float,
+            "replica_lag_effect_min_ratio": float, "stale_reads_ryw_max": int,
+            "cdc_catch_up_s_max": float, "cdc_quiesce_s": float, "cdc_mismatches_max": int}
 LOAD_KEYS = ("error_rate_max", "server_errors_max", "p95_ms_max", "healthy_after_s")
 FAULT_KEYS = ("recovery_s", "heal_grace_s", "errors_after_heal_max", "fault_error_rate_max",
               "internal_errors_max")

@@ -12,7 +12,8 @@ __all__ = ["product_doc", "user_credentials", "SEARCH_WORDS", "LOAD_PASSWORD", "
 ENDPOINTS = ("catalog GET /inventory/{id}", "catalog GET /products", "catalog GET /products/{id}",
              "orders GET /users/{id}/orders", "orders POST /orders", "search GET /search",
              "users GET /dashboard/{id}", "users GET /sessions/{token}", "users POST /sessions",
-             "users POST /users", "users GET /users/{id}", "analytics GET /sales/top-products")
+             "users POST /users", "users GET /users/{id}", "analytics GET /sales/top-products",
+             "orders GET /users/{id}/orders (read-your-writes)", "catalog PATCH /products/{id}")
 
 CATEGORIES = ["garden", "kitchen", "books", "toys", "sports", "electronics", "office", "outdoor"]
 ADJECTIVES = ["red", "blue", "compact", "heavy", "wireless", "organic", "classic", "foldable",

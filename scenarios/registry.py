@@ -117,6 +117,28 @@ _SCENARIOS = {s.name: s for s in (
         faults=({"kind": "stop", "target": "catalog", "at": "25%", "for": "20s"},),
         effect={"kind": "errors", "endpoint": "catalog GET /products", "min": 1}),
     Scenario(
+        name="replica-lag", duration_s=60.0, users=10,
+        summary="orders placed and their history read back at once, while the replica's "
+                "streaming link (orders-replication) gets 250 ms of latency, then a 16 KB/s "
+                "bandwidth limit; heartbeat lag, catch-up after each heal, and stale reads "
+                "with replica routing vs read-your-writes routing",
+        user_classes=("scenarios.workload:RywUser",),
+        service_env={"orders": {"ORDER_HISTORY_READ": "replica"}},
+        faults=({"kind": "latency", "target": "orders-replication", "at": "20%", "for": "25%",
+                 "latency": 250, "jitter": 0},
+                {"kind": "bandwidth", "target": "orders-replication", "at": "60%", "for": "20%",
+                 "rate": 16}),
+        extra={"replication": True}),
+    Scenario(
+        name="cdc-lag", duration_s=75.0, users=10,
+        summary="product edits, orders and sign-ups under load while the search service (the "
+                "catalog's CDC consumer) is killed for 30 s; backlog, catch-up rate and CDC lag "
+                "per consumer, then the end state: search = catalog, analytics has every order "
+                "once, orders' user replica = users",
+        user_classes=("scenarios.workload:CdcUser",),
+        faults=({"kind": "kill", "target": "search", "at": "20%", "for": "30s"},),
+        extra={"cdc": True}),
+    Scenario(
         name="slow-network", **_FAULTY,
         summary="catalog's database link limited to 50 KB/s for the middle half of the run; "
                 "product listings slow down, nothing fails",

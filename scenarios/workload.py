@@ -22,7 +22,8 @@ from locust import FastHttpUser, between, constant, events, task
 
 from .data import SEARCH_WORDS, LOAD_PASSWORD, user_credentials
 
-__all__ = ["ShopUser", "ProbeUser", "NoisyUser", "SagaUser", "create_order", "load_endpoints",
+__all__ = ["ShopUser", "ProbeUser", "NoisyUser", "SagaUser", "RywUser", "CdcUser", "create_order",
+           "read_history", "load_endpoints",
            "set_history", "Pool"]
 
 # A history recorder injected by the harness (None under the plain Locust UI).
@@ -278,3 +279,82 @@ class SagaUser(_Base):
         create_order(self, items, key)
         if random.random() < self.REPEAT:
             create_order(self, items, key)
+
+
+class RywUser(_Base):
+    """Read-your-writes: place an order, then read the order history at once,
+    both as the service routes it and with `read-your-writes` routing; a read
+    that misses the order this client just placed is a stale read.  Every
+    read is a `read_history` operation in the history:
+    ok {order_id, routing, served_by, stale, after_write_ms}."""
+    wait_time = between(0.05, 0.2)
+
+    @task
+    def order_then_read(self):
+        if not self.user_id or len(Pool.products) < 3:
+            return
+        items = [{"product_id": random.choice(Pool.products), "quantity": 1}]
+        with self.client.post(self.urls["orders"] + "/orders", name="orders POST /orders",
+                              json={"user_id": self.user_id, "items": items},
+                              headers={"Idempotency-Key": uuid.uuid4().hex}, catch_response=True) as r:
+            if r.status_code in (402, 409):
+                r.success()
+            order_id = ((r.json() or {}).get("order") or {}).get("id") if r.status_code == 201 else None
+        if not order_id:
+            return
+        import time as _t
+        written = _t.monotonic()
+        for routing in (None, "read-your-writes"):
+            read_history(self, order_id, routing, written)
+
+
+def read_history(user, order_id: str, routing: str | None, written: float) -> None:
+    import time as _t
+    value = {"user_id": user.user_id, "order_id": order_id, "routing": routing or "service"}
+    if _history:
+        _history.invoke(user.process, "read_history", value)
+    q = "?limit=5" + (f"&read={routing}" if routing else "")
+    name = "orders GET /users/{id}/orders" + (f" ({routing})" if routing else "")
+    with user.client.get(user.urls["orders"] + f"/users/{user.user_id}/orders{q}", name=name,
+                         catch_response=True) as r:
+        if r.status_code != 200:
+            r.failure(f"HTTP {r.status_code}")
+            if _history:
+                _history.fail(user.process, "read_history", {**value, "status": r.status_code})
+            return
+        body = r.json()
+        seen = any(str(o.get("id")) == order_id for o in body.get("items") or [])
+        if _history:
+            _history.ok(user.process, "read_history", {
+                **value, "served_by": body.get("served_by"), "stale": not seen,
+                "after_write_ms": round((_t.monotonic() - written) * 1000, 2)})
+
+
+class CdcUser(_Base):
+    """Writes that CDC carries: product edits (to search), orders (to
+    analytics), new users (to orders' user replica)."""
+    wait_time = between(0.02, 0.1)
+
+    @task(5)
+    def edit_product(self):
+        pid = random.choice(Pool.products) if Pool.products else None
+        if pid:
+            self.client.patch(self.urls["catalog"] + f"/products/{pid}", name="catalog PATCH /products/{id}",
+                              json={"description": f"edited {uuid.uuid4().hex[:8]}"})
+
+    @task(4)
+    def order(self):
+        if not self.user_id or len(Pool.products) < 3:
+            return
+        items = [{"product_id": pid, "quantity": 1} for pid in random.sample(Pool.products, 2)]
+        with self.client.post(self.urls["orders"] + "/orders", name="orders POST /orders",
+                              json={"user_id": self.user_id, "items": items},
+                              headers={"Idempotency-Key": uuid.uuid4().hex}, catch_response=True) as r:
+            if r.status_code in (402, 409):
+                r.success()
+
+    @task(1)
+    def register(self):
+        self.client.post(self.urls["users"] + "/users", name="users POST /users",
+                         json={"email": f"cdc-{uuid.uuid4().hex[:16]}@msdb.test",
+                               "password": "new-user-password", "first_name": "C", "last_name": "D"})

@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-SERVICES = ("users", "catalog", "orders", "payments", "search", "analytics")
+SERVICES = ("users", "catalog", "orders", "payments", "search", "analytics", "cdc")
 
 
 def main(argv: list[str] | None = None) -> int:

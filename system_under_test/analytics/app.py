@@ -1,20 +1,20 @@
-"""Analytics service: sales aggregates in DuckDB, fed from order events.
+"""Analytics service: sales aggregates in DuckDB, fed by CDC from orders.
 
-Store: a DuckDB file (Redshift in the seed).  Feed: the bus topic
-`orders.events`, consumed by the group `analytics`.
+Store: a DuckDB file (Redshift in the seed).  Feed: the CDC topic
+`cdc.orders` (`orders` and `order_items` rows), consumed by the group
+`analytics`, idempotent by LSN.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import Path, Query
 
 from ..common.app import Service
+from ..common.cdc import CdcConsumer
 from ..common.errors import NotFound
 from .warehouse import Warehouse
 
@@ -47,20 +47,29 @@ async def _wh_health():
         return "warehouse", {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
 
 
-@service.background
-async def _feed(stop):
-    async def handle(events: list[dict]) -> None:
-        orders = [e["order"] for e in events
-                  if isinstance(e.get("order"), dict) and "id" in e["order"]]
-        await asyncio.to_thread(wh.apply_orders, orders)
-    await service.bus.consume_batches("orders.events", "analytics",
-                                      f"{socket.gethostname()}-{os.getpid()}", handle, stop,
-                                      linger_s=LINGER_S)
+async def _apply(events: list[dict]) -> list[dict]:
+    return await asyncio.to_thread(wh.apply_changes, events)
+
+
+feed = CdcConsumer(service, "orders", "analytics", _apply, linger_s=LINGER_S)
 
 
 @app.get("/sales/summary", tags=["sales"])
 async def summary():
     return await asyncio.to_thread(wh.summary)
+
+
+@app.get("/sales/totals", tags=["sales"])
+async def totals():
+    """Totals kept incrementally from each change (after - before)."""
+    return await asyncio.to_thread(wh.totals)
+
+
+@app.get("/admin/facts", tags=["admin"])
+async def facts(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
+    """Every order fact, for checkers reading the final state."""
+    return {"items": await asyncio.to_thread(wh.facts, limit, offset), "limit": limit, "offset": offset}
 
 
 @app.get("/sales/top-products", tags=["sales"])

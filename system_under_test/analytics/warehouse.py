@@ -1,12 +1,18 @@
 """The analytics warehouse behind a small interface (DuckDB; Redshift in the seed).
 
-Facts are keyed by order id and each event carries the order's whole state,
-so applying an event twice leaves one row: consumers may be re-delivered.
+Fed by CDC from the orders database (`orders` and `order_items` rows).
+Facts are keyed by order id (and product id); every fact row remembers the
+LSN of the change it last applied, and a change whose LSN is not newer is
+dropped.  `sales_totals` is maintained incrementally from each change's
+before and after images (after - before), the way a stream processor keeps
+an aggregate: applying a change twice would count it twice, so the totals
+are the proof that effects happened exactly once.
 """
 
 from __future__ import annotations
 
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -16,11 +22,38 @@ __all__ = ["Warehouse"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS order_facts (
     order_id UUID PRIMARY KEY, user_id UUID, status VARCHAR, total_amount DECIMAL(12,2),
-    item_count INTEGER, created_at TIMESTAMPTZ, loaded_at TIMESTAMPTZ DEFAULT current_timestamp);
+    item_count INTEGER, created_at TIMESTAMPTZ, loaded_at TIMESTAMPTZ DEFAULT current_timestamp,
+    source_lsn BIGINT);
 CREATE TABLE IF NOT EXISTS order_item_facts (
     order_id UUID, product_id UUID, quantity INTEGER, unit_price DECIMAL(10,2),
-    PRIMARY KEY (order_id, product_id));
+    source_lsn BIGINT, PRIMARY KEY (order_id, product_id));
+CREATE TABLE IF NOT EXISTS sales_totals (
+    k VARCHAR PRIMARY KEY, orders BIGINT, confirmed BIGINT, cancelled BIGINT,
+    revenue DECIMAL(18,2));
+INSERT OR IGNORE INTO sales_totals VALUES ('all', 0, 0, 0, 0);
+ALTER TABLE order_facts ADD COLUMN IF NOT EXISTS source_lsn BIGINT;
+ALTER TABLE order_item_facts ADD COLUMN IF NOT EXISTS source_lsn BIGINT;
 """
+
+
+def _guard_disabled() -> bool:
+    """Test-only mutation (MSDB_MUTATION=cdc-no-lsn-guard with MSDB_ALLOW_MUTATIONS=1):
+    apply every delivered change, so a re-delivery counts twice."""
+    import os
+    return (os.environ.get("MSDB_ALLOW_MUTATIONS") == "1"
+            and os.environ.get("MSDB_MUTATION") == "cdc-no-lsn-guard")
+
+
+NO_GUARD = _guard_disabled()
+
+
+def _contribution(row: dict | None) -> tuple[int, int, int, Decimal]:
+    """What one order row adds to the totals: (orders, confirmed, cancelled, revenue)."""
+    if not row:
+        return (0, 0, 0, Decimal(0))
+    st = row.get("status")
+    return (1, int(st == "CONFIRMED"), int(st == "CANCELLED"),
+            Decimal(str(row.get("total_amount") or 0)) if st == "CONFIRMED" else Decimal(0))
 
 
 class Warehouse:
@@ -37,36 +70,120 @@ class Warehouse:
         with self.lock:
             self.con.close()
 
-    def apply_orders(self, orders: list[dict]) -> None:
-        """Apply a batch of order events in one transaction (DuckDB commits are
-        expensive: one per event cost ~5 ms of CPU each under load)."""
-        latest = {}
-        for o in orders:   # the last event of an order wins
-            latest[o["id"]] = o
-        facts = [[o["id"], o["user_id"], o["status"], o["total_amount"],
-                  sum(int(i["quantity"]) for i in o.get("items") or []), o.get("created_at")]
-                 for o in latest.values()]
-        items = [[o["id"], i["product_id"], i["quantity"], i["unit_price"]]
-                 for o in latest.values() for i in o.get("items") or []]
-        if not facts:
-            return
+    def apply_changes(self, events: list[dict]) -> list[dict]:
+        """Apply a batch of CDC events in one transaction (DuckDB commits are
+        expensive: one per event cost ~5 ms of CPU each under load); returns
+        the events applied, in order.  Idempotent by LSN."""
+        orders = [e for e in events if (e.get("source") or {}).get("table") == "orders"
+                  and isinstance(e["source"].get("lsn"), int)]
+        items = [e for e in events if (e.get("source") or {}).get("table") == "order_items"
+                 and isinstance(e["source"].get("lsn"), int)]
+        if not orders and not items:
+            return []
         with self.lock:
             self.con.execute("BEGIN")
             try:
-                # One multi-row statement per table: DuckDB's executemany runs
-                # row by row and cost ~5 ms of CPU per order under load.
-                self.con.execute(
-                    "INSERT OR REPLACE INTO order_facts (order_id, user_id, status, total_amount, "
-                    "item_count, created_at) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(facts)),
-                    [v for row in facts for v in row])
-                if items:
+                applied = self._apply_orders(orders) + self._apply_items(items)
+                touched = sorted({str((e.get("after") or e.get("before") or {}).get(
+                    "id" if e["source"]["table"] == "orders" else "order_id")) for e in applied})
+                if touched:
                     self.con.execute(
-                        "INSERT OR REPLACE INTO order_item_facts VALUES "
-                        + ", ".join(["(?, ?, ?, ?)"] * len(items)), [v for row in items for v in row])
+                        "UPDATE order_facts SET item_count = (SELECT coalesce(sum(i.quantity), 0) "
+                        "FROM order_item_facts i WHERE i.order_id = order_facts.order_id) "
+                        "WHERE order_id::VARCHAR IN (" + ", ".join(["?"] * len(touched)) + ")", touched)
                 self.con.execute("COMMIT")
             except Exception:
                 self.con.execute("ROLLBACK")
                 raise
+        return applied
+
+    def _known_lsns(self, table: str, key_sql: str, keys: list) -> dict:
+        if not keys:
+            return {}
+        # One statement for the whole batch (DuckDB's executemany runs row by row).
+        rows = self.con.execute(
+            f"SELECT {key_sql}, source_lsn FROM {table} WHERE {key_sql} IN ("
+            + ", ".join(["?"] * len(keys)) + ")", keys).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def _apply_orders(self, events: list[dict]) -> list[dict]:
+        keys = sorted({str((e.get("after") or e.get("before") or {}).get("id")) for e in events})
+        known = {str(k): v for k, v in self._known_lsns("order_facts", "order_id::VARCHAR", keys).items()}
+        applied, delta, final = [], [0, 0, 0, Decimal(0)], {}
+        for e in events:   # commit order; a key's later change has a larger LSN
+            row = e.get("after") if e["op"] != "d" else e.get("before")
+            if not isinstance(row, dict) or "id" not in row:
+                continue
+            key, lsn = str(row["id"]), e["source"]["lsn"]
+            if known.get(key) is not None and known[key] >= lsn and not NO_GUARD:
+                continue
+            known[key] = lsn
+            before = _contribution(e.get("before"))
+            after = _contribution(e.get("after") if e["op"] != "d" else None)
+            for i in range(4):
+                delta[i] += after[i] - before[i]
+            final[key] = (e["op"], row, lsn)
+            applied.append(e)
+        upserts = [[k, row.get("user_id"), row.get("status"), row.get("total_amount"),
+                    row.get("created_at"), lsn] for k, (op, row, lsn) in final.items() if op != "d"]
+        if upserts:
+            # One multi-row statement: DuckDB's executemany runs row by row and
+            # cost ~5 ms of CPU per order under load.
+            self.con.execute(
+                "INSERT OR REPLACE INTO order_facts (order_id, user_id, status, total_amount, "
+                "created_at, source_lsn) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(upserts)),
+                [v for r in upserts for v in r])
+        for k, (op, row, lsn) in final.items():
+            if op == "d":
+                self.con.execute("UPDATE order_facts SET status = 'DELETED', source_lsn = ? "
+                                 "WHERE order_id = ?", [lsn, k])
+        if applied:
+            self.con.execute("UPDATE sales_totals SET orders = orders + ?, confirmed = confirmed + ?, "
+                             "cancelled = cancelled + ?, revenue = revenue + ? WHERE k = 'all'",
+                             [delta[0], delta[1], delta[2], str(delta[3])])
+        return applied
+
+    def _apply_items(self, events: list[dict]) -> list[dict]:
+        def key(row):
+            return f"{row.get('order_id')}|{row.get('product_id')}"
+        rows = [(e, e.get("after") if e["op"] != "d" else e.get("before")) for e in events]
+        keys = sorted({key(r) for _, r in rows if isinstance(r, dict)})
+        known = self._known_lsns("order_item_facts", "(order_id::VARCHAR || '|' || product_id::VARCHAR)", keys)
+        applied, final = [], {}
+        for e, row in rows:
+            if not isinstance(row, dict) or not row.get("order_id"):
+                continue
+            k, lsn = key(row), e["source"]["lsn"]
+            if known.get(k) is not None and known[k] >= lsn:
+                continue
+            known[k] = lsn
+            final[k] = (e["op"], row, lsn)
+            applied.append(e)
+        ups = [[r["order_id"], r["product_id"], r.get("quantity"), r.get("unit_price"), lsn]
+               for op, r, lsn in final.values() if op != "d"]
+        if ups:
+            self.con.execute("INSERT OR REPLACE INTO order_item_facts VALUES "
+                             + ", ".join(["(?, ?, ?, ?, ?)"] * len(ups)), [v for r in ups for v in r])
+        for op, r, lsn in final.values():
+            if op == "d":
+                self.con.execute("DELETE FROM order_item_facts WHERE order_id = ? AND product_id = ?",
+                                 [r["order_id"], r["product_id"]])
+        return applied
+
+    def totals(self) -> dict:
+        with self.lock:
+            row = self.con.execute("SELECT orders, confirmed, cancelled, revenue FROM sales_totals "
+                                   "WHERE k = 'all'").fetchone()
+        return {"orders": int(row[0]), "confirmed": int(row[1]), "cancelled": int(row[2]),
+                "revenue": str(row[3])}
+
+    def facts(self, limit: int, offset: int) -> list[dict]:
+        with self.lock:
+            rows = self.con.execute(
+                "SELECT order_id, status, total_amount, item_count, source_lsn FROM order_facts "
+                "ORDER BY order_id LIMIT ? OFFSET ?", [limit, offset]).fetchall()
+        return [{"order_id": str(r[0]), "status": r[1], "total_amount": str(r[2]),
+                 "item_count": r[3], "source_lsn": r[4]} for r in rows]
 
     def summary(self) -> dict:
         with self.lock:

@@ -2,8 +2,9 @@
 Redis, and stock reservations for the order saga.
 
 Store: PostgreSQL JSONB in `product_service_db` (MongoDB in the seed).
-Every product change is published on the bus topic `catalog.products`; the
-search service indexes from it.
+Product changes reach the search index through CDC (logical decoding of
+the `products` table), not through the service: a write that committed is
+never lost to the index, and nothing is published for a write that did not.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 from typing import Annotated, Literal
 from uuid import UUID
 
-import orjson
 from fastapi import Path, Query, Response
 from pydantic import Field
 
@@ -27,7 +27,6 @@ service = Service("catalog", description="Product documents, cache-aside reads, 
 app = service.app
 
 CACHE_TTL_S = 60
-TOPIC = "catalog.products"
 products: PgJsonbProductRepository | None = None
 inventory: Inventory | None = None
 
@@ -73,23 +72,10 @@ def _cache_key(pid) -> str:
     return f"catalog:product:{pid}"
 
 
-async def _publish(product: dict, op: str) -> None:
-    # Best effort after commit; the CDC pipeline replaces this feed.
-    try:
-        await service.bus.publish(TOPIC, {"op": op, "product": product})
-    except Exception as e:  # the bus being down must not fail the write
-        log.warning("could not publish %s of %s: %s", op, product["id"], e)
-
-
-def _doc_json(product: dict) -> dict:
-    return orjson.loads(orjson.dumps(product, default=str))
-
-
 @app.post("/products", status_code=201, tags=["products"])
 async def create_product(body: NewProduct):
     doc = body.model_dump(exclude={"stock"}, mode="json")
     product = await products.create(doc, body.stock)
-    await _publish(_doc_json(product), "c")
     return product
 
 
@@ -139,7 +125,6 @@ async def update_product(product_id: ProductId, body: ProductChange):
         await service.redis.delete(_cache_key(product_id))
     except Exception as e:  # cannot invalidate: the TTL bounds staleness
         log.warning("cache invalidation of %s failed: %s", product_id, e)
-    await _publish(_doc_json(product), "u")
     return product
 
 

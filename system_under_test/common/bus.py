@@ -115,8 +115,9 @@ class RedisStreamBus:
                 raise
             except (RedisError, OSError) as e:
                 log.warning("bus %s: %s; retrying", stream, e)
+                pending_first = True   # what was read but not acknowledged is re-read first
                 await asyncio.sleep(self.RETRY_S)
-            except Exception:  # a handler failure: keep the events pending, retry later
+            except Exception:  # a handler failure: keep the events pending, retry them
                 log.exception("bus %s: handler failed; will retry", stream)
                 pending_first = True
                 await asyncio.sleep(self.RETRY_S)

@@ -2,15 +2,24 @@
 the order-history read served by the streaming replica.
 
 Store: PostgreSQL `order_service_db` (seed §4.1 `orders`, `order_items`,
-plus the saga log).  Talks to catalog and payments over HTTP only.
-History read routing (ORDER_HISTORY_READ or ?read=): `replica` (default
-when a replica is configured) or `primary`.
+plus the saga log, plus `user_replica`: a read-only copy of user data kept
+by CDC from the users database, seed §6.1).  Talks to catalog and payments
+over HTTP only; orders and their lines leave through CDC.
+
+History read routing (ORDER_HISTORY_READ, PUT /admin/history-routing, or
+?read= per request):
+- `replica`: always the replica (stale right after a write while it lags);
+- `read-your-writes`: the replica, unless it has not yet replayed the WAL
+  position of this user's last order (then the primary);
+- `primary`: always the primary.
+If the replica is down the primary answers; `served_by` says who did.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -18,6 +27,7 @@ from fastapi import Header, Path, Query
 from pydantic import Field
 
 from ..common.app import JSON, Service
+from ..common.cdc import CdcConsumer
 from ..common.errors import BadRequest, Unavailable
 from ..common.types import Model, Quantity
 from .saga import OrderSaga
@@ -26,36 +36,58 @@ log = logging.getLogger("msdb.orders")
 service = Service("orders", replica=True, peers=("catalog", "payments"),
                   description="Orders and the create-order saga")
 app = service.app
-TOPIC = "orders.events"
 saga: OrderSaga | None = None
+
+
+ROUTINGS = ("replica", "read-your-writes", "primary")
+Routing = Literal["replica", "read-your-writes", "primary"]
 
 
 def _history_default() -> str:
     mode = os.environ.get("ORDER_HISTORY_READ", "replica")
-    if mode not in ("replica", "primary"):
-        raise ValueError(f"ORDER_HISTORY_READ must be 'replica' or 'primary', got {mode!r}")
+    if mode not in ROUTINGS:
+        raise ValueError(f"ORDER_HISTORY_READ must be one of {', '.join(ROUTINGS)}, got {mode!r}")
     return mode
 
 
 HISTORY_READ = _history_default()
-
-
-async def _publish(order: dict) -> None:
-    try:
-        await service.bus.publish(TOPIC, {"type": "order", "order": _jsonable(order)})
-    except Exception as e:  # the bus being down must not fail the order
-        log.warning("could not publish order %s: %s", order.get("id"), e)
-
-
-def _jsonable(o):
-    import orjson
-    return orjson.loads(orjson.dumps(o, default=str))
+# user id -> WAL position (int) after that user's last order; bounded (LRU).
+_LAST_WRITE: OrderedDict = OrderedDict()
+_LAST_WRITE_MAX = 100_000
 
 
 @service.on_startup
 async def _saga():
     global saga
-    saga = OrderSaga(service.db, service.peers["catalog"], service.peers["payments"], _publish)
+    saga = OrderSaga(service.db, service.peers["catalog"], service.peers["payments"])
+
+
+async def _apply_users(events: list[dict]) -> list[dict]:
+    """CDC of the users table -> user_replica, idempotent by LSN."""
+    applied = []
+    async with service.db.transaction("user_replica_apply") as conn:
+        for e in events:
+            src = e.get("source") or {}
+            row = e.get("after") if e.get("op") != "d" else e.get("before")
+            if src.get("table") != "users" or not isinstance(src.get("lsn"), int) \
+                    or not isinstance(row, dict) or "id" not in row:
+                continue
+            cur = await conn.execute(
+                "INSERT INTO user_replica (id, email, first_name, last_name, is_active, deleted, "
+                "source_lsn) VALUES (%(id)s, %(email)s, %(fn)s, %(ln)s, %(active)s, %(deleted)s, %(lsn)s) "
+                "ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, first_name = EXCLUDED.first_name, "
+                "last_name = EXCLUDED.last_name, is_active = EXCLUDED.is_active, "
+                "deleted = EXCLUDED.deleted, source_lsn = EXCLUDED.source_lsn, replicated_at = now() "
+                "WHERE user_replica.source_lsn < EXCLUDED.source_lsn RETURNING 1",
+                {"id": row["id"], "email": row.get("email"), "fn": row.get("first_name"),
+                 "ln": row.get("last_name"), "active": row.get("is_active"),
+                 "deleted": e.get("op") == "d", "lsn": src["lsn"]})
+            if await cur.fetchone() is not None:   # pipelined: rowcount is not known yet
+                applied.append(e)
+    return applied
+
+
+user_feed = CdcConsumer(service, "users", "orders-user-replica", _apply_users)
 
 
 @service.background
@@ -87,6 +119,8 @@ async def create_order(body: NewOrder, idempotency_key: IdempotencyKey = None):
         seen.add(item.product_id)
     status, payload = await saga.create_order(
         body.user_id, [i.model_dump() for i in body.items], idempotency_key)
+    if service.replica is not None and isinstance(payload, dict) and payload.get("order"):
+        await _remember_write(body.user_id)   # for read-your-writes routing (configured or per read)
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSON(payload, status_code=status, headers=headers)
 
@@ -130,22 +164,67 @@ async def list_order_items(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     return {"items": rows, "limit": limit, "offset": offset}
 
 
+async def _remember_write(user_id: UUID) -> None:
+    """The WAL position after this user's order: the replica has everything
+    the user wrote once it has replayed this far."""
+    try:
+        row = await service.db.fetchone("wal_position", "SELECT pg_current_wal_lsn()::text AS lsn")
+    except Unavailable:
+        return   # the order stands; this user's next history read goes to the primary
+    hi, lo = row["lsn"].split("/")
+    _LAST_WRITE[user_id] = (int(hi, 16) << 32) + int(lo, 16)
+    _LAST_WRITE.move_to_end(user_id)
+    while len(_LAST_WRITE) > _LAST_WRITE_MAX:
+        _LAST_WRITE.popitem(last=False)
+
+
+class RoutingChange(Model):
+    mode: Routing
+
+
+@app.get("/admin/history-routing", tags=["admin"])
+async def get_routing():
+    return {"mode": HISTORY_READ, "modes": list(ROUTINGS)}
+
+
+@app.put("/admin/history-routing", tags=["admin"])
+async def set_routing(body: RoutingChange):
+    """Change the order-history read routing at run time (scenarios use it)."""
+    global HISTORY_READ
+    HISTORY_READ = body.mode
+    return {"mode": HISTORY_READ}
+
+
+@app.get("/admin/user-replica", tags=["admin"])
+async def user_replica(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                       offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
+    """The CDC copy of user data, for checkers reading the final state."""
+    rows = await service.db.fetchall(
+        "list_user_replica", "SELECT id, email, deleted, source_lsn FROM user_replica "
+        "ORDER BY id LIMIT %s OFFSET %s", (limit, offset))
+    return {"items": rows, "limit": limit, "offset": offset}
+
+
 @app.get("/users/{user_id}/orders", tags=["orders"])
 async def user_orders(user_id: Annotated[UUID, Path()],
                       limit: Annotated[int, Query(ge=1, le=500)] = 20,
-                      read: Annotated[Literal["replica", "primary"] | None, Query()] = None):
-    """Order history, newest first.  Served by the replica unless told otherwise;
-    if the replica is down the primary answers (and `served_by` says so)."""
+                      read: Annotated[Routing | None, Query()] = None):
+    """Order history, newest first, routed as configured (see the module doc);
+    `served_by` says which server answered."""
     mode = read or HISTORY_READ
     sql = ("SELECT id, user_id, total_amount, status, created_at FROM orders "
            "WHERE user_id = %s ORDER BY created_at DESC LIMIT %s")
-    served_by = "primary"
-    if mode == "replica" and service.replica is not None:
+    if mode != "primary" and service.replica is not None:
         try:
+            if mode == "read-your-writes" and user_id in _LAST_WRITE:
+                row = await service.replica.fetchone(
+                    "replica_position", "SELECT pg_last_wal_replay_lsn()::text AS lsn")
+                hi, lo = (row["lsn"] or "0/0").split("/")
+                if (int(hi, 16) << 32) + int(lo, 16) < _LAST_WRITE[user_id]:
+                    raise Unavailable("replica behind this user's last write")
             rows = await service.replica.fetchall("user_orders", sql, (user_id, limit))
-            served_by = "replica"
+            return {"user_id": user_id, "items": rows, "served_by": "replica"}
         except Unavailable:
-            rows = await service.db.fetchall("user_orders", sql, (user_id, limit))
-    else:
-        rows = await service.db.fetchall("user_orders", sql, (user_id, limit))
-    return {"user_id": user_id, "items": rows, "served_by": served_by}
+            pass
+    rows = await service.db.fetchall("user_orders", sql, (user_id, limit))
+    return {"user_id": user_id, "items": rows, "served_by": "primary"}

@@ -79,11 +79,10 @@ class OrderSaga:
     IDEMPOTENT_WAIT_S = 10.0
     COMPENSATION_TIMEOUT_S = 10.0   # undoing waits longer than doing: it must succeed
 
-    def __init__(self, db: Database, catalog: Peer, payments: Peer, publish):
+    def __init__(self, db: Database, catalog: Peer, payments: Peer):
         self.db = db
         self.catalog = catalog
         self.payments = payments
-        self.publish = publish
         self.in_flight: set[uuid.UUID] = set()
         self.mutation = mutation()
         self._background: set[asyncio.Task] = set()
@@ -234,7 +233,6 @@ class OrderSaga:
                  "items": sorted(({"product_id": uuid.UUID(i["product_id"]), "quantity": i["quantity"],
                                    "unit_price": prices[i["product_id"]]} for i in request["items"]),
                                  key=lambda i: i["product_id"])}
-        await self.publish(order)
         return 201, {"order": order, "saga_id": saga_id}
 
     async def _resolve(self, call):
@@ -290,9 +288,6 @@ class OrderSaga:
             log.warning("saga %s: compensation incomplete (%s); recovery will retry", saga_id, e)
             return False
         await self._end(saga_id, "COMPENSATED", reason)
-        order = await self.get_order(order_id, missing_ok=True)
-        if order is not None:
-            await self.publish(order)
         return True
 
     async def _retry_hard(self, call):

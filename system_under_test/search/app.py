@@ -1,20 +1,20 @@
-"""Search service: product full-text search, fed from catalog changes.
+"""Search service: product full-text search, fed by CDC from the catalog.
 
 Store: PostgreSQL full-text search in `search_service_db` (Elasticsearch in
-the seed).  The feed is the bus topic `catalog.products`, consumed by the
-group `search`; the CDC pipeline replaces this simple feed later.
+the seed).  The feed is the CDC topic `cdc.catalog` (changes of the
+catalog's `products` table), consumed by the group `search`, idempotent by
+LSN.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import Path, Query
 
 from ..common.app import Service
+from ..common.cdc import CdcConsumer
 from ..common.errors import BadRequest, NotFound
 from .index import PgFullTextIndex
 
@@ -29,14 +29,11 @@ async def _index():
     index = PgFullTextIndex(service.db)
 
 
-@service.background
-async def _feed(stop):
-    async def handle(event: dict) -> None:
-        product = event.get("product")
-        if isinstance(product, dict) and "id" in product and "version" in product:
-            await index.upsert(product)
-    await service.bus.consume("catalog.products", "search",
-                              f"{socket.gethostname()}-{os.getpid()}", handle, stop)
+async def _apply(events: list[dict]) -> list[dict]:
+    return await index.apply_changes(events)
+
+
+feed = CdcConsumer(service, "catalog", "search", _apply)
 
 
 @app.get("/search", tags=["search"])
@@ -58,3 +55,10 @@ async def document(product_id: Annotated[UUID, Path()]):
 @app.get("/documents", tags=["search"])
 async def count():
     return {"count": await index.count()}
+
+
+@app.get("/admin/documents", tags=["admin"])
+async def versions(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+                   offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0):
+    """Every indexed product's version and LSN, for checkers reading the final state."""
+    return {"items": await index.versions(limit=limit, offset=offset), "limit": limit, "offset": offset}

@@ -1,8 +1,9 @@
 """The search index behind a small interface.
 
-`SearchIndex.upsert(doc)` (newer versions only) and `SearchIndex.search(q)`.
-The seed uses Elasticsearch 7; `PgFullTextIndex` uses PostgreSQL full-text
-search (tsvector + GIN) in `search_service_db`.
+`SearchIndex.apply_changes(events)` (CDC events of the catalog's products,
+idempotent by LSN) and `SearchIndex.search(q)`.  The seed uses
+Elasticsearch 7; `PgFullTextIndex` uses PostgreSQL full-text search
+(tsvector + GIN) in `search_service_db`.
 """
 
 from __future__ import annotations
@@ -16,30 +17,66 @@ __all__ = ["SearchIndex", "PgFullTextIndex"]
 
 
 class SearchIndex(Protocol):
-    async def upsert(self, doc: dict) -> bool: ...
+    async def apply_changes(self, events: list[dict]) -> list[dict]: ...
     async def search(self, q: str, *, limit: int) -> list[dict]: ...
     async def get(self, product_id: UUID) -> dict | None: ...
     async def count(self) -> int: ...
+
+
+_UPSERT = (
+    "INSERT INTO search_documents (product_id, version, name, description, category, price, "
+    "source_lsn) SELECT %(id)s, %(version)s, %(name)s, %(description)s, %(category)s, %(price)s, "
+    "%(lsn)s WHERE NOT EXISTS (SELECT 1 FROM search_tombstones WHERE product_id = %(id)s "
+    "AND source_lsn >= %(lsn)s) "
+    "ON CONFLICT (product_id) DO UPDATE SET version = EXCLUDED.version, name = EXCLUDED.name, "
+    "description = EXCLUDED.description, category = EXCLUDED.category, price = EXCLUDED.price, "
+    "source_lsn = EXCLUDED.source_lsn, indexed_at = now() "
+    "WHERE search_documents.source_lsn < EXCLUDED.source_lsn RETURNING 1")
+_DELETE = (
+    "WITH t AS (INSERT INTO search_tombstones VALUES (%(id)s, %(lsn)s) "
+    "ON CONFLICT (product_id) DO UPDATE SET source_lsn = EXCLUDED.source_lsn "
+    "WHERE search_tombstones.source_lsn < EXCLUDED.source_lsn RETURNING 1) "
+    "DELETE FROM search_documents WHERE product_id = %(id)s AND source_lsn < %(lsn)s "
+    "AND EXISTS (SELECT 1 FROM t) RETURNING 1")
 
 
 class PgFullTextIndex:
     def __init__(self, db: Database):
         self.db = db
 
-    async def upsert(self, doc: dict) -> bool:
-        """Index a product document; an older version never overwrites a newer one."""
-        n = await self.db.execute(
-            "index_upsert",
-            "INSERT INTO search_documents (product_id, version, name, description, category, price) "
-            "VALUES (%(id)s, %(version)s, %(name)s, %(description)s, %(category)s, %(price)s) "
-            "ON CONFLICT (product_id) DO UPDATE SET version = EXCLUDED.version, name = EXCLUDED.name, "
-            "description = EXCLUDED.description, category = EXCLUDED.category, "
-            "price = EXCLUDED.price, indexed_at = now() "
-            "WHERE search_documents.version < EXCLUDED.version",
-            {"id": doc["id"], "version": doc["version"], "name": doc.get("name", ""),
-             "description": doc.get("description", ""), "category": doc.get("category", ""),
-             "price": doc.get("price")})
-        return n > 0
+    async def apply_changes(self, events: list[dict]) -> list[dict]:
+        """Apply CDC events of the catalog's `products` table in one transaction.
+        Each document keeps the LSN of the change it last applied; a change
+        whose LSN is not newer is dropped.  Returns the events applied."""
+        applied = []
+        async with self.db.transaction("index_apply") as conn:
+            for e in events:
+                src = e.get("source") or {}
+                if src.get("table") != "products" or not isinstance(src.get("lsn"), int):
+                    continue
+                deleted = e.get("op") == "d"
+                row = e.get("before") if deleted else e.get("after")
+                if not isinstance(row, dict) or "id" not in row:
+                    continue
+                if deleted:
+                    cur = await conn.execute(_DELETE, {"id": row["id"], "lsn": src["lsn"]})
+                else:
+                    doc = row.get("doc") if isinstance(row.get("doc"), dict) else {}
+                    cur = await conn.execute(_UPSERT, {
+                        "id": row["id"], "version": row.get("version", 0),
+                        "name": str(doc.get("name", "")), "description": str(doc.get("description", "")),
+                        "category": str(doc.get("category", "")), "price": doc.get("price"),
+                        "lsn": src["lsn"]})
+                # RETURNING + fetch, not rowcount: transactions run pipelined,
+                # and a pipelined cursor's rowcount is not known yet.
+                if await cur.fetchone() is not None:
+                    applied.append(e)
+        return applied
+
+    async def versions(self, *, limit: int, offset: int) -> list[dict]:
+        return await self.db.fetchall(
+            "index_versions", "SELECT product_id, version, source_lsn FROM search_documents "
+            "ORDER BY product_id LIMIT %s OFFSET %s", (limit, offset))
 
     async def search(self, q: str, *, limit: int) -> list[dict]:
         return await self.db.fetchall(

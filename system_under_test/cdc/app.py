@@ -1,0 +1,59 @@
+"""CDC relay service (Debezium in the seed): logical decoding of the users,
+catalog and orders databases onto the bus, one topic per source database.
+
+Sources come from CDC_SOURCES, a JSON object
+`{"users": {"dsn": "...", "slot": "cdc_users"}, ...}`: the relay's own
+role (REPLICATION, CONNECT to those databases only), reached through its
+proxies.  GET /admin/cdc shows each source's position and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from ..common.app import Service
+from .relay import SlotRelay, SourceConfig
+
+service = Service("cdc", database=False, description="CDC relay: logical decoding -> bus")
+app = service.app
+relays: list[SlotRelay] = []
+
+
+def _sources() -> list[SourceConfig]:
+    raw = os.environ.get("CDC_SOURCES", "")
+    try:
+        spec = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"CDC_SOURCES is not JSON: {raw[:80]!r}") from None
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError("CDC_SOURCES must be a non-empty JSON object of sources")
+    out = []
+    for name, s in spec.items():
+        if not isinstance(s, dict) or not s.get("dsn") or not s.get("slot"):
+            raise ValueError(f"CDC_SOURCES.{name}: needs 'dsn' and 'slot'")
+        out.append(SourceConfig(name=name, dsn=s["dsn"], slot=s["slot"],
+                                publication=s.get("publication", "msdb_cdc")))
+    return out
+
+
+@service.on_startup
+async def _relays():
+    relays.extend(SlotRelay(src, service.redis) for src in _sources())
+
+
+@service.background
+async def _run(stop):
+    await asyncio.gather(*(r.run(stop) for r in relays))
+
+
+@service.health_check
+async def _sources_health():
+    bad = [r.src.name for r in relays if not r.connected]
+    return "sources", {"ok": not bad, "down": bad}
+
+
+@app.get("/admin/cdc", tags=["admin"])
+async def cdc_status():
+    return {"sources": [r.status() for r in relays]}

@@ -1,0 +1,115 @@
+"""The consumer side of the CDC pipeline, shared by every consumer.
+
+`CdcConsumer(service, source, name, apply)` consumes the topic
+`cdc.<source>` in the consumer group `name`.  `apply(events)` must make the
+batch's effects idempotent by LSN (each target row remembers the LSN of the
+change it last applied and ignores changes with a lower or equal one) and
+return the events it actually applied.  The batch is acknowledged after
+`apply` returned, so a crash re-delivers it and the LSN guard drops what was
+already applied: exactly-once effects over an at-least-once bus.
+
+CDC lag of an applied event = the time its effect became visible in the
+target (after `apply` committed) - its commit time at the source.  Every lag
+is kept (bounded ring) with a cursor, so the harness can read each one
+exactly: GET /admin/cdc/lag?since=N.  The boot id changes with the process,
+so a reader knows when a restart reset the cursor.
+
+Test-only switch (honoured only with MSDB_ALLOW_MUTATIONS=1):
+MSDB_CDC_CRASH_AFTER_APPLY=<consumer>:<n> makes the process exit (as kill -9
+would: no clean-up) right after the n-th applied batch and before its
+acknowledgement, the worst moment for exactly-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections import deque
+from typing import Annotated, Awaitable, Callable
+
+from fastapi import Query
+from prometheus_client import Counter, Histogram
+
+from .metrics import REGISTRY
+
+__all__ = ["CdcConsumer"]
+
+APPLIED = Counter("msdb_cdc_applied_total", "CDC events applied by a consumer",
+                  ["consumer"], registry=REGISTRY)
+SKIPPED = Counter("msdb_cdc_skipped_total", "CDC events a consumer dropped as already applied "
+                  "(LSN guard)", ["consumer"], registry=REGISTRY)
+LAG = Histogram("msdb_cdc_lag_seconds", "CDC lag: visible in the target - commit at the source",
+                ["consumer"], registry=REGISTRY,
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+
+RING = 200_000
+
+
+def _crash_switch(name: str) -> int | None:
+    spec = os.environ.get("MSDB_CDC_CRASH_AFTER_APPLY", "")
+    if not spec or os.environ.get("MSDB_ALLOW_MUTATIONS") != "1":
+        return None
+    who, _, n = spec.partition(":")
+    return int(n) if who == name and n.isdigit() else None
+
+
+class CdcConsumer:
+    def __init__(self, service, source: str, name: str,
+                 apply: Callable[[list[dict]], Awaitable[list[dict]]], *, linger_s: float = 0.0):
+        self.service = service
+        self.source = source
+        self.name = name
+        self.apply = apply
+        self.linger_s = linger_s
+        self.boot = uuid.uuid4().hex[:12]
+        self.samples: deque = deque(maxlen=RING)   # (index, applied_ms, commit_ms, lsn, table)
+        self.count = 0
+        self.applied = 0
+        self.skipped = 0
+        self.batches = 0
+        self._crash_after = _crash_switch(name)
+        service.background(self._run)
+        self._route()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        # A stable consumer name (not host-pid): Redis keeps a consumer's
+        # delivered-but-unacknowledged events under its name, and a restarted
+        # process re-reads them only under the same name.
+        await self.service.bus.consume_batches(
+            f"cdc.{self.source}", self.name, f"{self.name}-{os.environ.get('MSDB_CONSUMER_ID', '0')}",
+            self._handle, stop, linger_s=self.linger_s)
+
+    async def _handle(self, events: list[dict]) -> None:
+        applied = await self.apply(events)
+        now_ms = time.time() * 1000
+        for e in applied:
+            src = e.get("source") or {}
+            commit = src.get("ts_ms")
+            if commit is None:
+                continue
+            self.count += 1
+            self.samples.append((self.count, round(now_ms, 3), commit, src.get("lsn"), src.get("table")))
+            LAG.labels(self.name).observe(max(0.0, (now_ms - commit) / 1000))
+        self.applied += len(applied)
+        self.skipped += len(events) - len(applied)
+        APPLIED.labels(self.name).inc(len(applied))
+        SKIPPED.labels(self.name).inc(len(events) - len(applied))
+        self.batches += 1
+        if self._crash_after is not None and self.batches >= self._crash_after:
+            os._exit(137)   # test-only: die after the effects, before the acknowledgement
+
+    def _route(self) -> None:
+        app = self.service.app
+        name = self.name
+
+        @app.get(f"/admin/cdc/{name}/lag", tags=["admin"], name=f"cdc_lag_{name}")
+        async def lag(since: Annotated[int, Query(ge=0)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=100_000)] = 20_000):
+            """Lag samples with index > since (applied_ms, commit_ms, lsn, table)."""
+            items = [s for s in self.samples if s[0] > since][:limit]
+            return {"consumer": name, "boot": self.boot, "applied": self.applied,
+                    "skipped": self.skipped, "last": self.count,
+                    "items": [{"i": i, "applied_ms": a, "commit_ms": c, "lsn": lsn, "table": t}
+                              for i, a, c, lsn, t in items]}
