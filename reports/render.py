@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from . import analysis as A
 from . import charts as Ch
+from .lag import lag_section
 
 __all__ = ["build_report", "build_index", "report_context"]
 
@@ -109,6 +110,7 @@ def report_context(run_dir: str | Path) -> dict:
         "comparison": json.loads((Path(run_dir) / "comparison.json").read_text())
         if (Path(run_dir) / "comparison.json").exists() else [],
         "invariants": [c for c in results.get("checks", []) if c["name"] in SAGA_INVARIANTS],
+        "lag": lag_section(Path(run_dir), t0, windows, results.get("metrics", {}), slo),
     }
 
 

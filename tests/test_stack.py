@@ -41,13 +41,14 @@ def test_stack_json_records_every_endpoint_dsn_and_pid(state_dir):
     for inst in stack["postgres"]["instances"]:
         assert inst["pid"] > 0 and inst["admin_dsn"].startswith("postgresql://postgres:")
     recs = [procs.ProcRecord.from_json(p) for p in stack["processes"]]
-    assert len(recs) == 6 + 2 + 1 + 1      # services, postgres x2, redis, proxy
+    assert len(recs) == 7 + 2 + 1 + 1      # services (with the CDC relay), postgres x2, redis, proxy
     assert all(procs.is_running(r) for r in recs)
     names = {p["name"] for p in stack["proxy"]["proxies"]}
     assert names == {"users-db", "catalog-db", "orders-db", "payments-db", "search-db",
                      "orders-replica", "users-redis", "catalog-redis", "orders-redis",
                      "search-redis", "analytics-redis", "users-to-orders", "users-to-payments",
-                     "orders-to-catalog", "orders-to-payments", "orders-replication"}
+                     "orders-to-catalog", "orders-to-payments", "orders-replication",
+                     "cdc-redis", "cdc-users-db", "cdc-catalog-db", "cdc-orders-db"}
     for p in stack["proxy"]["proxies"]:
         assert p["listen"].startswith("127.0.0.1:") and p["upstream"].startswith("127.0.0.1:")
 

@@ -105,7 +105,7 @@ class CdcConsumer:
         name = self.name
 
         @app.get(f"/admin/cdc/{name}/lag", tags=["admin"], name=f"cdc_lag_{name}")
-        async def lag(since: Annotated[int, Query(ge=0)] = 0,
+        async def lag(since: Annotated[int, Query(ge=0, le=2**53)] = 0,
                       limit: Annotated[int, Query(ge=1, le=100_000)] = 20_000):
             """Lag samples with index > since (applied_ms, commit_ms, lsn, table)."""
             items = [s for s in self.samples if s[0] > since][:limit]
