@@ -590,14 +590,19 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
         with rd.table("statements.csv", STATEMENT_COLUMNS) as st:
             write_statement_deltas(statements_before, stores.statements(), st)
         health_after = [p_.__dict__ for p_ in status(state_dir)]
+        from chaos.faults import Journal as _J
+        frecords = _J.read(rd.path / "faults.jsonl")
+        down_s: dict[str, float] = {}
+        for r in frecords:   # services a fault stopped cannot be scraped meanwhile
+            if r.get("kind") in ("kill", "stop", "pause") and r.get("start") and r.get("end"):
+                down_s[r["target"]] = down_s.get(r["target"], 0.0) + V._epoch(r["end"]) - V._epoch(r["start"])
         checks = V.load_checks(samples=samples, duration_s=elapsed, slo=slo, scrapes=sampler.scrapes,
+                               down_s=down_s,
                                scrape_failures=sampler.failures, health_after=health_after,
                                workload_errors=locust_totals["user_errors"],
                                strict_errors=not faults and shape is None)
         metrics = {}
         from . import lag as LAG
-        from chaos.faults import Journal as _J
-        frecords = _J.read(rd.path / "faults.jsonl")
         rmetrics = LAG.replication_metrics(rd.path, frecords,
                                            caught_up_ms=slo.get("replica_caught_up_ms", 50.0))
         stale = LAG.stale_reads(rd.path)

@@ -68,9 +68,22 @@ def endpoint_stats(samples: list) -> dict:
     return out
 
 
+def _sampled(scrapes: dict, failures: dict, duration_s: float, down_s: dict) -> C.Check:
+    """Every service's /metrics was scraped for at least half of the time it was up."""
+    if not scrapes:
+        return C.at_least("metrics-sampled", 0, 1)
+    need = {s: max(1, int((duration_s - down_s.get(s, 0.0)) * 0.5)) for s in scrapes}
+    worst = min(scrapes, key=lambda s: scrapes[s] / need[s])
+    return C.at_least("metrics-sampled", scrapes[worst], need[worst], service=worst,
+                      scrapes=dict(scrapes), failures=dict(failures),
+                      stopped_by_faults_s={k: round(v, 1) for k, v in down_s.items()})
+
+
 def load_checks(*, samples: list, duration_s: float, slo: dict, scrapes: dict, scrape_failures: dict,
-                health_after: list, workload_errors: dict, strict_errors: bool = True) -> list[C.Check]:
-    """Checks of a run without faults (or of the whole run, `strict_errors` off under faults)."""
+                health_after: list, workload_errors: dict, strict_errors: bool = True,
+                down_s: dict | None = None) -> list[C.Check]:
+    """Checks of a run without faults (or of the whole run, `strict_errors` off under faults).
+    `down_s`: seconds a fault kept a service stopped (it cannot be scraped then)."""
     total = len(samples)
     failures = sum(1 for s in samples if not s[OK])
     server_errors = sum(1 for s in samples if _server_error(s))
@@ -108,8 +121,7 @@ def load_checks(*, samples: list, duration_s: float, slo: dict, scrapes: dict, s
         C.at_most("workload-errors", sum(workload_errors.values()), 0, errors=workload_errors),
         C.at_most("healthy-after-run", len(unhealthy), 0,
                   unhealthy={p["name"]: p["detail"] for p in unhealthy}),
-        C.at_least("metrics-sampled", min_scrapes, max(1, int(duration_s * 0.5)),
-                   scrapes=dict(scrapes), failures=dict(scrape_failures)),
+        _sampled(scrapes, scrape_failures, duration_s, down_s or {}),
     ]
     return out
 

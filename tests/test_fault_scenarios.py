@@ -142,3 +142,39 @@ def test_saga_run_is_valid_under_faults_and_a_kill(stack, tmp_path):
     html = (out / "report.html").read_text()
     assert 'id="saga-table"' in html and "stock-conservation" in html
     assert_clean(stack)
+
+
+def test_replica_lag_scenario_lines_up_lag_with_its_faults(stack, tmp_path):
+    out = tmp_path / "run"
+    r = msdb("run", "replica-lag", "--duration", "30s", "--state-dir", stack["state_dir"],
+             "--out", str(out), *SMALL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    m = res["metrics"]
+    for k in ("replica_lag_peak_ms", "replica_catch_up_s", "cdc_lag_p99_ms", "stale_reads"):
+        assert m.get(k) is not None, k
+    lat = next(f for f in m["replica_faults"] if f["kind"] == "latency")
+    assert 250 <= lat["lag_p50_ms"] <= 400, lat
+    assert check(res, "read-your-writes-holds")["measured"] == 0
+    assert m["stale_reads"] > 0
+    html = (out / "report.html").read_text()
+    assert 'id="lag"' in html and "Streaming replica lag" in html and 'id="stale-reads"' in html
+    assert_clean(stack)
+    ro = json.loads((out / "run.json").read_text())
+    assert ro["overrides"] == {"orders": {"ORDER_HISTORY_READ": "replica"}}
+
+
+def test_cdc_lag_scenario_kills_the_consumer_and_the_targets_catch_up(stack, tmp_path):
+    out = tmp_path / "run"
+    r = msdb("run", "cdc-lag", "--duration", "60s", "--state-dir", stack["state_dir"],
+             "--out", str(out), *SMALL)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    search = res["metrics"]["cdc_consumers"]["search"]
+    assert search["backlog_peak"] > 100 and search["catch_up_s"] is not None
+    assert search["lag_max_ms"] >= 25_000          # events waited out the 30 s outage
+    for name in ("search-index-matches-catalog", "analytics-has-every-order-once",
+                 "user-replica-matches-users", "analytics-totals-exactly-once"):
+        assert check(res, name)["verdict"] == "pass"
+    assert 'id="cdc-consumers"' in (out / "report.html").read_text()
+    assert_clean(stack)
