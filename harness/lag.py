@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 
 from . import checks as C
+from .lagmon import CONSUMERS, cdc_backlog
 from .verdicts import _epoch, percentile
 
 __all__ = ["replication_metrics", "replication_checks", "stale_reads", "cdc_metrics",
@@ -166,7 +167,6 @@ def cdc_metrics(run: Path, records: list[dict]) -> dict:
     # Catch-up of each consumer whose service a fault stopped: from its restart
     # (the fault's end) to the first sample with nothing left to deliver.
     for name, d in m["cdc_consumers"].items():
-        from .lagmon import CONSUMERS
         svc = CONSUMERS.get(name, (None,))[0]
         wins = _windows(records, (svc,))
         if not wins:
@@ -195,7 +195,6 @@ def wait_cdc_quiet(redis_url: str, timeout_s: float, poll_s: float = 0.5) -> flo
     """Wait until every consumer group has nothing left to deliver or acknowledge
     (twice in a row); returns the seconds waited.  TimeoutError if not."""
     import redis
-    from .lagmon import CONSUMERS, cdc_backlog
     r = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     t0 = time.monotonic()
     quiet = 0
@@ -242,7 +241,7 @@ def cdc_end_state(services: dict) -> dict:
     replica = {u["id"]: u["email"] for u in _pages(s, url["orders"] + "/admin/user-replica")
                if not u.get("deleted")}
 
-    def diff(name, src: dict, dst: dict, same) -> dict:
+    def diff(src: dict, dst: dict, same) -> dict:
         missing = [k for k in src if k not in dst]
         extra = [k for k in dst if k not in src]
         wrong = [k for k in src if k in dst and not same(src[k], dst[k])]
@@ -257,13 +256,13 @@ def cdc_end_state(services: dict) -> dict:
                    "revenue": str(sum((Decimal(str(o["total_amount"])) for o in confirmed), Decimal("0.00")))}
     got_totals = {k: (str(Decimal(str(v))) if k == "revenue" else v) for k, v in totals.items()}
     return {
-        "search": diff("search", products, docs, lambda a, b: a == b),
-        "analytics": diff("analytics", orders, facts,
+        "search": diff(products, docs, lambda a, b: a == b),
+        "analytics": diff(orders, facts,
                           lambda a, b: a["status"] == b["status"]
                           and Decimal(str(a["total_amount"])) == Decimal(str(b["total_amount"]))),
         "analytics_totals": {"expected": want_totals, "got": got_totals,
                              "equal": {k: str(want_totals[k]) == str(got_totals.get(k)) for k in want_totals}},
-        "user_replica": diff("user_replica", users, replica, lambda a, b: a == b),
+        "user_replica": diff(users, replica, lambda a, b: a == b),
     }
 
 
