@@ -61,6 +61,7 @@ RESTORED_OFFSET = 8          # base+8 is free in every topology's port block
 # Seed §7 growth estimates, GB per year, per database.
 GROWTH_GB_PER_YEAR = {"users": 10.0, "orders": 50.0}
 MARKER = "drill-stack"
+MIN_REPLAY_BYTES = 4 * 1024 * 1024    # below this a replay rate is start-up noise
 CLI = [sys.executable, "-m", "harness.cli"]
 
 
@@ -269,7 +270,9 @@ def project_rto(*, copy_mb_s: float | None, replay_mb_s: float | None, wal_per_d
     interval's WAL + the measured fixed parts (promotion, reconnection)."""
     if not copy_mb_s or not replay_mb_s or copy_mb_s <= 0 or replay_mb_s <= 0:
         return {"years": [], "breaks_in_year": None,
-                "note": "not projected: copy or replay throughput was not measured"}
+                "note": "not projected: " + ("copy" if not copy_mb_s else "WAL replay") +
+                        " throughput was not measured (a replay rate needs at least "
+                        f"{MIN_REPLAY_BYTES // 2**20} MB of WAL replayed)"}
     rows = []
     wal_mb = growth_gb_per_year * 1024 / 365 * backup_interval_days * wal_per_data_byte
     replay_s = wal_mb / replay_mb_s
@@ -433,7 +436,9 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
         copy_mb_s = (res.copy_bytes / 1e6) / (res.t_copy_end - res.t_copy_start) \
             if res.t_copy_end > res.t_copy_start else None
         replay_s = (redo_done - redo_start) if redo_done else None
-        replay_mb_s = (res.redo_bytes / 1e6) / replay_s if res.redo_bytes and replay_s and replay_s > 0 else None
+        # Too little WAL replayed says nothing about throughput (start-up dominates).
+        replay_mb_s = (res.redo_bytes / 1e6) / replay_s if res.redo_bytes and \
+            res.redo_bytes >= MIN_REPLAY_BYTES and replay_s and replay_s > 0 else None
         wal_bytes = after["lsn"] - before["lsn"]
         data_growth = max(1, after["db_bytes"] - before["db_bytes"])
         metrics.update({
@@ -585,9 +590,235 @@ def drill_command(args) -> int:
     raise UsageError(f"unknown drill {args.drill!r} (known: restore, pitr, masked)")
 
 
-def cmd_pitr(args, slo):  # filled in below
-    raise UsageError("not yet")
+def _archive_now(inst: PgInstance, bs: BackupSet, timeout: float = 30.0) -> str:
+    """pg_switch_wal() and wait until the closed segment is in the archive (the
+    operator's first move after an accident: make the WAL up to now recoverable)."""
+    with inst.connect() as c:
+        seg = c.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+    deadline = time.monotonic() + timeout
+    while not (bs.archive_dir / seg).exists():
+        if time.monotonic() > deadline:
+            raise InfraError(f"WAL segment {seg} was not archived into {bs.archive_dir} within "
+                             f"{timeout:.0f} s (archive_command failing? see the server log)")
+        time.sleep(0.05)
+    return seg
 
 
-def cmd_masked(args, slo):
-    raise UsageError("not yet")
+def _common_checks(args) -> tuple[float, int]:
+    if args.db not in DRILL_DBS:
+        raise UsageError(f"--db {args.db!r} is not one of {', '.join(DRILL_DBS)}")
+    at = parse_duration(args.archive_timeout, "--archive-timeout")
+    if at < 1 or at != int(at):
+        raise UsageError(f"--archive-timeout {args.archive_timeout!r} must be a whole number of seconds >= 1")
+    after = parse_duration(args.disaster_after, "--disaster-after")
+    if args.writers < 1 or args.writers > 64:
+        raise UsageError(f"--writers {args.writers!r} must be between 1 and 64")
+    return after, int(at)
+
+
+def cmd_pitr(args, slo) -> int:
+    """An accidental `DELETE` (no WHERE), restored aside to just before it."""
+    from scenarios.seed import seed
+    from .topology import SERVICE_BY_NAME
+    after, at = _common_checks(args)
+    if args.target_time is not None:
+        raise UsageError(f"--target-time {args.target_time!r}: the pitr drill chooses its target "
+                         f"(just before its own accident)")
+    rd = RunDir.create(args.out, "drill-pitr")
+    info = _write_run(rd, "drill-pitr", {"db": args.db, "accident_after_s": after, "archive_timeout_s": at,
+                                         "writers": args.writers, "base_port": args.base_port}, slo, utc_now())
+    print(f"drill pitr db={args.db}: writes for {after:g} s, an accidental DELETE, writes after it; "
+          f"restore to just before it -> {rd.path}", flush=True)
+    dbname = SERVICE_BY_NAME[args.db].database
+    try:
+        with DrillStack(Path(args.state_dir), args.base_port, at) as ds:
+            inst = ds.instance(args.db)
+            data = seed(ds.info["services"], users=4, products=4, stock=10_000_000) \
+                if args.db == "orders" else {}
+            bs = ds.backup_set(inst)
+            backup = bs.take()
+            writer = Writer(args.db, ds.info["services"][args.db]["url"], rd, seed=data)
+            stop = threading.Event()
+            threads = writer.run_until(stop, args.writers, "load")
+            try:
+                time.sleep(after)
+                # Writers quiesce so that every row the DELETE hits existed at the target.
+                stop.set()
+                for t in threads:
+                    t.join(timeout=15)
+                stop = threading.Event()
+                threads = []
+                target = time.time()
+                time.sleep(0.05)
+                with inst.connect(dbname) as c:
+                    with c.transaction():
+                        if args.db == "orders":
+                            c.execute("DELETE FROM order_items")
+                            deleted = [r[0] for r in c.execute("DELETE FROM orders RETURNING id::text")]
+                        else:
+                            c.execute("DELETE FROM user_profiles")
+                            deleted = [r[0] for r in c.execute("DELETE FROM users RETURNING id::text")]
+                t_accident = time.time()
+                threads = writer.run_until(stop, args.writers, "after-accident")
+                time.sleep(min(2.0, after))   # life goes on after the accident
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(timeout=15)
+            writer.close()
+            print(f"  accident at {_utc(t_accident)}: DELETE removed {len(deleted)} rows; target "
+                  f"{_utc(target)}")
+            seg = _archive_now(inst, bs)
+            dest = ds.restored_instance(inst, "pitr")
+            res, rec = restore(bs, dest, target_time=target, sources=[bs.archive_dir])
+            ds.extra.append(rec)
+            with dest.connect(dbname) as c:
+                table = "orders" if args.db == "orders" else "users"
+                back = {r[0] for r in c.execute(f"SELECT id::text FROM {table} WHERE id::text = ANY(%s)",
+                                                (deleted,))}
+                after_target = c.execute(f"SELECT count(*) FROM {table} WHERE created_at > %s",
+                                         (datetime.fromtimestamp(target, timezone.utc),)).fetchone()[0]
+            acked = writer.acks
+            present = present_ids(dest, args.db, [a["id"] for a in acked])
+            early_missing = [a["id"] for a in acked if a["ack_ts"] < target and a["id"] not in present]
+            late_present = [a["id"] for a in acked if a["invoke_ts"] > target and a["id"] in present]
+            late = [a for a in acked if a["invoke_ts"] > target]
+            metrics = {
+                "db": args.db, "deleted_rows": len(deleted), "deleted_rows_back": len(back),
+                "rows_created_after_target": after_target,
+                "acked_before_target": sum(a["ack_ts"] < target for a in acked),
+                "acked_before_target_missing": len(early_missing),
+                "acked_after_target": len(late), "acked_after_target_present": len(late_present),
+                "target_utc": _utc(target), "accident_utc": _utc(t_accident),
+                "restore_seconds": round(res.t_read_write - res.t_copy_start, 3),
+                "base_backup": backup.label, "switched_segment": seg,
+                "recovery_stopped": next((ln.split("LOG:", 1)[-1].strip() for ln in res.log_lines
+                                          if "recovery stopping before" in ln), None),
+            }
+            checks = [
+                C.at_least("deleted-rows-back", len(back), len(deleted), missing=sorted(set(deleted) - back)[:20]),
+                C.at_least("accident-deleted-rows", len(deleted), 1,
+                           reason="an accident that deleted nothing proves nothing"),
+                C.at_most("nothing-after-target", after_target + len(late_present), 0,
+                          rows_created_after_target=after_target, acked_after_target_present=late_present[:20]),
+                C.at_least("writes-after-accident", len(late), 1,
+                           reason="without writes after the target, 'nothing after it' proves nothing"),
+                C.at_most("acked-before-target-present", len(early_missing), 0, missing=early_missing[:20]),
+            ]
+            doc = C.results_doc("drill-pitr", checks, metrics)
+            rd.write_json("restore.json", res.to_json())
+        info["status"] = "completed"
+    except BaseException as e:
+        info["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+        info["error"] = str(e)
+        raise
+    finally:
+        info["end"] = utc_now()
+        rd.write_json("run.json", info)
+    rd.write_json("results.json", doc)
+    for c in doc["checks"]:
+        print(f"  {c['verdict'].upper():7} {c['name']}: measured {c['measured']}, threshold {c['threshold']}")
+    print(f"  verdict: {doc['verdict'].upper()}")
+    _report(rd, args)
+    return C.exit_code(doc["verdict"])
+
+
+MASK_SQL = (
+    "UPDATE users SET email = 'user-' || substr(md5(id::text), 1, 20) || '@masked.invalid', "
+    "first_name = CASE WHEN first_name IS NULL THEN NULL ELSE 'first-' || substr(md5('f' || id::text), 1, 8) END, "
+    "last_name = CASE WHEN last_name IS NULL THEN NULL ELSE 'last-' || substr(md5('l' || id::text), 1, 8) END, "
+    "password_hash = 'masked'",
+    "UPDATE user_profiles SET avatar_url = NULL, preferences = NULL",
+)
+
+
+def leaked(text: str, needles: list[str]) -> list[str]:
+    """Which needles occur in text (case-insensitive)."""
+    low = text.lower()
+    return [n for n in needles if n.lower() in low]
+
+
+def cmd_masked(args, slo) -> int:
+    """A restored copy of the users database with emails and names masked, for
+    non-production (seed §8.1); delivered as a pg_dump of the masked copy."""
+    from .topology import SERVICE_BY_NAME
+    after, at = _common_checks(args)
+    if args.db != "users":
+        raise UsageError(f"--db {args.db!r}: the masked drill masks the users database (emails, names)")
+    rd = RunDir.create(args.out, "drill-masked")
+    info = _write_run(rd, "drill-masked", {"db": "users", "writes_s": after, "base_port": args.base_port},
+                      slo, utc_now())
+    print(f"drill masked: users written for {after:g} s, restored aside, masked, dumped -> {rd.path}",
+          flush=True)
+    dbname = SERVICE_BY_NAME["users"].database
+    try:
+        with DrillStack(Path(args.state_dir), args.base_port, at) as ds:
+            inst = ds.instance("users")
+            bs = ds.backup_set(inst)
+            writer = Writer("users", ds.info["services"]["users"]["url"], rd)
+            stop = threading.Event()
+            threads = writer.run_until(stop, args.writers, "load")
+            time.sleep(after / 2)
+            bs.take()
+            time.sleep(after / 2)
+            stop.set()
+            for t in threads:
+                t.join(timeout=15)
+            writer.close()
+            _archive_now(inst, bs)
+            with inst.connect(dbname) as c:
+                originals = [r[0] for r in c.execute("SELECT email FROM users")]
+                names = [r[0] for r in c.execute("SELECT last_name FROM users WHERE last_name IS NOT NULL "
+                                                 "AND length(last_name) >= 6")]
+            dest = ds.restored_instance(inst, "masked")
+            res, rec = restore(bs, dest, sources=[bs.archive_dir])
+            ds.extra.append(rec)
+
+            def dump() -> str:
+                return dest.rt.run("pg_dump", ["-h", "127.0.0.1", "-p", str(dest.port), "-U", "postgres",
+                                               "-d", dbname, "--no-password"],
+                                   env={"PGPASSWORD": dest.superuser_password}).stdout
+            before = dump()
+            seen_before = leaked(before, originals)
+            with dest.connect(dbname) as c:
+                restored_rows = c.execute("SELECT count(*) FROM users").fetchone()[0]
+                with c.transaction():
+                    for q in MASK_SQL:
+                        c.execute(q)
+                c.execute("VACUUM FULL users")
+                c.execute("VACUUM FULL user_profiles")
+                masked_rows = c.execute("SELECT count(*) FROM users").fetchone()[0]
+                direct = c.execute("SELECT count(*) FROM users WHERE email = ANY(%s)", (originals,)).fetchone()[0]
+            text = dump()
+            (rd.path / "masked-users.sql").write_text(text)
+            in_dump = leaked(text, originals)
+            names_left = leaked(text, names)
+            metrics = {"original_emails": len(originals), "restored_rows": restored_rows,
+                       "masked_rows": masked_rows, "emails_in_unmasked_dump": len(seen_before),
+                       "original_emails_in_masked_table": direct, "original_emails_in_masked_dump": len(in_dump),
+                       "original_names_checked": len(names), "original_names_in_masked_dump": len(names_left),
+                       "masked_dump": "masked-users.sql", "masked_dump_bytes": len(text)}
+            checks = [
+                C.at_least("check-sees-originals", len(seen_before), len(originals),
+                           reason="the scan must find every original email in the unmasked restore, "
+                                  "or finding none after masking proves nothing"),
+                C.at_least("masked-copy-complete", masked_rows, len(originals)),
+                C.at_most("no-original-email-in-table", direct, 0),
+                C.at_most("no-original-email-in-dump", len(in_dump), 0, leaked=in_dump[:20]),
+                C.at_most("no-original-name-in-dump", len(names_left), 0, leaked=names_left[:20]),
+            ]
+            doc = C.results_doc("drill-masked", checks, metrics)
+        info["status"] = "completed"
+    except BaseException as e:
+        info["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+        info["error"] = str(e)
+        raise
+    finally:
+        info["end"] = utc_now()
+        rd.write_json("run.json", info)
+    rd.write_json("results.json", doc)
+    for c in doc["checks"]:
+        print(f"  {c['verdict'].upper():7} {c['name']}: measured {c['measured']}, threshold {c['threshold']}")
+    print(f"  verdict: {doc['verdict'].upper()}")
+    _report(rd, args)
+    return C.exit_code(doc["verdict"])
