@@ -380,6 +380,11 @@ def restore(bs: BackupSet, dest: PgInstance, *, target_time: float | None = None
     """Latest verified base backup (finished before the target) + WAL into a
     fresh instance `dest`, recovered to the end of the WAL or to target_time,
     then promoted.  Returns the timings and the new server's process."""
+    all_backups = bs.backups()
+    if target_time is not None and all_backups and all_backups[0].finished_at > target_time:
+        raise UsageError(f"--target-time {_utc(target_time)} is before the earliest recoverable point "
+                         f"(the oldest base backup, {all_backups[0].label}, finished at "
+                         f"{_utc(all_backups[0].finished_at)})")
     backup = bs.latest(before=target_time)
     sources = sources if sources is not None else [bs.archive_dir, bs.stream_dir]
     chain = wal_chain(backup.start_wal, [*sources, Path(backup.path) / "pg_wal"])

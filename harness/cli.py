@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes run this long before the disaster (default: 60s)")
     s.add_argument("--target-time", default=None, metavar="T",
                    help="recover to T (ISO 8601, UTC if no zone) or -DURATION before the disaster; "
-                        "default: the latest point")
+                        "default: the latest point (write --target-time=-10s for the relative form)")
     s.add_argument("--writers", type=int, default=4, metavar="N", help="concurrent writers (default: 4)")
     s.add_argument("--keep-last", type=int, default=7, metavar="N",
                    help="retention: keep the newest N base backups (default: 7)")
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/<time>-drill-...)")
     s.add_argument("--slo", default=None, metavar="FILE", help="SLO file (rpo/rto: scenarios/slo.yaml)")
     s.add_argument("--no-pdf", action="store_true", help="HTML report only")
+    s.add_argument("--keep-stack", action="store_true",
+                   help="restore: leave the drill's stack and the restored instance running "
+                        "(then `msdb down --state-dir DIR --purge`)")
     s.add_argument("--state-dir", default=".msdb-drill", metavar="DIR",
                    help="state dir of the drill's own fresh stack, purged afterwards (default: .msdb-drill)")
     s.add_argument("--base-port", type=int, default=15700, metavar="N",

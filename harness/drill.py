@@ -108,7 +108,9 @@ def _slo(path: str | None) -> dict:
 class DrillStack:
     """A fresh dedicated stack in its own state dir; purged on exit."""
 
-    def __init__(self, state_dir: Path, base_port: int, archive_timeout_s: int, log=print):
+    def __init__(self, state_dir: Path, base_port: int, archive_timeout_s: int, log=print,
+                 keep: bool = False):
+        self.keep = keep
         self.state_dir = Path(state_dir)
         self.base_port = base_port
         self.archive_timeout_s = archive_timeout_s
@@ -151,8 +153,18 @@ class DrillStack:
         subprocess.run([*CLI, "down", "--state-dir", str(self.state_dir), "--purge"],
                        capture_output=True, text=True)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.keep and exc_type is None:
+            self.log(f"  stack kept running: `msdb down --state-dir {self.state_dir} --purge` stops "
+                     f"it (the restored instance too) and deletes its data")
+            return
         self._down()
+
+    def adopt(self, rec: procs.ProcRecord) -> None:
+        """A process of the drill's (restored instance, pg_receivewal): stopped on
+        exit, and recorded in stack.json so that `msdb down` stops it too."""
+        self.extra.append(rec)
+        self.stack._record(rec)
 
     def instance(self, db: str) -> PgInstance:
         from .topology import layout
@@ -286,7 +298,7 @@ def project_rto(*, copy_mb_s: float | None, replay_mb_s: float | None, wal_per_d
     breaks = next((r["year"] for r in rows if not r["meets_target"]), None)
     # Beyond the horizon: the year (size grows linearly) copying alone would break it.
     per_year = growth_gb_per_year * 1024 / copy_mb_s
-    beyond = math.ceil((target_s - replay_s - fixed_s) / per_year) if per_year > 0 else None
+    beyond = math.floor((target_s - replay_s - fixed_s) / per_year) + 1 if per_year > 0 else None
     if beyond is not None and beyond < 1:
         beyond = 1
     return {"years": rows, "breaks_in_year": breaks,
@@ -314,6 +326,12 @@ class RestoreParams:
     base_port: int
     keep_days: float
     keep_last: int
+    keep_stack: bool = False
+
+
+def _dbname(db: str) -> str:
+    from .topology import SERVICE_BY_NAME
+    return SERVICE_BY_NAME[db].database
 
 
 def _db_stats(inst: PgInstance, db: str) -> dict:
@@ -339,7 +357,7 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
     from scenarios.seed import seed
     metrics: dict = {"wal": p.wal, "db": p.db, "archive_timeout_s": p.archive_timeout_s}
     events: dict = {}
-    with DrillStack(p.state_dir, p.base_port, p.archive_timeout_s, log=log) as ds:
+    with DrillStack(p.state_dir, p.base_port, p.archive_timeout_s, log=log, keep=p.keep_stack) as ds:
         inst = ds.instance(p.db)
         url = ds.info["services"][p.db]["url"]
         data = seed(ds.info["services"], users=4, products=4, stock=10_000_000) if p.db == "orders" else {}
@@ -348,7 +366,7 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
         if p.wal != "archive":
             streamer = WalStreamer(bs, sync=p.wal == "stream-sync")
             streamer.start()
-            ds.extra.append(streamer.rec)
+            ds.adopt(streamer.rec)
             log(f"  pg_receivewal streaming ({'synchronous' if streamer.sync else 'asynchronous'})")
         backup = bs.take()
         geo = bs.geo_sync()
@@ -385,7 +403,7 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
             target_abs = p.target[1] if p.target[0] == "abs" else t_disaster - p.target[1]
         dest = ds.restored_instance(inst)
         res, new_rec = restore(bs, dest, target_time=target_abs)
-        ds.extra.append(new_rec)
+        ds.adopt(new_rec)
         log(f"  restored {res.backup} + WAL to {res.wal_chain['last']}"
             f"{' (partial)' if res.wal_chain['last_partial'] else ''}; read-write after "
             f"{res.t_read_write - t_disaster:.2f} s")
@@ -467,6 +485,9 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
             copy_mb_s=copy_mb_s, replay_mb_s=replay_mb_s, wal_per_data_byte=wal_bytes / data_growth,
             growth_gb_per_year=GROWTH_GB_PER_YEAR[p.db], fixed_s=fixed,
             target_s=slo["rto_seconds_max"])
+        rd.write_json("restored.json", {"instance": dest.name, "port": dest.port,
+                                        "database": _dbname(p.db), "pid": new_rec.pid,
+                                        "state_dir": str(p.state_dir), "running": p.keep_stack})
         rd.write_json("restore.json", {**res.to_json(), "events": {
             "disaster": t_disaster, "destroyed": t_destroyed, "repointed": t_repointed,
             "first_write": t_first, **events}})
@@ -510,6 +531,9 @@ def cmd_restore(args, slo: dict) -> int:
                          f"(--disaster-after is {args.disaster_after})")
     if args.writers < 1 or args.writers > 64:
         raise UsageError(f"--writers {args.writers!r} must be between 1 and 64")
+    if args.keep_stack and len(modes) > 1:
+        raise UsageError(f"--keep-stack needs a single --wal strategy, not {args.wal!r}")
+    Retention(keep_last=args.keep_last, keep_days=args.keep_days)   # validates both
     root = RunDir.create(args.out, "drill-restore")
     start = utc_now()
     params = {"db": args.db, "wal": modes, "archive_timeout_s": int(at), "disaster_after_s": after,
@@ -522,7 +546,8 @@ def cmd_restore(args, slo: dict) -> int:
               f"{after:g} s -> {rd.path}", flush=True)
         p = RestoreParams(db=args.db, wal=mode, archive_timeout_s=int(at), disaster_after_s=after,
                           target=target, writers=args.writers, state_dir=Path(args.state_dir),
-                          base_port=args.base_port, keep_days=args.keep_days, keep_last=args.keep_last)
+                          base_port=args.base_port, keep_days=args.keep_days, keep_last=args.keep_last,
+                          keep_stack=args.keep_stack)
         try:
             doc = restore_drill(p, rd, slo)
             info["status"] = "completed"
@@ -671,7 +696,7 @@ def cmd_pitr(args, slo) -> int:
             seg = _archive_now(inst, bs)
             dest = ds.restored_instance(inst, "pitr")
             res, rec = restore(bs, dest, target_time=target, sources=[bs.archive_dir])
-            ds.extra.append(rec)
+            ds.adopt(rec)
             with dest.connect(dbname) as c:
                 table = "orders" if args.db == "orders" else "users"
                 back = {r[0] for r in c.execute(f"SELECT id::text FROM {table} WHERE id::text = ANY(%s)",
@@ -772,7 +797,7 @@ def cmd_masked(args, slo) -> int:
                                                  "AND length(last_name) >= 6")]
             dest = ds.restored_instance(inst, "masked")
             res, rec = restore(bs, dest, sources=[bs.archive_dir])
-            ds.extra.append(rec)
+            ds.adopt(rec)
 
             def dump() -> str:
                 return dest.rt.run("pg_dump", ["-h", "127.0.0.1", "-p", str(dest.port), "-U", "postgres",
