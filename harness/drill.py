@@ -574,8 +574,21 @@ def cmd_restore(args, slo: dict) -> int:
         print(f"  verdict: {doc['verdict'].upper()}")
     if len(modes) > 1:
         checks = [{**c, "name": f"{mode}: {c['name']}"} for mode, _, d in runs for c in d["checks"]]
+        ms = [d["metrics"] for _, _, d in runs]
+        # One projection from the best measurements: the copy rate of the largest
+        # copy, the replay rate of the run that replayed the most WAL.
+        big_copy = max(ms, key=lambda m: m["copy_mb"] or 0)
+        big_replay = max((m for m in ms if m["wal_replay_mb_s"]), key=lambda m: m["wal_replayed_mb"],
+                         default=None)
+        fixed = max((m["rto_promotion_s"] or 0) + m["rto_reconnect_s"] + m["rto_destroy_s"] for m in ms)
+        combined = project_rto(
+            copy_mb_s=big_copy["copy_mb_s"], replay_mb_s=big_replay and big_replay["wal_replay_mb_s"],
+            wal_per_data_byte=max(m["wal_bytes_per_data_byte"] for m in ms),
+            growth_gb_per_year=GROWTH_GB_PER_YEAR[args.db], fixed_s=fixed, target_s=slo["rto_seconds_max"])
+        combined["from"] = {"copy": big_copy["wal"], "wal_replay": big_replay and big_replay["wal"]}
         doc = {"scenario": "drill-restore", "verdict": C.worst(c["verdict"] for c in checks),
-               "checks": checks, "metrics": {mode: d["metrics"] for mode, _, d in runs}}
+               "checks": checks, "metrics": {"strategies": {mode: d["metrics"] for mode, _, d in runs},
+                                             "projection": combined}}
         root.write_json("results.json", doc)
         _write_run(root, "drill-restore", params, slo, start)
         info = root.read_json("run.json")
