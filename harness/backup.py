@@ -335,7 +335,11 @@ class WalStreamer:
             if row is None:
                 return "pg_receivewal not connected"
             return None if row[0] == "streaming" and row[1] == want else f"state {row}"
-        procs.wait_ready(self.rec, probe, what="pg_receivewal", timeout=timeout)
+        try:
+            procs.wait_ready(self.rec, probe, what="pg_receivewal", timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.rec is not None:
@@ -448,12 +452,14 @@ def restore(bs: BackupSet, dest: PgInstance, *, target_time: float | None = None
     rec = dest.start()
     try:
         dest.wait_ready(rec, timeout=timeout)
-    except InfraError as e:
+    except BaseException as e:     # Ctrl-C included: the restored server is ours to stop
+        procs.stop(rec)
+        if not isinstance(e, InfraError):
+            raise
         log = procs.tail(dest.log_path, 40)
         if "recovery ended before configured recovery target was reached" in log:
             raise InfraError(f"the WAL ends before --target-time {_utc(target_time)}: recovery "
                              f"could not reach it (server log {dest.log_path})") from None
-        procs.stop(rec)
         raise InfraError(f"restore of {backup.label} into {dest.name} failed: {e}") from None
     t_rw = time.time()
     text = Path(dest.log_path).read_text(errors="replace").splitlines()

@@ -311,6 +311,23 @@ def project_rto(*, copy_mb_s: float | None, replay_mb_s: float | None, wal_per_d
                             "fixed_s": round(fixed_s, 2), "target_s": target_s}}
 
 
+def combined_projection(ms: list[dict], db: str, target_s: float) -> dict:
+    """One projection over several strategies' runs, from the slowest measured
+    rates (copy; replay where enough WAL was replayed) and the largest fixed
+    parts and WAL volume: a planning figure should not flatter."""
+    copies = [m for m in ms if m.get("copy_mb_s")]
+    replays = [m for m in ms if m.get("wal_replay_mb_s")]
+    slow_copy = min(copies, key=lambda m: m["copy_mb_s"], default=None)
+    slow_replay = min(replays, key=lambda m: m["wal_replay_mb_s"], default=None)
+    fixed = max((m["rto_promotion_s"] or 0) + m["rto_reconnect_s"] + m["rto_destroy_s"] for m in ms)
+    out = project_rto(copy_mb_s=slow_copy and slow_copy["copy_mb_s"],
+                      replay_mb_s=slow_replay and slow_replay["wal_replay_mb_s"],
+                      wal_per_data_byte=max(m["wal_bytes_per_data_byte"] for m in ms),
+                      growth_gb_per_year=GROWTH_GB_PER_YEAR[db], fixed_s=fixed, target_s=target_s)
+    out["from"] = {"copy": slow_copy and slow_copy["wal"], "wal_replay": slow_replay and slow_replay["wal"]}
+    return out
+
+
 # -- restore drill ----------------------------------------------------------------------------
 
 
@@ -575,17 +592,7 @@ def cmd_restore(args, slo: dict) -> int:
     if len(modes) > 1:
         checks = [{**c, "name": f"{mode}: {c['name']}"} for mode, _, d in runs for c in d["checks"]]
         ms = [d["metrics"] for _, _, d in runs]
-        # One projection from the best measurements: the copy rate of the largest
-        # copy, the replay rate of the run that replayed the most WAL.
-        big_copy = max(ms, key=lambda m: m["copy_mb"] or 0)
-        big_replay = max((m for m in ms if m["wal_replay_mb_s"]), key=lambda m: m["wal_replayed_mb"],
-                         default=None)
-        fixed = max((m["rto_promotion_s"] or 0) + m["rto_reconnect_s"] + m["rto_destroy_s"] for m in ms)
-        combined = project_rto(
-            copy_mb_s=big_copy["copy_mb_s"], replay_mb_s=big_replay and big_replay["wal_replay_mb_s"],
-            wal_per_data_byte=max(m["wal_bytes_per_data_byte"] for m in ms),
-            growth_gb_per_year=GROWTH_GB_PER_YEAR[args.db], fixed_s=fixed, target_s=slo["rto_seconds_max"])
-        combined["from"] = {"copy": big_copy["wal"], "wal_replay": big_replay and big_replay["wal"]}
+        combined = combined_projection(ms, args.db, slo["rto_seconds_max"])
         doc = {"scenario": "drill-restore", "verdict": C.worst(c["verdict"] for c in checks),
                "checks": checks, "metrics": {"strategies": {mode: d["metrics"] for mode, _, d in runs},
                                              "projection": combined}}
@@ -613,7 +620,12 @@ def _report(root: RunDir, args) -> None:
         print(f"warning: report not written: {type(e).__name__}: {e}", file=sys.stderr)
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt   # the same clean-up path as Ctrl-C: every finally runs
+
+
 def drill_command(args) -> int:
+    signal.signal(signal.SIGTERM, _sigterm)
     slo = _slo(args.slo)
     if args.base_port is None:
         args.base_port = DEFAULT_DRILL_PORT

@@ -33,7 +33,7 @@ def _rto_chart(strategies: dict) -> str | None:
     if not strategies:
         return None
     plt = Ch.plt
-    fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.55 * len(strategies)))
+    fig, ax = plt.subplots(figsize=(7.5, 1.5 + 0.5 * len(strategies)))
     names = list(strategies)
     left = [0.0] * len(names)
     for (key, label), color in zip(RTO_PARTS, PART_COLORS):
@@ -42,7 +42,7 @@ def _rto_chart(strategies: dict) -> str | None:
         left = [a + b for a, b in zip(left, vals)]
     ax.set_xlabel("seconds from the disaster to the first write acknowledged through the API")
     ax.invert_yaxis()
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(names) < 3 else -0.2))
+    ax.legend(fontsize=7, ncol=3, loc="lower left", bbox_to_anchor=(0.0, 1.02), frameon=False)
     return Ch._png(fig)
 
 
@@ -74,7 +74,7 @@ def drill_context(run_dir: str | Path) -> dict:
         if "strategies" in m:
             strategies = m["strategies"]
             projections = {f"{k} (own rates)": v.get("projection") for k, v in strategies.items()}
-            projections = {"combined (best measured rates)": m.get("projection"), **projections}
+            projections = {"combined (slowest measured rates)": m.get("projection"), **projections}
         else:
             strategies = {m.get("wal", "restore"): m}
             projections = {m.get("wal", "restore"): m.get("projection")}
