@@ -405,7 +405,8 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
             procs.signal_all(rec, signal.SIGKILL)
             stop.set()     # no new writes; those in flight end on their own
             deadline = time.monotonic() + 10
-            while procs.members(rec) and time.monotonic() < deadline:
+            # A backend forked while the first signals went out is killed too.
+            while procs.signal_all(rec, signal.SIGKILL) and time.monotonic() < deadline:
                 time.sleep(0.01)
             shutil.rmtree(inst.datadir)
             t_destroyed = time.time()
