@@ -119,6 +119,9 @@ def test_archive_disaster_inside_the_window_loses_acknowledged_writes(drills):
     assert sum(parts) == pytest.approx(m["rto_seconds"], abs=0.01)
     assert res["verdict"] == "pass"      # 6 s << 15 min, a few s << 2 h
     assert {c["name"] for c in res["checks"]} >= {"rpo-seconds", "rto-seconds"}
+    html = (d["out"] / "report.html").read_text()
+    assert "WAL strategies side by side" in html and "Five-year RTO projection" in html
+    assert f">{m['rpo_lost_writes']}<" in html
 
 
 def test_archive_lost_count_matches_an_independent_count(drills):

@@ -186,3 +186,18 @@ def test_drill_refuses_a_state_dir_that_is_not_its_own(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "not a drill's" in r.stderr, r.stderr
     assert (st / "stack.json").read_text() == "{}"
+
+
+def test_drill_help_and_taken_port(tmp_path):
+    import socket
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "drill", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "restore" in r.stdout and "--wal" in r.stdout and "--target-time" in r.stdout
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 21430))     # base + 30: the drill stack's proxy API port
+        s.listen()
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "drill", "restore", "--state-dir",
+                            str(tmp_path / "st"), "--base-port", "21400", "--out", str(tmp_path / "out")],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and "port 21430" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "st").exists()     # the failed drill stack was purged
