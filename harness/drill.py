@@ -118,22 +118,22 @@ class DrillStack:
         self.extra: list[procs.ProcRecord] = []   # processes of ours outside stack.json
 
     def _guard(self) -> None:
-        sj = self.state_dir / "stack.json"
-        if sj.exists() and not (self.state_dir / MARKER).exists():
-            raise UsageError(f"--state-dir {str(self.state_dir)!r} holds a stack that is not a drill's "
-                             f"(no {MARKER} marker); a drill destroys its stack, so it needs its own "
-                             f"state dir")
+        d = self.state_dir
+        if d.exists() and (not d.is_dir() or any(d.iterdir())) and not (d / MARKER).exists():
+            what = "a stack that is not a drill's" if (d / "stack.json").exists() else "files that are not a drill's"
+            raise UsageError(f"--state-dir {str(d)!r} holds {what} (no {MARKER} marker); a drill "
+                             f"destroys and deletes its state dir, so give it a new or empty one")
 
     def __enter__(self) -> "DrillStack":
         self._guard()
         st = ["--state-dir", str(self.state_dir)]
         subprocess.run([*CLI, "down", *st, "--purge"], capture_output=True, text=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / MARKER).write_text("made by msdb drill; purged when the drill ends\n")
         t0 = time.monotonic()
         r = subprocess.run([*CLI, "up", *st, "--base-port", str(self.base_port), "--topology",
                             "dedicated", "--archive-timeout", f"{self.archive_timeout_s}s"],
                            capture_output=True, text=True)
-        (self.state_dir / MARKER).parent.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / MARKER).write_text("made by msdb drill; purged when the drill ends\n")
         if r.returncode != 0:
             self._down()
             msg = (r.stderr.strip() or r.stdout.strip()).splitlines()

@@ -186,6 +186,13 @@ def test_drill_refuses_a_state_dir_that_is_not_its_own(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "not a drill's" in r.stderr, r.stderr
     assert (st / "stack.json").read_text() == "{}"
+    (st / "stack.json").unlink()
+    (st / "notes.txt").write_text("mine")      # e.g. --state-dir . in a project
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "drill", "pitr", "--state-dir", str(st),
+                        "--base-port", "21400", "--out", str(tmp_path / "out2")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not a drill's" in r.stderr, r.stderr
+    assert (st / "notes.txt").read_text() == "mine"
 
 
 def test_drill_help_and_taken_port(tmp_path):
