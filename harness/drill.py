@@ -544,6 +544,10 @@ def cmd_restore(args, slo: dict) -> int:
         raise UsageError(f"--archive-timeout {args.archive_timeout!r} must be a whole number of seconds >= 1")
     after = parse_duration(args.disaster_after, "--disaster-after")
     target = parse_target(args.target_time)
+    if target and target[0] == "abs" and target[1] < time.time():
+        raise UsageError(f"--target-time {args.target_time!r} is in the past: the drill's first base "
+                         f"backup is taken after it starts, so nothing before now is recoverable "
+                         f"(use -DURATION, e.g. --target-time=-10s, for a point before the disaster)")
     if target and target[0] == "rel" and target[1] >= after:
         raise UsageError(f"--target-time {args.target_time!r} is before the drill's first write "
                          f"(--disaster-after is {args.disaster_after})")

@@ -161,6 +161,7 @@ def test_target_time_forms():
     (["restore", "--disaster-after", "0s"], "--disaster-after '0s'"),
     (["restore", "--target-time", "noon"], "--target-time 'noon'"),
     (["restore", "--target-time=-90s", "--disaster-after", "60s"], "--target-time '-90s'"),
+    (["restore", "--target-time", "2020-01-01T00:00:00Z"], "--target-time '2020-01-01T00:00:00Z' is in the past"),
     (["restore", "--writers", "0"], "--writers 0"),
     (["restore", "--keep-last", "0"], "keep_last 0"),
     (["restore", "--wal", "all", "--keep-stack"], "--keep-stack"),
