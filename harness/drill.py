@@ -39,12 +39,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psycopg
 import requests
 
 from . import checks as C
 from . import procs
-from .backup import BackupSet, Retention, WalStreamer, restore, _dir_bytes, _utc
+from .backup import BackupSet, Retention, WalStreamer, restore, _utc
 from .durations import parse_duration
 from .errors import InfraError, UsageError
 from .pg import PgInstance
