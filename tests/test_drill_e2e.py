@@ -57,21 +57,24 @@ def drills(tmp_path_factory):
                           if (out / "results.json").exists() else None}
         yield done
     finally:
+        infos, downs = {}, []
         for name, (proc, st, out) in running.items():
             if proc.poll() is None:
-                proc.terminate()
+                proc.terminate()      # the drill cleans up on SIGTERM
                 proc.wait(timeout=60)
-            info = None
             try:
-                info = load_stack(st)
+                infos[name] = load_stack(st)
             except Exception:
                 pass
-            subprocess.run([sys.executable, "-m", "harness.cli", "down", "--state-dir", str(st), "--purge"],
-                           capture_output=True, text=True, timeout=120)
-            if info:
-                left = [f"{p['name']}: {pid}" for p in info["processes"]
-                        for pid in procs.members(procs.ProcRecord.from_json(p))]
-                assert not left, f"drill {name} left processes: {left}"
+            downs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "down", "--state-dir",
+                                           str(st), "--purge"], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        for d in downs:
+            d.wait(timeout=120)
+        for name, info in infos.items():
+            left = [f"{p['name']}: {pid}" for p in info["processes"]
+                    for pid in procs.members(procs.ProcRecord.from_json(p))]
+            assert not left, f"drill {name} left processes: {left}"
 
 
 def _restored(d: dict) -> psycopg.Connection:
