@@ -8,6 +8,7 @@
     msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR]
     msdb report RUN_DIR... [--index DIR]
     msdb suite nightly [--quick] [--out DIR]
+    msdb drill restore|pitr|masked [--db orders] [--wal archive|stream|stream-sync|all] ...
 
 Exit codes: 0 every check passed, 1 a check failed (or a part is
 unhealthy), 2 usage or configuration error, 3 infrastructure error.
@@ -86,6 +87,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port block of the suite's stack (default: 15500)")
     s.add_argument("--topology", default="single", choices=("single", "grouped", "dedicated"))
     s.add_argument("--keep-stack", action="store_true", help="leave the suite's stack running")
+
+    s = sub.add_parser("drill", help="backup/restore drills on a fresh stack of their own: achieved "
+                       "RPO and RTO (restore), point-in-time recovery (pitr), masked copy (masked)")
+    s.add_argument("drill", choices=("restore", "pitr", "masked"), help="which drill")
+    s.add_argument("--db", default=None, metavar="NAME",
+                   help="database to back up and restore: orders or users (default: orders; "
+                        "masked: users)")
+    s.add_argument("--wal", default="archive", metavar="MODE",
+                   help="WAL strategy: archive, stream, stream-sync, a comma list, or all "
+                        "(default: archive)")
+    s.add_argument("--archive-timeout", default="15min", metavar="DURATION",
+                   help="PostgreSQL archive_timeout (seed §7.1: 15min)")
+    s.add_argument("--disaster-after", default="60s", metavar="DURATION",
+                   help="writes run this long before the disaster (default: 60s)")
+    s.add_argument("--target-time", default=None, metavar="T",
+                   help="recover to T (ISO 8601, UTC if no zone) or -DURATION before the disaster; "
+                        "default: the latest point (write --target-time=-10s for the relative form)")
+    s.add_argument("--writers", type=int, default=4, metavar="N", help="concurrent writers (default: 4)")
+    s.add_argument("--keep-last", type=int, default=7, metavar="N",
+                   help="retention: keep the newest N base backups (default: 7)")
+    s.add_argument("--keep-days", type=float, default=7.0, metavar="DAYS",
+                   help="retention: keep base backups younger than DAYS (default: 7)")
+    s.add_argument("--out", default=None, metavar="DIR", help="run directory (default: runs/<time>-drill-...)")
+    s.add_argument("--slo", default=None, metavar="FILE", help="SLO file (rpo/rto: scenarios/slo.yaml)")
+    s.add_argument("--no-pdf", action="store_true", help="HTML report only")
+    s.add_argument("--keep-stack", action="store_true",
+                   help="restore: leave the drill's stack and the restored instance running "
+                        "(then `msdb down --state-dir DIR --purge`)")
+    s.add_argument("--state-dir", default=".msdb-drill", metavar="DIR",
+                   help="state dir of the drill's own fresh stack, purged afterwards (default: .msdb-drill)")
+    s.add_argument("--base-port", type=int, default=15700, metavar="N",
+                   help="port block of the drill's stack (default: 15700)")
 
     s = sub.add_parser("report", help="write report.html and report.pdf for run directories")
     s.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories")
@@ -248,13 +281,19 @@ def cmd_proxy(args) -> int:
     return proxy_main(argv)
 
 
+def cmd_drill(args) -> int:
+    from .drill import drill_command
+    return drill_command(args)
+
+
 def cmd_run(args) -> int:
     from .run import run_command
     return run_command(args)
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "scenarios": cmd_scenarios,
-            "run": cmd_run, "proxy": cmd_proxy, "report": cmd_report, "suite": cmd_suite}
+            "run": cmd_run, "proxy": cmd_proxy, "report": cmd_report, "suite": cmd_suite,
+            "drill": cmd_drill}
 
 
 def main(argv: list[str] | None = None) -> int:

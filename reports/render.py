@@ -116,6 +116,9 @@ def report_context(run_dir: str | Path) -> dict:
 
 def build_report(run_dir: str | Path, *, pdf: bool = True) -> tuple[Path, Path | None]:
     run_dir = Path(run_dir)
+    if json.loads((run_dir / "run.json").read_text()).get("scenario", "").startswith("drill-"):
+        from .drill import build_drill_report   # backup/restore drills have their own page
+        return build_drill_report(run_dir, pdf=pdf)
     ctx = report_context(run_dir)
     text = _env.get_template("report.html.j2").render(**ctx)
     out = run_dir / "report.html"
