@@ -189,6 +189,17 @@ class DrillStack:
             raise InfraError(f"could not repoint proxy {db}-db to port {port}: HTTP {r.status_code} "
                              f"{r.text[:200]}")
 
+    def repoint_others(self, old_port: int, port: int, done: str) -> list[str]:
+        """Every other link that reached the destroyed instance (the CDC relay's,
+        the replica's streaming link) follows it too; not part of the RTO."""
+        api = self.info["proxy"]["api"]
+        moved = []
+        for name, px in requests.get(f"{api}/proxies", timeout=10).json().items():
+            if name != done and px.get("upstream") == f"127.0.0.1:{old_port}":
+                requests.post(f"{api}/proxies/{name}", json={"upstream": f"127.0.0.1:{port}"}, timeout=10)
+                moved.append(name)
+        return moved
+
 
 # -- acknowledged writes ----------------------------------------------------------------
 
@@ -437,6 +448,8 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
         for t in threads:
             t.join(timeout=15)
         writer.close()
+        if first is not None:
+            ds.repoint_others(inst.port, dest.port, done=f"{p.db}-db")
         if first is None:
             raise InfraError(f"no write through the {p.db} API succeeded within 600 s of the restore "
                              f"(proxy {p.db}-db -> 127.0.0.1:{dest.port})")
