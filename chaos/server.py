@@ -34,7 +34,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .proxy import ProxyCollection, parse_address
+from .proxy import ProxyCollection, parse_address, parse_upstream
 from .toxics import ToxicError, parse_toxic, update_toxic
 
 __all__ = ["make_app", "serve", "main", "VERSION", "load_config"]
@@ -102,7 +102,7 @@ def make_app(collection: ProxyCollection) -> web.Application:
             raise ToxicError("missing required field: name", 400)
         if not upstream:
             raise ToxicError("missing required field: upstream", 400)
-        parse_address(upstream, "upstream")
+        parse_upstream(upstream, "upstream")
         proxy = await collection.add(name=name, listen=_field(body, "listen", str, ""),
                                      upstream=upstream, enabled=_field(body, "enabled", bool, True))
         return _json(proxy.to_json(), 201)
@@ -138,7 +138,7 @@ def make_app(collection: ProxyCollection) -> web.Application:
         upstream = _field(body, "upstream", str, proxy.upstream)
         enabled = _field(body, "enabled", bool, proxy.enabled)
         if listen != proxy.listen or upstream != proxy.upstream:
-            upstream_addr = parse_address(upstream, "upstream")
+            upstream_addr = parse_upstream(upstream, "upstream")
             parse_address(listen, "listen")
             await proxy.stop()
             proxy.listen, proxy.upstream, proxy.upstream_addr = listen, upstream, upstream_addr
@@ -215,7 +215,7 @@ def _check_populate(items: list) -> list[dict]:
             raise ToxicError(f"missing required field: name at proxy {i}", 400)
         if not upstream:
             raise ToxicError(f"missing required field: upstream at proxy {i}", 400)
-        parse_address(upstream, "upstream")
+        parse_upstream(upstream, "upstream")
         out.append({"name": name, "listen": _field(item, "listen", str, ""), "upstream": upstream,
                     "enabled": _field(item, "enabled", bool, True)})
     return out
