@@ -32,7 +32,7 @@ VM, pgbench select-only; see README "Fault proxy overhead"):
   chunk, the same syscall count as read+write) and saves only the copy of
   messages that are mostly < 1 KB here; it also cannot go through toxics.
 - Tried and dropped: running the proxy SCHED_FIFO (much worse at 1 client),
-  nice -10 (no change).
+  nice -10 (no change), a 100 us EEVDF slice via sched_setattr (no gain).
 - A `unix:` upstream replaces the upstream leg's TCP stack but none of the
   wake-ups: +7 us instead of +31 us at 1 client in a quiet run, no
   measurable gain at 8 clients (~0.6x direct either way).
