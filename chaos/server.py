@@ -18,8 +18,9 @@ Routes, JSON shapes and status codes follow Shopify/toxiproxy's api.go:
 
 Errors are Toxiproxy's: body `{"error": "...", "status": N}` + newline, sent
 as text/plain like Go's http.Error.  A browser User-Agent gets 403.
-Deviations: an empty `listen` binds 127.0.0.1 (never all interfaces), and
-proxy objects carry no Go-internal `Logger` field.
+Deviations: an empty `listen` binds 127.0.0.1 (never all interfaces),
+proxy objects carry no Go-internal `Logger` field, and an `upstream` may be
+`unix:/absolute/path` (an msdb extension; Toxiproxy dials TCP only).
 """
 
 from __future__ import annotations
