@@ -18,8 +18,9 @@ Routes, JSON shapes and status codes follow Shopify/toxiproxy's api.go:
 
 Errors are Toxiproxy's: body `{"error": "...", "status": N}` + newline, sent
 as text/plain like Go's http.Error.  A browser User-Agent gets 403.
-Deviations: an empty `listen` binds 127.0.0.1 (never all interfaces), and
-proxy objects carry no Go-internal `Logger` field.
+Deviations: an empty `listen` binds 127.0.0.1 (never all interfaces),
+proxy objects carry no Go-internal `Logger` field, and an `upstream` may be
+`unix:/absolute/path` (an msdb extension; Toxiproxy dials TCP only).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .proxy import ProxyCollection, parse_address
+from .proxy import ProxyCollection, parse_address, parse_upstream
 from .toxics import ToxicError, parse_toxic, update_toxic
 
 __all__ = ["make_app", "serve", "main", "VERSION", "load_config"]
@@ -102,7 +103,7 @@ def make_app(collection: ProxyCollection) -> web.Application:
             raise ToxicError("missing required field: name", 400)
         if not upstream:
             raise ToxicError("missing required field: upstream", 400)
-        parse_address(upstream, "upstream")
+        parse_upstream(upstream, "upstream")
         proxy = await collection.add(name=name, listen=_field(body, "listen", str, ""),
                                      upstream=upstream, enabled=_field(body, "enabled", bool, True))
         return _json(proxy.to_json(), 201)
@@ -138,7 +139,7 @@ def make_app(collection: ProxyCollection) -> web.Application:
         upstream = _field(body, "upstream", str, proxy.upstream)
         enabled = _field(body, "enabled", bool, proxy.enabled)
         if listen != proxy.listen or upstream != proxy.upstream:
-            upstream_addr = parse_address(upstream, "upstream")
+            upstream_addr = parse_upstream(upstream, "upstream")
             parse_address(listen, "listen")
             await proxy.stop()
             proxy.listen, proxy.upstream, proxy.upstream_addr = listen, upstream, upstream_addr
@@ -215,7 +216,7 @@ def _check_populate(items: list) -> list[dict]:
             raise ToxicError(f"missing required field: name at proxy {i}", 400)
         if not upstream:
             raise ToxicError(f"missing required field: upstream at proxy {i}", 400)
-        parse_address(upstream, "upstream")
+        parse_upstream(upstream, "upstream")
         out.append({"name": name, "listen": _field(item, "listen", str, ""), "upstream": upstream,
                     "enabled": _field(item, "enabled", bool, True)})
     return out
