@@ -71,14 +71,20 @@ def replication_metrics(run: Path, records: list[dict], *, caught_up_ms: float =
             "name": r["name"], "kind": r["kind"], "params": r.get("params") or {},
             "beats": len(during), "lag_p50_ms": percentile(during, 50),
             "lag_peak_ms": round(during[-1], 2) if during else None})
+    def caught_up(end: float):
+        # the first beat committed after a heal that became visible within caught_up_ms
+        return next((b for b in beats if b[0] >= end and b[2] <= caught_up_ms), None)
     if wins:
         end = max(e for _, e, _ in wins)
-        # Caught up: the first beat committed after the heal that became visible
-        # within `caught_up_ms`; catch-up time = when it became visible - heal.
-        first = next((b for b in beats if b[0] >= end and b[2] <= caught_up_ms), None)
+        first = caught_up(end)
         m["replica_catch_up_s"] = round(first[1] - end, 3) if first else None
-        quiet = sorted(b[2] for b in beats
-                       if not any(s - 1 <= b[0] <= (first[1] if first else e) + 1 for s, e, _ in wins))
+        # Outside the faults: beats not committed between a fault's start (less
+        # 1 s) and 1 s after the replica caught up from it.
+        spans = []
+        for s_, e_, _ in wins:
+            c = caught_up(e_)
+            spans.append((s_ - 1, (c[1] if c else e_) + 1))
+        quiet = sorted(b[2] for b in beats if not any(a <= b[0] <= z for a, z in spans))
     else:
         quiet = lags
     m["replica_lag_p99_outside_faults_ms"] = percentile(quiet, 99)

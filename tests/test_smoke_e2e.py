@@ -44,7 +44,7 @@ def test_smoke_run_passes_and_writes_the_run_directory(stack, state_dir, tmp_pat
     with open(out / "metrics.csv") as f:
         metrics = list(csv.DictReader(f))
     scraped = {r["service"] for r in metrics if r["metric"] == "up" and r["value"] == "1"}
-    assert scraped == {"users", "catalog", "orders", "payments", "search", "analytics"}
+    assert scraped == {"users", "catalog", "orders", "payments", "search", "analytics", "cdc"}
     assert any(r["metric"] == "psycopg_pool_pool_size" for r in metrics)
     assert any(r["metric"] == "db_query_duration_seconds_count" for r in metrics)
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 
 from ..common.app import Service
 from .relay import SlotRelay, SourceConfig
@@ -40,12 +41,24 @@ def _sources() -> list[SourceConfig]:
 
 @service.on_startup
 async def _relays():
-    relays.extend(SlotRelay(src, service.redis) for src in _sources())
+    relays.extend(SlotRelay(src, service.cfg.redis_url) for src in _sources())
 
 
 @service.background
 async def _run(stop):
-    await asyncio.gather(*(r.run(stop) for r in relays))
+    # Each relay streams in its own thread (psycopg2's replication protocol is
+    # blocking); the threads stop within 0.5 s of the event.
+    done = threading.Event()
+    threads = [threading.Thread(target=r.run, args=(done,), name=f"cdc-{r.src.name}", daemon=True)
+               for r in relays]
+    for t in threads:
+        t.start()
+    try:
+        await stop.wait()
+    finally:
+        done.set()
+        for t in threads:
+            await asyncio.to_thread(t.join, 5)
 
 
 @service.health_check
