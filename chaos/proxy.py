@@ -41,18 +41,23 @@ VM, pgbench select-only; see README "Fault proxy overhead"):
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import random
+import select
 import socket
 import struct
 from collections import deque
 from typing import AsyncIterator
 
+from . import sockmap as _sockmap
 from .toxics import Toxic, ToxicError
 
 __all__ = ["Proxy", "ProxyCollection", "parse_address", "parse_upstream", "UNIX_PREFIX"]
 
 log = logging.getLogger("msdb.proxy")
+_libc = ctypes.CDLL(None, use_errno=True)
 
 HIGH_WATER = 1 << 20      # queued bytes on a toxic link before we stop reading its source
 
@@ -127,6 +132,14 @@ class _Side(asyncio.Protocol):
         self.writable.set()
         self.early: list[bytes] | None = []   # data read before the links existed
         self.early_eof = False
+        # Byte counts for the eBPF fast path (chaos/sockmap.py): read from this
+        # socket since it went into the sockmap, and handed to its transport.
+        self.read_after = 0
+        self.written = 0
+        self.sock = None            # the socket, with a sockmap key and baseline
+        self.rdhup = False          # its peer shut down: never park it again
+        self.key = b""
+        self.base = 0
 
     # The fast path: with no active toxic and nothing queued, `fast` is the
     # other side's transport and a chunk costs one call and one write.
@@ -141,6 +154,7 @@ class _Side(asyncio.Protocol):
         if link is None:   # uvloop may deliver a read that raced pause_reading()
             self.early.append(data)
         else:
+            self.read_after += len(data)
             link.feed(data)
 
     def eof_received(self):
@@ -171,6 +185,8 @@ class _Side(asyncio.Protocol):
         self.writable.set()
         if self.peer and self.peer.transport and not self.conn.closing:
             self.peer.transport.resume_reading()
+            if self.conn.fwd is not None and self.peer.link_out is not None:
+                self.peer.link_out._update_fast()     # may re-arm the kernel path
 
 
 class _ClientSide(_Side):
@@ -208,6 +224,9 @@ class Link:
         self.interrupt = asyncio.Event()
         self.timer: asyncio.Task | None = None      # the timeout toxic's idle timer
         self.loop = asyncio.get_running_loop()
+        self.armed = False              # eBPF fast path: kernel forwards src -> dst
+        self.armed_consumed = -1
+        self.parked = False             # ... and src is not polled for data (see _Parking)
 
     # -- configuration -------------------------------------------------------------
 
@@ -240,14 +259,26 @@ class Link:
 
     def _update_fast(self) -> None:
         fast = not self.slow and not self.queue and self.pump is None and not self.conn.closing
-        self.src.fast = self.dst.transport if fast else None
+        fwd = self.conn.fwd
+        if fwd is None:
+            self.src.fast = self.dst.transport if fast else None
+        else:   # the kernel forwards, once everything user space holds is out
+            fwd.arm(self, fast and self.dst.transport.get_write_buffer_size() == 0)
 
     # -- data ---------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        if not self.slow and not self.queue:
-            self.dst.transport.write(data)
-            return
+        if not self.slow and not self.queue and self.pump is None:
+            fwd = self.conn.fwd
+            if fwd is None:
+                self.dst.written += len(data)
+                self.dst.transport.write(data)
+                return
+            if fwd.drained(self):   # nothing the kernel redirected is still queued
+                self.dst.written += len(data)
+                self.dst.transport.write(data)
+                self._update_fast()
+                return
         self.src.fast = None
         self.queue.append((data, self.loop.time()))
         self.queued_bytes += len(data)
@@ -312,6 +343,12 @@ class Link:
             return
         if not self.dst.writable.is_set():
             await self.dst.writable.wait()
+        fwd = self.conn.fwd
+        if fwd is not None:   # bytes the kernel redirected before go first
+            await fwd.wait_drained([self])
+            if self.conn.closing:
+                return
+        self.dst.written += len(data)
         self.dst.transport.write(data)
 
     async def _apply(self, rt: ToxicRuntime, data: bytes, t: float) -> AsyncIterator[tuple[bytes, float]]:
@@ -384,6 +421,7 @@ class Connection:
         self.links: dict[str, Link] = {}
         self.closing = False
         self.connect_task: asyncio.Task | None = None
+        self.fwd: _Forwarding | None = None
 
     async def connect_upstream(self) -> None:
         loop = asyncio.get_running_loop()
@@ -406,12 +444,18 @@ class Connection:
         c.peer, u.peer = u, c
         self.links["upstream"] = Link(self, "upstream", c, u)
         self.links["downstream"] = Link(self, "downstream", u, c)
+        if self.proxy.sockmap is not None:
+            self.fwd = _Forwarding.attach(self, self.proxy.sockmap)
         for direction, link in self.links.items():
             link.set_chain(self.proxy.runtimes(direction))
         c.start_link(self.links["upstream"])
         u.start_link(self.links["downstream"])
         c.transport.resume_reading()
         u.transport.resume_reading()
+        if self.fwd is not None:   # early data is out: the kernel may forward now
+            self.fwd.ready = True
+            for link in self.links.values():
+                link._update_fast()
 
     def side_lost(self, side: _Side) -> None:
         if not self.closing:
@@ -434,6 +478,25 @@ class Connection:
             link.stop()
         if self.connect_task is not None and not self.connect_task.done():
             self.connect_task.cancel()
+        fwd = self.fwd
+        if fwd is not None:
+            fwd.disarm()
+            if not rst and not abort and not fwd.all_drained():
+                # A graceful close flushes: redirected bytes still queued in
+                # the kernel would be dropped with the socket.
+                asyncio.get_running_loop().create_task(self._close_when_drained())
+                return
+        self._close_sockets(rst, abort)
+
+    async def _close_when_drained(self) -> None:
+        try:
+            await self.fwd.wait_drained(list(self.links.values()), limit=30.0)
+        finally:
+            self._close_sockets(False, False)
+
+    def _close_sockets(self, rst: bool, abort: bool) -> None:
+        if self.fwd is not None:
+            self.fwd.forget()
         for side in (self.client, self.upstream):
             if side is None or side.transport is None:
                 continue
@@ -468,6 +531,8 @@ class Proxy:
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[Connection] = set()
         self.rng = rng
+        self.sockmap: _sockmap.Sockmap | None = None   # set by the collection for TCP upstreams
+        self.parking: _Parking | None = None
 
     def to_json(self) -> dict:
         return {"name": self.name, "listen": self.listen, "upstream": self.upstream,
@@ -570,6 +635,9 @@ class ProxyCollection:
     def __init__(self, seed: int | None = None):
         self.proxies: dict[str, Proxy] = {}
         self.rng = random.Random(seed)
+        self.sockmap: _sockmap.Sockmap | None = None
+        self._sockmap_tried = False
+        self.parking = _Parking()
 
     def get(self, name: str) -> Proxy:
         try:
@@ -581,6 +649,12 @@ class ProxyCollection:
         if name in self.proxies:
             raise ToxicError("proxy already exists", 409)
         proxy = Proxy(name, listen, upstream, self.rng)
+        if proxy.upstream_addr[0] == "tcp":
+            if not self._sockmap_tried:
+                self._sockmap_tried = True
+                self.sockmap = _sockmap.get()
+            proxy.sockmap = self.sockmap
+            proxy.parking = self.parking
         if enabled:
             await proxy.start()
         self.proxies[name] = proxy
@@ -607,6 +681,10 @@ class ProxyCollection:
     async def close(self) -> None:
         for proxy in list(self.proxies.values()):
             await proxy.stop()
+        self.parking.close()
+        if self.sockmap is not None:
+            self.sockmap = None
+            _sockmap.release()
 
 
 def _same_listen(a: str, b: str) -> bool:
@@ -617,3 +695,212 @@ def _same_listen(a: str, b: str) -> bool:
         return False
     norm = lambda h: "127.0.0.1" if h in ("", "localhost", "0.0.0.0", "::") else h  # noqa: E731
     return norm(ha) == norm(hb) and pa == pb
+
+
+class _Forwarding:
+    """One connection's use of the eBPF sockmap (see chaos/sockmap.py).
+
+    Each link (direction) is armed, i.e. forwarded in the kernel, exactly
+    while the user-space fast path would apply: no active toxic, nothing
+    queued, no pump, the destination's transport buffer empty, connection
+    open.  Before user space writes to a destination itself, or closes it,
+    it waits until every byte the kernel redirected there has been written
+    into the destination socket.
+    """
+
+    def __init__(self, conn: Connection, sm: _sockmap.Sockmap):
+        self.conn = conn
+        self.sm = sm
+        self.ready = False      # early data first, then arming
+        self.keys: list[bytes] = []
+
+    @classmethod
+    def attach(cls, conn: Connection, sm: _sockmap.Sockmap) -> "_Forwarding | None":
+        self = cls(conn, sm)
+        sides = (conn.client, conn.upstream)
+        try:
+            for side in sides:
+                sock = side.transport.get_extra_info("socket")
+                if sock is None or sock.family != socket.AF_INET:
+                    return None
+                side.sock = sock
+                side.key = _sockmap.socket_key(sock)
+                side.base = _sockmap.written_into(sock)    # nothing written yet
+            for side in sides:
+                sm.add(side.key, side.sock.fileno(), side.peer.key)
+                self.keys.append(side.key)
+        except OSError as e:
+            log.info("proxy %s: connection stays in user space: %s", conn.proxy.name, e)
+            self.forget()
+            return None
+        return self
+
+    def arm(self, link: Link, want: bool) -> None:
+        want = want and self.ready
+        src = link.src
+        try:
+            if want:
+                if not (link.armed and link.armed_consumed == src.read_after):
+                    self.sm.set_armed(src.key, link.dst.key, True, src.read_after)
+                    link.armed, link.armed_consumed = True, src.read_after
+                self._park(link)
+                return
+            if link.parked:
+                self._unpark(link)
+            if link.armed:
+                link.armed = False
+                self.sm.set_armed(src.key, link.dst.key, False, 0)
+        except OSError as e:   # e.g. the entry is gone: the data stays in user space
+            log.debug("proxy %s: sockmap arm: %s", self.conn.proxy.name, e)
+            if link.parked:
+                self._unpark(link)
+            link.armed = False
+
+    # The kernel wakes a socket's pollers after each redirect as well (skmsg.c
+    # sk_psock_verdict_data_ready), so an armed source that user space still
+    # polls for EPOLLIN would wake the proxy per message for nothing.  Once the
+    # program is certain to redirect (passed == consumed after arming: from
+    # then on nothing is passed up), the transport stops reading and the
+    # socket is watched for EPOLLRDHUP only: FIN, RST and errors wake the
+    # proxy (sk_state_change/sk_error_report), data does not.
+
+    def _park(self, link: Link) -> None:
+        src = link.src
+        if link.parked:
+            if src.transport.is_reading():   # resume_writing() resumed it
+                src.transport.pause_reading()
+            return
+        if src.rdhup or self.conn.closing:
+            return
+        # Bytes that arrived before the socket went into the map sit in its
+        # receive queue until the next arrival or a recv(): a recv (peek) makes
+        # the kernel run them through the program now (tcp_bpf_recvmsg_parser).
+        buf = ctypes.create_string_buffer(1)
+        n = _libc.recv(src.sock.fileno(), buf, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        if n >= 0:
+            return          # data (or EOF) is waiting for user space: read it first
+        if self.sm.counters(src.key)[0] != src.read_after:
+            return          # bytes were passed up before arming: read them first
+        src.transport.pause_reading()
+        self.conn.proxy.parking.watch(src.sock.fileno(), link)
+        link.parked = True
+
+    def _unpark(self, link: Link) -> None:
+        link.parked = False
+        self.conn.proxy.parking.unwatch(link.src.sock.fileno())
+        if not self.conn.closing and link.src.transport is not None:
+            link.src.transport.resume_reading()
+
+    def woken(self, link: Link) -> None:
+        """FIN, RST or an error on a parked source: read it as usual."""
+        link.src.rdhup = True
+        self.arm(link, False)
+
+    def disarm(self) -> None:
+        for link in self.conn.links.values():
+            self.arm(link, False)
+
+    def drained(self, link: Link) -> bool:
+        """Has the kernel written every byte it redirected src -> dst into dst?"""
+        dst = link.dst
+        try:
+            redir = self.sm.counters(link.src.key)[1]
+            into = _sockmap.written_into(dst.sock) - dst.base
+            mine = dst.written - dst.transport.get_write_buffer_size()
+        except (OSError, ValueError, AttributeError):
+            return True     # a socket or entry is gone: nothing left to wait for
+        return into >= mine + redir
+
+    def all_drained(self) -> bool:
+        return all(self.drained(link) for link in self.conn.links.values())
+
+    async def wait_drained(self, links: list[Link], limit: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        end = None if limit is None else loop.time() + limit
+        delay = 0.0002
+        while not all(self.drained(link) for link in links):
+            if end is not None and loop.time() > end:
+                log.warning("proxy %s: closing with redirected bytes not yet sent", self.conn.proxy.name)
+                return
+            if self.conn.closing and limit is None:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def forget(self) -> None:
+        for link in self.conn.links.values():
+            if link.parked:
+                link.parked = False
+                self.conn.proxy.parking.unwatch(link.src.sock.fileno())
+        for key in self.keys:
+            self.sm.forget(key)
+        self.keys = []
+
+
+class _Parking:
+    """One epoll set, itself polled by the event loop, for parked sources.
+
+    uvloop's pause_reading() (libuv uv__io_stop) leaves the socket in the
+    loop's epoll set with EPOLLIN until an event shows up for it, and on a
+    redirecting socket none ever does: each redirect still wakes the loop's
+    thread inside epoll_wait (a context switch, no return to user space).  So
+    a parked socket is also deleted from the loop's epoll set here; libuv
+    re-adds it on resume_reading() (EPOLL_CTL_ADD, or MOD on EEXIST).  The
+    loop's epoll fd is found once in /proc/self/fd; if that is ambiguous,
+    this step is skipped (still correct, just more wake-ups).
+    """
+
+    def __init__(self) -> None:
+        self.ep: select.epoll | None = None
+        self.links: dict[int, Link] = {}
+        self.loop_ep: int | None = None
+
+    def _find_loop_epoll(self) -> int | None:
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]":
+                    found.append(int(name))
+            except OSError:
+                pass
+        found = [fd for fd in found if fd != self.ep.fileno()]
+        if len(found) != 1:
+            log.info("proxy: %d candidate event-loop epoll fds; parked sockets stay in the loop's set",
+                     len(found))
+            return None
+        return found[0]
+
+    def watch(self, fd: int, link: Link) -> None:
+        if self.ep is None:
+            self.ep = select.epoll()
+            asyncio.get_running_loop().add_reader(self.ep.fileno(), self._ready)
+            self.loop_ep = self._find_loop_epoll()
+        self.ep.register(fd, select.EPOLLRDHUP)   # + EPOLLERR/EPOLLHUP, always
+        self.links[fd] = link
+        if self.loop_ep is not None:
+            _libc.epoll_ctl(self.loop_ep, 2, fd, None)   # EPOLL_CTL_DEL; ENOENT is fine
+
+    def unwatch(self, fd: int) -> None:
+        if self.links.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def _ready(self) -> None:
+        for fd, _ in self.ep.poll(0):
+            link = self.links.get(fd)
+            if link is None:
+                self.unwatch(fd)
+            elif link.conn.fwd is not None:
+                link.conn.fwd.woken(link)
+
+    def close(self) -> None:
+        if self.ep is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self.ep.fileno())
+            except RuntimeError:
+                pass
+            self.ep.close()
+            self.ep = None
+        self.links.clear()
