@@ -36,6 +36,15 @@ VM, pgbench select-only; see README "Fault proxy overhead"):
 - A `unix:` upstream replaces the upstream leg's TCP stack but none of the
   wake-ups: +7 us instead of +31 us at 1 client in a quiet run, no
   measurable gain at 8 clients (~0.6x direct either way).
+- The eBPF sockmap fast path (chaos/sockmap.py, `_Forwarding` and
+  `_Parking` below): for TCP upstreams, while a link would take the
+  no-toxic path, the kernel forwards its bytes (SK_SKB verdict program,
+  bpf_sk_redirect_hash) and the proxy is not woken per message.  A link
+  leaves it the moment a toxic is active on it, the proxy is disabled, or
+  the connection closes; user space then waits until the kernel has written
+  every byte it redirected before writing or closing itself, so nothing is
+  lost or reordered.  Off with MSDB_PROXY_SOCKMAP=0, for `unix:` upstreams
+  and IPv6, and whenever bpf(2) fails (logged once).
 """
 
 from __future__ import annotations
@@ -227,6 +236,7 @@ class Link:
         self.armed = False              # eBPF fast path: kernel forwards src -> dst
         self.armed_consumed = -1
         self.parked = False             # ... and src is not polled for data (see _Parking)
+        self.limit = 0                  # ... up to this many redirected bytes (sockmap.py)
 
     # -- configuration -------------------------------------------------------------
 
@@ -741,8 +751,7 @@ class _Forwarding:
         try:
             if want:
                 if not (link.armed and link.armed_consumed == src.read_after):
-                    self.sm.set_armed(src.key, link.dst.key, True, src.read_after)
-                    link.armed, link.armed_consumed = True, src.read_after
+                    self._set_armed(link)
                 self._park(link)
                 return
             if link.parked:
@@ -782,7 +791,10 @@ class _Forwarding:
         if self.sm.counters(src.key)[0] != src.read_after:
             return          # bytes were passed up before arming: read them first
         src.transport.pause_reading()
-        self.conn.proxy.parking.watch(src.sock.fileno(), link)
+        # Leave the loop's epoll entry alone while the transport may poll for
+        # EPOLLOUT (data of the other direction queued): libuv owns it then.
+        idle = src.transport.get_write_buffer_size() == 0
+        self.conn.proxy.parking.watch(src.sock.fileno(), link, remove_from_loop=idle)
         link.parked = True
 
     def _unpark(self, link: Link) -> None:
@@ -795,6 +807,29 @@ class _Forwarding:
         """FIN, RST or an error on a parked source: read it as usual."""
         link.src.rdhup = True
         self.arm(link, False)
+
+    def _set_armed(self, link: Link) -> None:
+        # limit: WINDOW bytes beyond what the kernel has already written into
+        # dst for us (back-pressure, see sockmap.py)
+        src, dst = link.src, link.dst
+        taken = (_sockmap.written_into(dst.sock) - dst.base
+                 - (dst.written - dst.transport.get_write_buffer_size()))
+        link.limit = taken + _sockmap.WINDOW
+        self.sm.set_armed(src.key, dst.key, True, src.read_after, link.limit)
+        link.armed, link.armed_consumed = True, src.read_after
+
+    def check(self, link: Link) -> None:
+        """A parked link, now and then: did the program pass bytes up (limit
+        reached)?  Then read them in user space.  Is the limit getting close
+        while the peer keeps taking bytes?  Then move it on."""
+        try:
+            passed, redir = self.sm.counters(link.src.key)
+            if passed != link.armed_consumed:
+                self.arm(link, False)      # unpark: the user-space path, then re-armed
+            elif redir + _sockmap.WINDOW // 2 > link.limit:
+                self._set_armed(link)
+        except OSError:
+            pass
 
     def disarm(self) -> None:
         for link in self.conn.links.values():
@@ -850,10 +885,13 @@ class _Parking:
     this step is skipped (still correct, just more wake-ups).
     """
 
+    TICK = 0.01     # seconds between checks of parked links (Forwarding.check)
+
     def __init__(self) -> None:
         self.ep: select.epoll | None = None
         self.links: dict[int, Link] = {}
         self.loop_ep: int | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def _find_loop_epoll(self) -> int | None:
         found = []
@@ -870,14 +908,16 @@ class _Parking:
             return None
         return found[0]
 
-    def watch(self, fd: int, link: Link) -> None:
+    def watch(self, fd: int, link: Link, remove_from_loop: bool) -> None:
         if self.ep is None:
             self.ep = select.epoll()
             asyncio.get_running_loop().add_reader(self.ep.fileno(), self._ready)
             self.loop_ep = self._find_loop_epoll()
         self.ep.register(fd, select.EPOLLRDHUP)   # + EPOLLERR/EPOLLHUP, always
         self.links[fd] = link
-        if self.loop_ep is not None:
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.TICK, self._tick)
+        if self.loop_ep is not None and remove_from_loop:
             _libc.epoll_ctl(self.loop_ep, 2, fd, None)   # EPOLL_CTL_DEL; ENOENT is fine
 
     def unwatch(self, fd: int) -> None:
@@ -886,6 +926,14 @@ class _Parking:
                 self.ep.unregister(fd)
             except (OSError, ValueError):
                 pass
+
+    def _tick(self) -> None:
+        self.timer = None
+        for link in list(self.links.values()):
+            if link.parked and link.conn.fwd is not None:
+                link.conn.fwd.check(link)
+        if self.links:
+            self.timer = asyncio.get_running_loop().call_later(self.TICK, self._tick)
 
     def _ready(self) -> None:
         for fd, _ in self.ep.poll(0):
@@ -896,6 +944,9 @@ class _Parking:
                 link.conn.fwd.woken(link)
 
     def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.ep is not None:
             try:
                 asyncio.get_running_loop().remove_reader(self.ep.fileno())

@@ -11,9 +11,10 @@ and a BPF_PROG_TYPE_SK_SKB program attached as BPF_SK_SKB_VERDICT runs on
 every skb that arrives on those sockets, in the receiving softirq.  It looks
 the socket up in two small hash maps:
 
-- `ctl` (written only by user space): the peer socket's key, `armed`, and
+- `ctl` (written only by user space): the peer socket's key, `armed`,
   `consumed` = bytes user space has read from this socket (since it went
-  into the map) and already handed to the peer socket's kernel buffer;
+  into the map) and already handed to the peer socket's kernel buffer, and
+  `limit` = the most `redir` may reach;
 - `cnt` (written only by the program): `passed` = bytes it let through to
   this socket's own receive queue (SK_PASS, read by the proxy as usual),
   `redir` = bytes it redirected to the peer (bpf_sk_redirect_hash, egress:
@@ -24,6 +25,18 @@ It redirects only if `armed` and `passed == consumed`, i.e. when every byte
 that went to user space before has already been written to the peer: so
 redirected bytes can never overtake bytes still in the proxy.  Otherwise it
 passes the skb up.  Verdicts on one socket run one at a time in byte order.
+
+`limit` is the back-pressure.  A redirect to a peer whose send buffer is
+full queues the skb in the kernel (the psock's list, drained by a kworker)
+while the source socket goes on ACKing, so a sender could fill kernel
+memory without bound (measured: 700 MB in 5 s into a server that does not
+read).  User space sets `limit` to WINDOW bytes beyond what the peer has
+taken; past it the program passes skbs up and the proxy's user-space path
+(queue, HIGH_WATER, pause_reading: TCP flow control) takes over until the
+peer has drained.  A parked socket is not polled for data, so a timer
+(every 10 ms while any socket is parked) notices bytes passed up, and moves
+`limit` on while the peer keeps taking bytes: one map lookup per parked
+socket per tick instead of a wake-up per message.
 
 The other way round (a toxic added, the connection closing), user space
 disarms the socket and, before it writes anything to the peer itself or
@@ -42,6 +55,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import platform
 import socket
 import struct
 
@@ -58,8 +72,9 @@ _FN_MAP_LOOKUP, _FN_SK_REDIRECT_HASH = 1, 72
 _SK_PASS = 1
 _MAX = 65536                # sockets (two per connection)
 KEY = 16                    # remote_ip4, local_ip4, remote_port, local_port (u32 each)
-CTL = 32                    # peer key[16], armed u32, pad u32, consumed u64
+CTL = 40                    # peer key[16], armed u32, pad u32, consumed u64, limit u64
 CNT = 16                    # passed u64, redir u64
+WINDOW = 4 << 20            # redirected bytes the peer has not taken yet, at most
 _SIOCOUTQ = 0x5411
 _TCPI_BYTES_ACKED = 120     # offset of tcpi_bytes_acked in struct tcp_info
 
@@ -89,7 +104,7 @@ def _i(code, dst=0, src=0, off=0, imm=0):
 def _program(cnt_fd: int, ctl_fd: int, socks_fd: int) -> bytes:
     LDXW, LDXDW, STXW, STXDW = 0x61, 0x79, 0x63, 0x7B
     MOVX, MOVK, ADDK, ADDX = 0xBF, 0xB7, 0x07, 0x0F
-    JEQK, JNEK, JNEX, CALL, EXIT, LDDW = 0x15, 0x55, 0x5D, 0x85, 0x95, 0x18
+    JEQK, JNEK, JNEX, JGTX, CALL, EXIT, LDDW = 0x15, 0x55, 0x5D, 0x2D, 0x85, 0x95, 0x18
     R0, R1, R2, R3, R4, R6, R7, R8, R9, FP = 0, 1, 2, 3, 4, 6, 7, 8, 9, 10
 
     def ld_map(reg, fd):    # 16-byte ld_imm64 with src = BPF_PSEUDO_MAP_FD
@@ -115,6 +130,8 @@ def _program(cnt_fd: int, ctl_fd: int, socks_fd: int) -> bytes:
         ("jeq0", R1, "count_pass"),
         _i(LDXDW, R1, R8, 0), _i(LDXDW, R2, R7, 24),  # passed == consumed?
         ("jnex", R1, R2, "count_pass"),
+        _i(LDXDW, R1, R8, 8), _i(ADDX, R1, R9), _i(LDXDW, R2, R7, 32),   # redir + len > limit?
+        ("jgtx", R1, R2, "count_pass"),
         _i(MOVX, R1, R6), *ld_map(R2, socks_fd), _i(MOVX, R3, R7), _i(MOVK, R4, 0, 0, 0),
         _i(CALL, imm=_FN_SK_REDIRECT_HASH),           # egress redirect to ctl.peer_key
         ("jnek1", R0, "count_pass"),                  # peer gone: pass up instead
@@ -142,6 +159,8 @@ def _program(cnt_fd: int, ctl_fd: int, socks_fd: int) -> bytes:
                 x = _i(JEQK, reg, 0, target, 0)
             elif kind == "jnek1":
                 x = _i(JNEK, reg, 0, target, _SK_PASS)
+            elif kind == "jgtx":
+                x = _i(JGTX, reg, rest[0], target, 0)
             else:
                 x = _i(JNEX, reg, rest[0], target, 0)
         out.append(struct.pack("<BBhi", *x))
@@ -172,14 +191,22 @@ class Sockmap:
             code = ctypes.create_string_buffer(insns, len(insns))
             lic = ctypes.create_string_buffer(b"GPL")
             logbuf = ctypes.create_string_buffer(65536)
-            attr = bytearray(144)
-            struct.pack_into("<IIQQIIQ", attr, 0, _PROG_SK_SKB, len(insns) // 8, _ptr(code), _ptr(lic),
-                             1, len(logbuf), _ptr(logbuf))
-            attr[48:48 + 12] = b"msdb_sockfwd"
+            def load(log_level: int) -> int:
+                attr = bytearray(144)
+                struct.pack_into("<IIQQIIQ", attr, 0, _PROG_SK_SKB, len(insns) // 8, _ptr(code),
+                                 _ptr(lic), log_level, len(logbuf) if log_level else 0,
+                                 _ptr(logbuf) if log_level else 0)
+                attr[48:48 + 12] = b"msdb_sockfwd"
+                return _bpf(_PROG_LOAD, attr)
             try:
-                self.prog = _bpf(_PROG_LOAD, attr)
+                self.prog = load(0)
             except OSError as e:
-                raise OSError(e.errno, f"BPF_PROG_LOAD: {e.strerror}: {logbuf.value.decode()[-400:]}") from None
+                try:        # again with the verifier's log, for the message
+                    os.close(load(1))
+                except OSError:
+                    pass
+                raise OSError(e.errno, f"BPF_PROG_LOAD: {e.strerror}: "
+                                       f"{logbuf.value.decode(errors='replace')[-400:]}") from None
             self.fds.append(self.prog)
             attr = bytearray(144)
             struct.pack_into("<III", attr, 0, self.socks, self.prog, _SK_SKB_VERDICT)
@@ -217,8 +244,8 @@ class Sockmap:
         self._elem(_MAP_UPDATE, self.ctl, key, peer_key + bytes(CTL - KEY))
         self._elem(_MAP_UPDATE, self.socks, key, struct.pack("<I", fd))
 
-    def set_armed(self, key: bytes, peer_key: bytes, armed: bool, consumed: int) -> None:
-        self._elem(_MAP_UPDATE, self.ctl, key, peer_key + struct.pack("<IIQ", int(armed), 0, consumed))
+    def set_armed(self, key: bytes, peer_key: bytes, armed: bool, consumed: int, limit: int = 0) -> None:
+        self._elem(_MAP_UPDATE, self.ctl, key, peer_key + struct.pack("<IIQQ", int(armed), 0, consumed, limit))
 
     def counters(self, key: bytes) -> tuple[int, int]:
         """(passed, redir) of one socket."""
@@ -267,6 +294,8 @@ def get() -> Sockmap | None:
             return None
         if os.environ.get("MSDB_PROXY_SOCKMAP", "1") == "0":
             _reason = "MSDB_PROXY_SOCKMAP=0"
+        elif platform.machine() != "x86_64":
+            _reason = f"the bpf(2) syscall number is wired for x86_64 only, not {platform.machine()}"
         else:
             try:
                 _instance = Sockmap()

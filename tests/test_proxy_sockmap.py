@@ -352,3 +352,49 @@ def test_fallback_with_sockmap_off(userspace):
     finally:
         s.close()
     assert "fast path off (MSDB_PROXY_SOCKMAP=0)" in log.read_text()
+
+
+SINK_PORT, SINK_LISTEN = 23213, 23214
+
+
+def test_back_pressure_reaches_a_fast_sender(fast):
+    """A server that does not read stops the client as TCP would: the kernel
+    path must not queue without bound, and every byte arrives once it reads."""
+    _, server, _ = fast
+    sink = socket.socket()
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sink.bind(("127.0.0.1", SINK_PORT))
+    sink.listen(4)
+    server.create("sink", upstream=f"127.0.0.1:{SINK_PORT}", listen=f"127.0.0.1:{SINK_LISTEN}")
+    c = socket.create_connection(("127.0.0.1", SINK_LISTEN), timeout=10)
+    a = None
+    try:
+        a, _ = sink.accept()
+        c.sendall(b"x")
+        assert a.recv(10) == b"x"
+        time.sleep(0.1)          # armed and parked by now
+        pattern = bytes(range(256)) * 256           # 64 KiB
+        c.setblocking(False)
+        sent = 0
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            try:
+                sent += c.send(pattern[sent % len(pattern):])
+            except BlockingIOError:
+                time.sleep(0.02)
+        # Socket buffers and the 4 MiB window of each direction, not hundreds of MB.
+        assert sent < 64 << 20, sent
+        a.settimeout(10)
+        got = bytearray()
+        while len(got) < sent:
+            chunk = a.recv(1 << 20)
+            assert chunk
+            got += chunk
+        assert len(got) == sent
+        full = pattern * (sent // len(pattern) + 1)
+        assert bytes(got) == full[:sent]
+    finally:
+        c.close()
+        if a is not None:
+            a.close()
+        sink.close()
