@@ -91,6 +91,14 @@ def start_proxy(port: int, env: dict, log: Path | None = None) -> subprocess.Pop
             out.close()
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 for none)."""
+    if pid is None:
+        return 0.0
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_api(port: int) -> ToxiproxyServer:
     server = ToxiproxyServer("127.0.0.1", port)
     for _ in range(100):
@@ -141,28 +149,40 @@ def main() -> int:
         # The machine is shared: print the load so a noisy run shows as one.
         print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}")
         results: dict[int, list[dict[str, tuple[float, float]]]] = {}
+        cpu: dict[tuple[int, int, str], float] = {}
         for clients in (1, 8):
             for i in range(args.rounds):
                 # Rotate the order so no mode always runs first (or last) in a round.
                 order = MODES[i % len(MODES):] + MODES[:i % len(MODES)]
-                results.setdefault(clients, []).append(
-                    {m: pgbench(bin_dir, ports[m], pw, clients, args.seconds) for m in order})
-        print(f"{'clients':>7}  {'mode':<10}  {'tps':>8}  {'ratio':>6}  {'mean ms':>8}  {'added us':>8}")
+                row = {}
+                for m in order:
+                    pid = {"direct": None, "proxy bpf": bpf_proxy.pid}.get(m, proxy.pid)
+                    c0 = cpu_seconds(pid)
+                    row[m] = pgbench(bin_dir, ports[m], pw, clients, args.seconds)
+                    cpu[(clients, i, m)] = cpu_seconds(pid) - c0
+                results.setdefault(clients, []).append(row)
+        # proxy cpu: user+system time of the proxy process during the run, per
+        # 1000 transactions (the kworker that sends redirected bytes for the
+        # bpf path is not in it: kernel threads are not the proxy's).
+        print(f"{'clients':>7}  {'mode':<10}  {'tps':>8}  {'ratio':>6}  {'mean ms':>8}  {'added us':>8}  "
+              f"{'proxy cpu ms/1k tx':>18}")
         for clients, rounds in results.items():
             for i, row in enumerate(rounds):
                 d_tps, d_lat = row["direct"]
                 for m in MODES:
                     tps, lat = row[m]
+                    per_k = cpu[(clients, i, m)] * 1000 / (tps * args.seconds / 1000)
                     print(f"{clients:>7}  {m:<10}  {tps:>8.0f}  {tps / d_tps:>6.2f}  {lat:>8.3f}  "
-                          f"{(lat - d_lat) * 1000:>8.1f}   round {i + 1}")
+                          f"{(lat - d_lat) * 1000:>8.1f}  {per_k:>18.2f}   round {i + 1}")
         print(f"load average after:  {' '.join(open('/proc/loadavg').read().split()[:3])}\n")
         print("median over rounds [min..max]; each ratio is against the direct run of its own round")
         for m in MODES[1:]:
             r8 = [row[m][0] / row["direct"][0] for row in results[8]]
             a1 = [(row[m][1] - row["direct"][1]) * 1000 for row in results[1]]
+            c8 = [cpu[(8, i, m)] * 1e6 / (row[m][0] * args.seconds) for i, row in enumerate(results[8])]
             print(f"{m:<10}: 8 clients {statistics.median(r8):.2f}x [{min(r8):.2f}..{max(r8):.2f}] direct tps "
                   f"(target >= 0.70); 1 client +{statistics.median(a1):.0f} us [{min(a1):.0f}..{max(a1):.0f}] "
-                  f"mean latency (target <= 50)")
+                  f"mean latency (target <= 50); proxy cpu at 8 clients {statistics.median(c8):.2f} ms/1k tx")
         return 0
     finally:
         for p in (proxy, bpf_proxy):

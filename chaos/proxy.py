@@ -432,6 +432,7 @@ class Connection:
         self.closing = False
         self.connect_task: asyncio.Task | None = None
         self.fwd: _Forwarding | None = None
+        self.drain_task: asyncio.Task | None = None
 
     async def connect_upstream(self) -> None:
         loop = asyncio.get_running_loop()
@@ -479,6 +480,10 @@ class Connection:
     def close(self, *, rst: bool = False, abort: bool = False) -> None:
         """Close both sockets: after flushing (default), at once (abort), or with RST."""
         if self.closing:
+            drain = self.drain_task
+            if (rst or abort) and drain is not None and not drain.done():
+                drain.cancel()      # a graceful close was waiting for the kernel: now
+                self._close_sockets(rst, abort)
             return
         self.closing = True
         for side in (self.client, self.upstream):
@@ -494,15 +499,16 @@ class Connection:
             if not rst and not abort and not fwd.all_drained():
                 # A graceful close flushes: redirected bytes still queued in
                 # the kernel would be dropped with the socket.
-                asyncio.get_running_loop().create_task(self._close_when_drained())
+                self.drain_task = asyncio.get_running_loop().create_task(self._close_when_drained())
                 return
         self._close_sockets(rst, abort)
 
     async def _close_when_drained(self) -> None:
         try:
             await self.fwd.wait_drained(list(self.links.values()), limit=30.0)
-        finally:
-            self._close_sockets(False, False)
+        except asyncio.CancelledError:
+            return
+        self._close_sockets(False, False)
 
     def _close_sockets(self, rst: bool, abort: bool) -> None:
         if self.fwd is not None:
