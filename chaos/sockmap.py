@@ -1,8 +1,8 @@
 """In-kernel forwarding for the proxy's no-toxic path: an eBPF sockhash.
 
 Why hand-written: no bcc/libbpf binding can be relied on from PyPI here, and
-the program is 30 instructions, so it is assembled below from the kernel's
-uapi encoding (linux/bpf.h) and loaded with the raw bpf(2) syscall.
+the program is about 50 instructions, so it is assembled below from the
+kernel's uapi encoding (linux/bpf.h) and loaded with the raw bpf(2) syscall.
 
 How it works.  Every socket of a proxied TCP connection (client leg and
 upstream leg) goes into one BPF_MAP_TYPE_SOCKHASH under its own key
