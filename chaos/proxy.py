@@ -36,23 +36,37 @@ VM, pgbench select-only; see README "Fault proxy overhead"):
 - A `unix:` upstream replaces the upstream leg's TCP stack but none of the
   wake-ups: +7 us instead of +31 us at 1 client in a quiet run, no
   measurable gain at 8 clients (~0.6x direct either way).
+- The eBPF sockmap fast path (chaos/sockmap.py, `_Forwarding` and
+  `_Parking` below): for TCP upstreams, while a link would take the
+  no-toxic path, the kernel forwards its bytes (SK_SKB verdict program,
+  bpf_sk_redirect_hash) and the proxy is not woken per message.  A link
+  leaves it the moment a toxic is active on it, the proxy is disabled, or
+  the connection closes; user space then waits until the kernel has written
+  every byte it redirected before writing or closing itself, so nothing is
+  lost or reordered.  Off with MSDB_PROXY_SOCKMAP=0, for `unix:` upstreams
+  and IPv6, and whenever bpf(2) fails (logged once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import random
+import select
 import socket
 import struct
 from collections import deque
 from typing import AsyncIterator
 
+from . import sockmap as _sockmap
 from .toxics import Toxic, ToxicError
 
 __all__ = ["Proxy", "ProxyCollection", "parse_address", "parse_upstream", "UNIX_PREFIX"]
 
 log = logging.getLogger("msdb.proxy")
+_libc = ctypes.CDLL(None, use_errno=True)
 
 HIGH_WATER = 1 << 20      # queued bytes on a toxic link before we stop reading its source
 
@@ -127,6 +141,14 @@ class _Side(asyncio.Protocol):
         self.writable.set()
         self.early: list[bytes] | None = []   # data read before the links existed
         self.early_eof = False
+        # Byte counts for the eBPF fast path (chaos/sockmap.py): read from this
+        # socket since it went into the sockmap, and handed to its transport.
+        self.read_after = 0
+        self.written = 0
+        self.sock = None            # the socket, with a sockmap key and baseline
+        self.rdhup = False          # its peer shut down: never park it again
+        self.key = b""
+        self.base = 0
 
     # The fast path: with no active toxic and nothing queued, `fast` is the
     # other side's transport and a chunk costs one call and one write.
@@ -141,6 +163,7 @@ class _Side(asyncio.Protocol):
         if link is None:   # uvloop may deliver a read that raced pause_reading()
             self.early.append(data)
         else:
+            self.read_after += len(data)
             link.feed(data)
 
     def eof_received(self):
@@ -171,6 +194,8 @@ class _Side(asyncio.Protocol):
         self.writable.set()
         if self.peer and self.peer.transport and not self.conn.closing:
             self.peer.transport.resume_reading()
+            if self.conn.fwd is not None and self.peer.link_out is not None:
+                self.peer.link_out._update_fast()     # may re-arm the kernel path
 
 
 class _ClientSide(_Side):
@@ -208,6 +233,10 @@ class Link:
         self.interrupt = asyncio.Event()
         self.timer: asyncio.Task | None = None      # the timeout toxic's idle timer
         self.loop = asyncio.get_running_loop()
+        self.armed = False              # eBPF fast path: kernel forwards src -> dst
+        self.armed_consumed = -1
+        self.parked = False             # ... and src is not polled for data (see _Parking)
+        self.limit = 0                  # ... up to this many redirected bytes (sockmap.py)
 
     # -- configuration -------------------------------------------------------------
 
@@ -240,14 +269,26 @@ class Link:
 
     def _update_fast(self) -> None:
         fast = not self.slow and not self.queue and self.pump is None and not self.conn.closing
-        self.src.fast = self.dst.transport if fast else None
+        fwd = self.conn.fwd
+        if fwd is None:
+            self.src.fast = self.dst.transport if fast else None
+        else:   # the kernel forwards, once everything user space holds is out
+            fwd.arm(self, fast and self.dst.transport.get_write_buffer_size() == 0)
 
     # -- data ---------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        if not self.slow and not self.queue:
-            self.dst.transport.write(data)
-            return
+        if not self.slow and not self.queue and self.pump is None:
+            fwd = self.conn.fwd
+            if fwd is None:
+                self.dst.written += len(data)
+                self.dst.transport.write(data)
+                return
+            if fwd.drained(self):   # nothing the kernel redirected is still queued
+                self.dst.written += len(data)
+                self.dst.transport.write(data)
+                self._update_fast()
+                return
         self.src.fast = None
         self.queue.append((data, self.loop.time()))
         self.queued_bytes += len(data)
@@ -312,6 +353,12 @@ class Link:
             return
         if not self.dst.writable.is_set():
             await self.dst.writable.wait()
+        fwd = self.conn.fwd
+        if fwd is not None:   # bytes the kernel redirected before go first
+            await fwd.wait_drained([self])
+            if self.conn.closing:
+                return
+        self.dst.written += len(data)
         self.dst.transport.write(data)
 
     async def _apply(self, rt: ToxicRuntime, data: bytes, t: float) -> AsyncIterator[tuple[bytes, float]]:
@@ -384,6 +431,8 @@ class Connection:
         self.links: dict[str, Link] = {}
         self.closing = False
         self.connect_task: asyncio.Task | None = None
+        self.fwd: _Forwarding | None = None
+        self.drain_task: asyncio.Task | None = None
 
     async def connect_upstream(self) -> None:
         loop = asyncio.get_running_loop()
@@ -406,12 +455,18 @@ class Connection:
         c.peer, u.peer = u, c
         self.links["upstream"] = Link(self, "upstream", c, u)
         self.links["downstream"] = Link(self, "downstream", u, c)
+        if self.proxy.sockmap is not None:
+            self.fwd = _Forwarding.attach(self, self.proxy.sockmap)
         for direction, link in self.links.items():
             link.set_chain(self.proxy.runtimes(direction))
         c.start_link(self.links["upstream"])
         u.start_link(self.links["downstream"])
         c.transport.resume_reading()
         u.transport.resume_reading()
+        if self.fwd is not None:   # early data is out: the kernel may forward now
+            self.fwd.ready = True
+            for link in self.links.values():
+                link._update_fast()
 
     def side_lost(self, side: _Side) -> None:
         if not self.closing:
@@ -425,6 +480,10 @@ class Connection:
     def close(self, *, rst: bool = False, abort: bool = False) -> None:
         """Close both sockets: after flushing (default), at once (abort), or with RST."""
         if self.closing:
+            drain = self.drain_task
+            if (rst or abort) and drain is not None and not drain.done():
+                drain.cancel()      # a graceful close was waiting for the kernel: now
+                self._close_sockets(rst, abort)
             return
         self.closing = True
         for side in (self.client, self.upstream):
@@ -434,6 +493,26 @@ class Connection:
             link.stop()
         if self.connect_task is not None and not self.connect_task.done():
             self.connect_task.cancel()
+        fwd = self.fwd
+        if fwd is not None:
+            fwd.disarm()
+            if not rst and not abort and not fwd.all_drained():
+                # A graceful close flushes: redirected bytes still queued in
+                # the kernel would be dropped with the socket.
+                self.drain_task = asyncio.get_running_loop().create_task(self._close_when_drained())
+                return
+        self._close_sockets(rst, abort)
+
+    async def _close_when_drained(self) -> None:
+        try:
+            await self.fwd.wait_drained(list(self.links.values()), limit=30.0)
+        except asyncio.CancelledError:
+            return
+        self._close_sockets(False, False)
+
+    def _close_sockets(self, rst: bool, abort: bool) -> None:
+        if self.fwd is not None:
+            self.fwd.forget()
         for side in (self.client, self.upstream):
             if side is None or side.transport is None:
                 continue
@@ -468,6 +547,8 @@ class Proxy:
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[Connection] = set()
         self.rng = rng
+        self.sockmap: _sockmap.Sockmap | None = None   # set by the collection for TCP upstreams
+        self.parking: _Parking | None = None
 
     def to_json(self) -> dict:
         return {"name": self.name, "listen": self.listen, "upstream": self.upstream,
@@ -570,6 +651,9 @@ class ProxyCollection:
     def __init__(self, seed: int | None = None):
         self.proxies: dict[str, Proxy] = {}
         self.rng = random.Random(seed)
+        self.sockmap: _sockmap.Sockmap | None = None
+        self._sockmap_tried = False
+        self.parking = _Parking()
 
     def get(self, name: str) -> Proxy:
         try:
@@ -581,6 +665,12 @@ class ProxyCollection:
         if name in self.proxies:
             raise ToxicError("proxy already exists", 409)
         proxy = Proxy(name, listen, upstream, self.rng)
+        if proxy.upstream_addr[0] == "tcp":
+            if not self._sockmap_tried:
+                self._sockmap_tried = True
+                self.sockmap = _sockmap.get()
+            proxy.sockmap = self.sockmap
+            proxy.parking = self.parking
         if enabled:
             await proxy.start()
         self.proxies[name] = proxy
@@ -607,6 +697,10 @@ class ProxyCollection:
     async def close(self) -> None:
         for proxy in list(self.proxies.values()):
             await proxy.stop()
+        self.parking.close()
+        if self.sockmap is not None:
+            self.sockmap = None
+            _sockmap.release()
 
 
 def _same_listen(a: str, b: str) -> bool:
@@ -617,3 +711,253 @@ def _same_listen(a: str, b: str) -> bool:
         return False
     norm = lambda h: "127.0.0.1" if h in ("", "localhost", "0.0.0.0", "::") else h  # noqa: E731
     return norm(ha) == norm(hb) and pa == pb
+
+
+class _Forwarding:
+    """One connection's use of the eBPF sockmap (see chaos/sockmap.py).
+
+    Each link (direction) is armed, i.e. forwarded in the kernel, exactly
+    while the user-space fast path would apply: no active toxic, nothing
+    queued, no pump, the destination's transport buffer empty, connection
+    open.  Before user space writes to a destination itself, or closes it,
+    it waits until every byte the kernel redirected there has been written
+    into the destination socket.
+    """
+
+    def __init__(self, conn: Connection, sm: _sockmap.Sockmap):
+        self.conn = conn
+        self.sm = sm
+        self.ready = False      # early data first, then arming
+        self.keys: list[bytes] = []
+
+    @classmethod
+    def attach(cls, conn: Connection, sm: _sockmap.Sockmap) -> "_Forwarding | None":
+        self = cls(conn, sm)
+        sides = (conn.client, conn.upstream)
+        try:
+            for side in sides:
+                sock = side.transport.get_extra_info("socket")
+                if sock is None or sock.family != socket.AF_INET:
+                    return None
+                side.sock = sock
+                side.key = _sockmap.socket_key(sock)
+                side.base = _sockmap.written_into(sock)    # nothing written yet
+            for side in sides:
+                sm.add(side.key, side.sock.fileno(), side.peer.key)
+                self.keys.append(side.key)
+        except OSError as e:
+            log.info("proxy %s: connection stays in user space: %s", conn.proxy.name, e)
+            self.forget()
+            return None
+        return self
+
+    def arm(self, link: Link, want: bool) -> None:
+        want = want and self.ready
+        src = link.src
+        try:
+            if want:
+                if not (link.armed and link.armed_consumed == src.read_after):
+                    self._set_armed(link)
+                self._park(link)
+                return
+            if link.parked:
+                self._unpark(link)
+            if link.armed:
+                link.armed = False
+                self.sm.set_armed(src.key, link.dst.key, False, 0)
+        except OSError as e:   # e.g. the entry is gone: the data stays in user space
+            log.debug("proxy %s: sockmap arm: %s", self.conn.proxy.name, e)
+            if link.parked:
+                self._unpark(link)
+            link.armed = False
+
+    # The kernel wakes a socket's pollers after each redirect as well (skmsg.c
+    # sk_psock_verdict_data_ready), so an armed source that user space still
+    # polls for EPOLLIN would wake the proxy per message for nothing.  Once the
+    # program is certain to redirect (passed == consumed after arming: from
+    # then on nothing is passed up), the transport stops reading and the
+    # socket is watched for EPOLLRDHUP only: FIN, RST and errors wake the
+    # proxy (sk_state_change/sk_error_report), data does not.
+
+    def _park(self, link: Link) -> None:
+        src = link.src
+        if link.parked:
+            if src.transport.is_reading():   # resume_writing() resumed it
+                src.transport.pause_reading()
+            return
+        if src.rdhup or self.conn.closing:
+            return
+        # Bytes that arrived before the socket went into the map sit in its
+        # receive queue until the next arrival or a recv(): a recv (peek) makes
+        # the kernel run them through the program now (tcp_bpf_recvmsg_parser).
+        buf = ctypes.create_string_buffer(1)
+        n = _libc.recv(src.sock.fileno(), buf, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        if n >= 0:
+            return          # data (or EOF) is waiting for user space: read it first
+        if self.sm.counters(src.key)[0] != src.read_after:
+            return          # bytes were passed up before arming: read them first
+        src.transport.pause_reading()
+        # Leave the loop's epoll entry alone while the transport may poll for
+        # EPOLLOUT (data of the other direction queued): libuv owns it then.
+        idle = src.transport.get_write_buffer_size() == 0
+        self.conn.proxy.parking.watch(src.sock.fileno(), link, remove_from_loop=idle)
+        link.parked = True
+
+    def _unpark(self, link: Link) -> None:
+        link.parked = False
+        self.conn.proxy.parking.unwatch(link.src.sock.fileno())
+        if not self.conn.closing and link.src.transport is not None:
+            link.src.transport.resume_reading()
+
+    def woken(self, link: Link) -> None:
+        """FIN, RST or an error on a parked source: read it as usual."""
+        link.src.rdhup = True
+        self.arm(link, False)
+
+    def _set_armed(self, link: Link) -> None:
+        # limit: WINDOW bytes beyond what the kernel has already written into
+        # dst for us (back-pressure, see sockmap.py)
+        src, dst = link.src, link.dst
+        taken = (_sockmap.written_into(dst.sock) - dst.base
+                 - (dst.written - dst.transport.get_write_buffer_size()))
+        link.limit = taken + _sockmap.WINDOW
+        self.sm.set_armed(src.key, dst.key, True, src.read_after, link.limit)
+        link.armed, link.armed_consumed = True, src.read_after
+
+    def check(self, link: Link) -> None:
+        """A parked link, now and then: did the program pass bytes up (limit
+        reached)?  Then read them in user space.  Is the limit getting close
+        while the peer keeps taking bytes?  Then move it on."""
+        try:
+            passed, redir = self.sm.counters(link.src.key)
+            if passed != link.armed_consumed:
+                self.arm(link, False)      # unpark: the user-space path, then re-armed
+            elif redir + _sockmap.WINDOW // 2 > link.limit:
+                self._set_armed(link)
+        except OSError:
+            pass
+
+    def disarm(self) -> None:
+        for link in self.conn.links.values():
+            self.arm(link, False)
+
+    def drained(self, link: Link) -> bool:
+        """Has the kernel written every byte it redirected src -> dst into dst?"""
+        dst = link.dst
+        try:
+            redir = self.sm.counters(link.src.key)[1]
+            into = _sockmap.written_into(dst.sock) - dst.base
+            mine = dst.written - dst.transport.get_write_buffer_size()
+        except (OSError, ValueError, AttributeError):
+            return True     # a socket or entry is gone: nothing left to wait for
+        return into >= mine + redir
+
+    def all_drained(self) -> bool:
+        return all(self.drained(link) for link in self.conn.links.values())
+
+    async def wait_drained(self, links: list[Link], limit: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        end = None if limit is None else loop.time() + limit
+        delay = 0.0002
+        while not all(self.drained(link) for link in links):
+            if end is not None and loop.time() > end:
+                log.warning("proxy %s: closing with redirected bytes not yet sent", self.conn.proxy.name)
+                return
+            if self.conn.closing and limit is None:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def forget(self) -> None:
+        for link in self.conn.links.values():
+            if link.parked:
+                link.parked = False
+                self.conn.proxy.parking.unwatch(link.src.sock.fileno())
+        for key in self.keys:
+            self.sm.forget(key)
+        self.keys = []
+
+
+class _Parking:
+    """One epoll set, itself polled by the event loop, for parked sources.
+
+    uvloop's pause_reading() (libuv uv__io_stop) leaves the socket in the
+    loop's epoll set with EPOLLIN until an event shows up for it, and on a
+    redirecting socket none ever does: each redirect still wakes the loop's
+    thread inside epoll_wait (a context switch, no return to user space).  So
+    a parked socket is also deleted from the loop's epoll set here; libuv
+    re-adds it on resume_reading() (EPOLL_CTL_ADD, or MOD on EEXIST).  The
+    loop's epoll fd is found once in /proc/self/fd; if that is ambiguous,
+    this step is skipped (still correct, just more wake-ups).
+    """
+
+    TICK = 0.01     # seconds between checks of parked links (Forwarding.check)
+
+    def __init__(self) -> None:
+        self.ep: select.epoll | None = None
+        self.links: dict[int, Link] = {}
+        self.loop_ep: int | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def _find_loop_epoll(self) -> int | None:
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]":
+                    found.append(int(name))
+            except OSError:
+                pass
+        found = [fd for fd in found if fd != self.ep.fileno()]
+        if len(found) != 1:
+            log.info("proxy: %d candidate event-loop epoll fds; parked sockets stay in the loop's set",
+                     len(found))
+            return None
+        return found[0]
+
+    def watch(self, fd: int, link: Link, remove_from_loop: bool) -> None:
+        if self.ep is None:
+            self.ep = select.epoll()
+            asyncio.get_running_loop().add_reader(self.ep.fileno(), self._ready)
+            self.loop_ep = self._find_loop_epoll()
+        self.ep.register(fd, select.EPOLLRDHUP)   # + EPOLLERR/EPOLLHUP, always
+        self.links[fd] = link
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.TICK, self._tick)
+        if self.loop_ep is not None and remove_from_loop:
+            _libc.epoll_ctl(self.loop_ep, 2, fd, None)   # EPOLL_CTL_DEL; ENOENT is fine
+
+    def unwatch(self, fd: int) -> None:
+        if self.links.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def _tick(self) -> None:
+        self.timer = None
+        for link in list(self.links.values()):
+            if link.parked and link.conn.fwd is not None:
+                link.conn.fwd.check(link)
+        if self.links:
+            self.timer = asyncio.get_running_loop().call_later(self.TICK, self._tick)
+
+    def _ready(self) -> None:
+        for fd, _ in self.ep.poll(0):
+            link = self.links.get(fd)
+            if link is None:
+                self.unwatch(fd)
+            elif link.conn.fwd is not None:
+                link.conn.fwd.woken(link)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.ep is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self.ep.fileno())
+            except RuntimeError:
+                pass
+            self.ep.close()
+            self.ep = None
+        self.links.clear()
