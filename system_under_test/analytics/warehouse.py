@@ -84,31 +84,41 @@ class Warehouse:
             self.con.execute("BEGIN")
             try:
                 applied = self._apply_orders(orders) + self._apply_items(items)
-                touched = sorted({str((e.get("after") or e.get("before") or {}).get(
-                    "id" if e["source"]["table"] == "orders" else "order_id")) for e in applied})
+                touched = sorted({str(r[k]) for e in applied
+                                  for r, k in [(e.get("after") or e.get("before") or {},
+                                                "id" if e["source"]["table"] == "orders" else "order_id")]
+                                  if r.get(k)})
                 if touched:
+                    marks = ", ".join(["?::UUID"] * len(touched))
                     self.con.execute(
-                        "UPDATE order_facts SET item_count = (SELECT coalesce(sum(i.quantity), 0) "
-                        "FROM order_item_facts i WHERE i.order_id = order_facts.order_id) "
-                        "WHERE order_id::VARCHAR IN (" + ", ".join(["?"] * len(touched)) + ")", touched)
+                        "UPDATE order_facts SET item_count = s.n FROM (SELECT order_id, sum(quantity) AS n "
+                        f"FROM order_item_facts WHERE order_id IN ({marks}) GROUP BY order_id) s "
+                        "WHERE order_facts.order_id = s.order_id", touched)
                 self.con.execute("COMMIT")
             except Exception:
                 self.con.execute("ROLLBACK")
                 raise
         return applied
 
-    def _known_lsns(self, table: str, key_sql: str, keys: list) -> dict:
-        if not keys:
+    def _known_lsns(self, table: str, order_ids: list[str]) -> dict:
+        """(order_id[, product_id]) -> the LSN last applied, for the batch's orders.
+        Typed UUID parameters keep the primary-key lookup an index probe (a cast
+        of the column to text made every batch scan the whole table)."""
+        if not order_ids:
             return {}
-        # One statement for the whole batch (DuckDB's executemany runs row by row).
-        rows = self.con.execute(
-            f"SELECT {key_sql}, source_lsn FROM {table} WHERE {key_sql} IN ("
-            + ", ".join(["?"] * len(keys)) + ")", keys).fetchall()
-        return {r[0]: r[1] for r in rows}
+        marks = ", ".join(["?::UUID"] * len(order_ids))
+        if table == "order_facts":
+            rows = self.con.execute(f"SELECT order_id::VARCHAR, source_lsn FROM order_facts "
+                                    f"WHERE order_id IN ({marks})", order_ids).fetchall()
+            return {r[0]: r[1] for r in rows}
+        rows = self.con.execute(f"SELECT order_id::VARCHAR, product_id::VARCHAR, source_lsn "
+                                f"FROM order_item_facts WHERE order_id IN ({marks})", order_ids).fetchall()
+        return {f"{r[0]}|{r[1]}": r[2] for r in rows}
 
     def _apply_orders(self, events: list[dict]) -> list[dict]:
-        keys = sorted({str((e.get("after") or e.get("before") or {}).get("id")) for e in events})
-        known = {str(k): v for k, v in self._known_lsns("order_facts", "order_id::VARCHAR", keys).items()}
+        keys = sorted({str(r["id"]) for e in events for r in [e.get("after") or e.get("before")]
+                       if isinstance(r, dict) and r.get("id")})
+        known = self._known_lsns("order_facts", keys)
         applied, delta, final = [], [0, 0, 0, Decimal(0)], {}
         for e in events:   # commit order; a key's later change has a larger LSN
             row = e.get("after") if e["op"] != "d" else e.get("before")
@@ -147,8 +157,8 @@ class Warehouse:
         def key(row):
             return f"{row.get('order_id')}|{row.get('product_id')}"
         rows = [(e, e.get("after") if e["op"] != "d" else e.get("before")) for e in events]
-        keys = sorted({key(r) for _, r in rows if isinstance(r, dict)})
-        known = self._known_lsns("order_item_facts", "(order_id::VARCHAR || '|' || product_id::VARCHAR)", keys)
+        known = self._known_lsns("order_item_facts", sorted({str(r.get("order_id")) for _, r in rows
+                                                             if isinstance(r, dict) and r.get("order_id")}))
         applied, final = [], {}
         for e, row in rows:
             if not isinstance(row, dict) or not row.get("order_id"):
