@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
-import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from chaos import sockmap
-from chaos.client import ToxiproxyServer
+from fix_proxy import EchoServer, connect, exchange, median_rtt, roundtrip, start_proxy, stop_proxy
 
 pytestmark = [pytest.mark.proxy]
 
-ROOT = Path(__file__).resolve().parent.parent
 ECHO_PORT, API_PORT, LISTEN_PORT = 23210, 23211, 23212
 
 
@@ -38,85 +33,15 @@ def _bpf_available() -> str | None:
         return str(e)
 
 
-class Echo:
-    def __init__(self, port: int):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(64)
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    @staticmethod
-    def _serve(c):
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            while True:
-                d = c.recv(65536)
-                if not d:
-                    break
-                c.sendall(d)
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)   # wakes the accept() thread
-        except OSError:
-            pass
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 def _start(tmp_path, env_extra):
-    log = tmp_path / "proxy.log"
-    env = dict(os.environ, **env_extra)
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "proxy", "--port", str(API_PORT),
-                                 "--seed", "7"], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-    server = ToxiproxyServer("127.0.0.1", API_PORT, timeout=5)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            server.version()
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise RuntimeError(f"msdb proxy did not start: {log.read_text()}")
-            time.sleep(0.1)
+    proc, server = start_proxy(API_PORT, tmp_path / "proxy.log", seed=7, env=env_extra)
     server.create("echo", upstream=f"127.0.0.1:{ECHO_PORT}", listen=f"127.0.0.1:{LISTEN_PORT}")
-    return proc, server, log
-
-
-def _stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return proc, server, tmp_path / "proxy.log"
 
 
 @pytest.fixture
 def echo():
-    e = Echo(ECHO_PORT)
+    e = EchoServer(ECHO_PORT)
     yield e
     e.close()
 
@@ -130,7 +55,7 @@ def fast(tmp_path, echo):
     try:
         yield proc, server, log
     finally:
-        _stop(proc)
+        stop_proxy(proc)
 
 
 @pytest.fixture
@@ -139,27 +64,11 @@ def userspace(tmp_path, echo):
     try:
         yield proc, server, log
     finally:
-        _stop(proc)
+        stop_proxy(proc)
 
 
-def connect() -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", LISTEN_PORT), timeout=10)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def roundtrip(s, n=64) -> float:
-    t0 = time.perf_counter()
-    msg = os.urandom(n)
-    s.sendall(msg)
-    got = b""
-    while len(got) < n:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
-        got += chunk
-    assert got == msg
-    return (time.perf_counter() - t0) * 1000
+def connect_fast() -> socket.socket:
+    return connect(("127.0.0.1", LISTEN_PORT), timeout=10)
 
 
 def switches(pid: int) -> int:
@@ -187,29 +96,12 @@ def wakeups_per_100_roundtrips(pid, s) -> int:
 def transfer(s, size=2 << 20) -> None:
     """Send `size` random bytes through the echo and check they come back intact."""
     data = os.urandom(size)
-    err = []
-
-    def send():
-        try:
-            s.sendall(data)
-        except OSError as e:
-            err.append(e)
-    t = threading.Thread(target=send)
-    t.start()
-    got = bytearray()
-    while len(got) < size:
-        chunk = s.recv(1 << 20)
-        if not chunk:
-            break
-        got += chunk
-    t.join(10)
-    assert not err
-    assert len(got) == size and bytes(got) == data
+    assert exchange(s, data) == data
 
 
 def test_fast_path_forwards_in_the_kernel_both_ways(fast):
     proc, server, log = fast
-    s = connect()
+    s = connect_fast()
     try:
         roundtrip(s)
         # In the kernel: 100 round trips do not wake the proxy 100 times.
@@ -222,7 +114,7 @@ def test_fast_path_forwards_in_the_kernel_both_ways(fast):
 
 
 def test_many_connections_and_eof_both_ways(fast, echo):
-    conns = [connect() for _ in range(20)]
+    conns = [connect_fast() for _ in range(20)]
     try:
         for s in conns:
             roundtrip(s, 200)
@@ -241,7 +133,7 @@ def test_many_connections_and_eof_both_ways(fast, echo):
         assert b"last words".startswith(got)
         s.close()
         # Server-side close: the client sees EOF.
-        s = connect()
+        s = connect_fast()
         roundtrip(s)              # its upstream is now the echo's newest connection
         echo.conns[-1].shutdown(socket.SHUT_RDWR)
         s.settimeout(5)
@@ -257,16 +149,16 @@ def test_many_connections_and_eof_both_ways(fast, echo):
 @pytest.mark.slow
 def test_latency_toxic_on_a_live_fast_connection_then_back(fast):
     proc, server, _ = fast
-    s = connect()
+    s = connect_fast()
     try:
-        base = statistics.median(roundtrip(s) for _ in range(15))
+        base = median_rtt(s, 15)
         assert wakeups_per_100_roundtrips(proc.pid, s) < 30
         server.add_toxic("echo", "latency", stream="downstream", attributes={"latency": 100})
-        rtt = statistics.median(roundtrip(s) for _ in range(7))
+        rtt = median_rtt(s, 7)
         assert 90 <= rtt - base <= 110, (base, rtt)
         transfer(s, 256 << 10)
         server.remove_toxic("echo", "latency_downstream")
-        after = statistics.median(roundtrip(s) for _ in range(15))
+        after = median_rtt(s, 15)
         assert after < base + 10, (base, after)
         # Back in the kernel.
         assert wakeups_per_100_roundtrips(proc.pid, s) < 30
@@ -279,7 +171,7 @@ def test_latency_toxic_on_a_live_fast_connection_then_back(fast):
 def test_upstream_latency_added_while_bytes_are_in_flight(fast):
     """A toxic lands while a 2 MiB transfer is under way: every byte still arrives, in order."""
     proc, server, _ = fast
-    s = connect()
+    s = connect_fast()
     try:
         roundtrip(s)
         data = os.urandom(2 << 20)
@@ -308,7 +200,7 @@ def test_upstream_latency_added_while_bytes_are_in_flight(fast):
 
 def test_reset_peer_on_a_live_fast_connection(fast):
     _, server, _ = fast
-    s = connect()
+    s = connect_fast()
     try:
         roundtrip(s)
         server.add_toxic("echo", "reset_peer", stream="upstream", attributes={"timeout": 50})
@@ -323,7 +215,7 @@ def test_reset_peer_on_a_live_fast_connection(fast):
 
 def test_disabled_proxy_closes_fast_connections(fast):
     _, server, _ = fast
-    s = connect()
+    s = connect_fast()
     try:
         roundtrip(s)
         server.set_enabled("echo", False)
@@ -335,7 +227,7 @@ def test_disabled_proxy_closes_fast_connections(fast):
     finally:
         s.close()
     server.set_enabled("echo", True)
-    s = connect()
+    s = connect_fast()
     try:
         roundtrip(s)
     finally:
@@ -344,7 +236,7 @@ def test_disabled_proxy_closes_fast_connections(fast):
 
 def test_fallback_with_sockmap_off(userspace):
     proc, server, log = userspace
-    s = connect()
+    s = connect_fast()
     try:
         roundtrip(s)
         # In user space: every round trip wakes the proxy.

@@ -9,70 +9,28 @@ from __future__ import annotations
 
 import errno
 import shutil
-import socket
-import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from fix_proxy import EchoServer, connect, exchange, median_rtt
+
 pytestmark = pytest.mark.proxy
 
 PORT = 22900
 
 
-class UnixEcho:
-    """Echoes every byte back over a Unix-domain stream socket."""
-
-    def __init__(self):
-        # Short, absolute: sun_path holds 107 bytes; pytest's tmp_path may not fit.
-        self.dir = Path(tempfile.mkdtemp(prefix="msdb-ux-", dir="/tmp"))
-        self.path = str(self.dir / "echo.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.sock.listen(64)
-        self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def upstream(self) -> str:
-        return f"unix:{self.path}"
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    @staticmethod
-    def _serve(c):
-        try:
-            while True:
-                d = c.recv(65536)
-                if not d:
-                    break
-                c.sendall(d)
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-    def close(self):
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def unix_echo():
-    e = UnixEcho()
+    # Short, absolute: sun_path holds 107 bytes; pytest's tmp_path may not fit.
+    d = Path(tempfile.mkdtemp(prefix="msdb-ux-", dir="/tmp"))
+    e = EchoServer(unix_path=str(d / "echo.sock"))
     yield e
     e.close()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -86,38 +44,14 @@ def api(server, path):
     return f"http://{t.host}:{t.port}{path}"
 
 
-def connect(addr, timeout=5.0) -> socket.socket:
-    s = socket.create_connection(addr, timeout=timeout)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def roundtrip(s: socket.socket, payload: bytes = b"x" * 64) -> tuple[float, bytes]:
-    t0 = time.perf_counter()
-    s.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        chunk = s.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("closed")
-        got += chunk
-    return (time.perf_counter() - t0) * 1000, got
-
-
-def median_rtt(s, k=15) -> float:
-    return statistics.median(roundtrip(s)[0] for _ in range(k))
-
-
 def test_unix_upstream_carries_data_both_ways(unix_proxy, unix_echo):
     server, addr = unix_proxy
     assert server.proxies()["ux"].upstream == unix_echo.upstream   # shown as given
     before = unix_echo.accepted
     s = connect(addr)
-    _, got = roundtrip(s, b"hello through a unix upstream")
-    assert got == b"hello through a unix upstream"
+    assert exchange(s, b"hello through a unix upstream") == b"hello through a unix upstream"
     big = bytes(range(256)) * 8192            # 2 MiB: exercises flow control
-    _, got = roundtrip(s, big)
-    assert got == big
+    assert exchange(s, big) == big
     s.close()
     assert unix_echo.accepted == before + 1
 
@@ -206,5 +140,5 @@ def test_update_switches_between_tcp_and_unix_upstreams(clean_proxies, unix_echo
         r = requests.patch(api(s, "/proxies/ux-sw"), json={"upstream": upstream})
         assert r.status_code == 200 and r.json()["upstream"] == upstream, r.text
         c = connect(addr)
-        assert roundtrip(c, b"ping")[1] == b"ping"
+        assert exchange(c, b"ping") == b"ping"
         c.close()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import errno
 import socket
-import statistics
 import time
 
 import pytest
+
+from fix_proxy import connect, median_rtt, roundtrip
 
 pytestmark = [pytest.mark.proxy, pytest.mark.slow]
 
@@ -21,28 +22,6 @@ def echo_proxy(clean_proxies, echo):
     p = clean_proxies.create("echo", upstream=echo.address, listen="127.0.0.1:0")
     host, port = p.listen.rsplit(":", 1)
     yield clean_proxies, (host, int(port))
-
-
-def connect(addr, timeout=5.0) -> socket.socket:
-    s = socket.create_connection(addr, timeout=timeout)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def roundtrip(s: socket.socket, n: int = 64) -> float:
-    t0 = time.perf_counter()
-    s.sendall(b"x" * n)
-    got = 0
-    while got < n:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
-        got += len(chunk)
-    return (time.perf_counter() - t0) * 1000
-
-
-def median_rtt(s, k=15) -> float:
-    return statistics.median(roundtrip(s) for _ in range(k))
 
 
 def read_all(s: socket.socket, limit: float = 10.0) -> tuple[bytes, list[int]]:
