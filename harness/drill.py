@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -540,6 +541,31 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
     return C.results_doc("drill-restore", checks, metrics)
 
 
+@contextmanager
+def _recorded(rd: RunDir, info: dict):
+    """run.json says how the drill ended (completed, error, interrupted), whatever happens."""
+    try:
+        yield
+        info["status"] = "completed"
+    except BaseException as e:
+        info["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+        info["error"] = str(e)
+        raise
+    finally:
+        info["end"] = utc_now()
+        rd.write_json("run.json", info)
+
+
+def _conclude(rd: RunDir, doc: dict, args) -> int:
+    """results.json, the checks on the terminal, the report; the exit code."""
+    rd.write_json("results.json", doc)
+    for c in doc["checks"]:
+        print(f"  {c['verdict'].upper():7} {c['name']}: measured {c['measured']}, threshold {c['threshold']}")
+    print(f"  verdict: {doc['verdict'].upper()}")
+    _report(rd, args)
+    return C.exit_code(doc["verdict"])
+
+
 def _write_run(rd: RunDir, scenario: str, params: dict, slo: dict, start: str) -> dict:
     info = {"scenario": scenario, "parameters": params, "slo": slo, "topology": "dedicated",
             "start": start, "end": None, "status": "running"}
@@ -582,16 +608,8 @@ def cmd_restore(args, slo: dict) -> int:
                           target=target, writers=args.writers, state_dir=Path(args.state_dir),
                           base_port=args.base_port, keep_days=args.keep_days, keep_last=args.keep_last,
                           keep_stack=args.keep_stack)
-        try:
+        with _recorded(rd, info):
             doc = restore_drill(p, rd, slo)
-            info["status"] = "completed"
-        except BaseException as e:
-            info["status"] = "error" if not isinstance(e, KeyboardInterrupt) else "interrupted"
-            info["error"] = str(e)
-            raise
-        finally:
-            info["end"] = utc_now()
-            rd.write_json("run.json", info)
         rd.write_json("results.json", doc)
         runs.append((mode, rd, doc))
         m = doc["metrics"]
@@ -697,7 +715,7 @@ def cmd_pitr(args, slo) -> int:
     print(f"drill pitr db={args.db}: writes for {after:g} s, an accidental DELETE, writes after it; "
           f"restore to just before it -> {rd.path}", flush=True)
     dbname = SERVICE_BY_NAME[args.db].database
-    try:
+    with _recorded(rd, info):
         with DrillStack(Path(args.state_dir), args.base_port, at) as ds:
             inst = ds.instance(args.db)
             data = seed(ds.info["services"], users=4, products=4, stock=10_000_000) \
@@ -774,20 +792,7 @@ def cmd_pitr(args, slo) -> int:
             ]
             doc = C.results_doc("drill-pitr", checks, metrics)
             rd.write_json("restore.json", res.to_json())
-        info["status"] = "completed"
-    except BaseException as e:
-        info["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
-        info["error"] = str(e)
-        raise
-    finally:
-        info["end"] = utc_now()
-        rd.write_json("run.json", info)
-    rd.write_json("results.json", doc)
-    for c in doc["checks"]:
-        print(f"  {c['verdict'].upper():7} {c['name']}: measured {c['measured']}, threshold {c['threshold']}")
-    print(f"  verdict: {doc['verdict'].upper()}")
-    _report(rd, args)
-    return C.exit_code(doc["verdict"])
+    return _conclude(rd, doc, args)
 
 
 MASK_SQL = (
@@ -818,7 +823,7 @@ def cmd_masked(args, slo) -> int:
     print(f"drill masked: users written for {after:g} s, restored aside, masked, dumped -> {rd.path}",
           flush=True)
     dbname = SERVICE_BY_NAME["users"].database
-    try:
+    with _recorded(rd, info):
         with DrillStack(Path(args.state_dir), args.base_port, at) as ds:
             inst = ds.instance("users")
             bs = ds.backup_set(inst)
@@ -875,17 +880,4 @@ def cmd_masked(args, slo) -> int:
                 C.at_most("no-original-name-in-dump", len(names_left), 0, leaked=names_left[:20]),
             ]
             doc = C.results_doc("drill-masked", checks, metrics)
-        info["status"] = "completed"
-    except BaseException as e:
-        info["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
-        info["error"] = str(e)
-        raise
-    finally:
-        info["end"] = utc_now()
-        rd.write_json("run.json", info)
-    rd.write_json("results.json", doc)
-    for c in doc["checks"]:
-        print(f"  {c['verdict'].upper():7} {c['name']}: measured {c['measured']}, threshold {c['threshold']}")
-    print(f"  verdict: {doc['verdict'].upper()}")
-    _report(rd, args)
-    return C.exit_code(doc["verdict"])
+    return _conclude(rd, doc, args)

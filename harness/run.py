@@ -578,7 +578,8 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
                 cdc_problem, metrics_cdc_wait = str(e), None
             except Exception as e:  # the end state could not be read: its checks are unknown
                 cdc_problem, metrics_cdc_wait = f"{type(e).__name__}: {e}", None
-        time.sleep(1.5)   # one more 1 Hz sample of lag and backlog after the drain
+        if sc.extra.get("cdc") or sc.extra.get("replication"):
+            time.sleep(1.5)   # one more 1 Hz sample of lag and backlog after the drain
         lagmon_rc = lagmon.stop()
         # Health after the run, sampled until whole (or the SLO's patience runs out).
         deadline = time.monotonic() + slo["healthy_after_s"]

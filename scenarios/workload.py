@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 import uuid
 from pathlib import Path
 
@@ -224,6 +225,22 @@ class _Base(FastHttpUser):
                 self.user_id = r.json()["user_id"]
 
 
+    def post_order(self, items: list[dict]) -> str | None:
+        """POST /orders with a fresh Idempotency-Key; declined and out of stock
+        are expected outcomes, not Locust failures.  Returns the new order's id."""
+        with self.client.post(self.urls["orders"] + "/orders", name="orders POST /orders",
+                              json={"user_id": self.user_id, "items": items},
+                              headers={"Idempotency-Key": uuid.uuid4().hex}, catch_response=True) as r:
+            if r.status_code in (402, 409):
+                r.success()
+            if r.status_code != 201:
+                return None
+            try:
+                return ((r.json() or {}).get("order") or {}).get("id")
+            except ValueError:
+                return None
+
+
 class ProbeUser(_Base):
     """The users service's own steady traffic, whose latency the noisy-neighbour
     scenario measures (a DB read per request)."""
@@ -245,11 +262,7 @@ class NoisyUser(_Base):
         if not self.user_id or len(Pool.products) < 3:
             return
         items = [{"product_id": pid, "quantity": 1} for pid in random.sample(Pool.products, 2)]
-        with self.client.post(self.urls["orders"] + "/orders", name="orders POST /orders",
-                              json={"user_id": self.user_id, "items": items},
-                              headers={"Idempotency-Key": uuid.uuid4().hex}, catch_response=True) as r:
-            if r.status_code in (402, 409):
-                r.success()
+        self.post_order(items)
 
     @task(2)
     def history(self):
@@ -293,23 +306,15 @@ class RywUser(_Base):
     def order_then_read(self):
         if not self.user_id or len(Pool.products) < 3:
             return
-        items = [{"product_id": random.choice(Pool.products), "quantity": 1}]
-        with self.client.post(self.urls["orders"] + "/orders", name="orders POST /orders",
-                              json={"user_id": self.user_id, "items": items},
-                              headers={"Idempotency-Key": uuid.uuid4().hex}, catch_response=True) as r:
-            if r.status_code in (402, 409):
-                r.success()
-            order_id = ((r.json() or {}).get("order") or {}).get("id") if r.status_code == 201 else None
+        order_id = self.post_order([{"product_id": random.choice(Pool.products), "quantity": 1}])
         if not order_id:
             return
-        import time as _t
-        written = _t.monotonic()
+        written = time.monotonic()
         for routing in (None, "read-your-writes"):
             read_history(self, order_id, routing, written)
 
 
 def read_history(user, order_id: str, routing: str | None, written: float) -> None:
-    import time as _t
     value = {"user_id": user.user_id, "order_id": order_id, "routing": routing or "service"}
     if _history:
         _history.invoke(user.process, "read_history", value)
@@ -327,7 +332,7 @@ def read_history(user, order_id: str, routing: str | None, written: float) -> No
         if _history:
             _history.ok(user.process, "read_history", {
                 **value, "served_by": body.get("served_by"), "stale": not seen,
-                "after_write_ms": round((_t.monotonic() - written) * 1000, 2)})
+                "after_write_ms": round((time.monotonic() - written) * 1000, 2)})
 
 
 class CdcUser(_Base):
@@ -347,11 +352,7 @@ class CdcUser(_Base):
         if not self.user_id or len(Pool.products) < 3:
             return
         items = [{"product_id": pid, "quantity": 1} for pid in random.sample(Pool.products, 2)]
-        with self.client.post(self.urls["orders"] + "/orders", name="orders POST /orders",
-                              json={"user_id": self.user_id, "items": items},
-                              headers={"Idempotency-Key": uuid.uuid4().hex}, catch_response=True) as r:
-            if r.status_code in (402, 409):
-                r.success()
+        self.post_order(items)
 
     @task(1)
     def register(self):

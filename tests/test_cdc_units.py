@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 from system_under_test.analytics import warehouse as W
 
 

@@ -7,7 +7,6 @@ effects, and a planted bug (no LSN guard) is caught by the end-state check."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from chaos.client import ToxiproxyServer
 from fix_stack import TEST_BASE_PORT, wait_no_leftovers
 from harness import procs
 from harness.faults import StackActions
-from harness.lag import cdc_checks, cdc_end_state, cdc_metrics, wait_cdc_quiet
+from harness.lag import cdc_checks, cdc_end_state, wait_cdc_quiet
 from harness.lagmon import LagMonitor
 from harness.stack import Stack, load_stack
 from system_under_test.cdc.pgoutput import Decoder, Begin, Change, Commit, Relation
