@@ -188,11 +188,12 @@ def fault_checks(*, samples: list, records: list[dict], expected: int, slo: dict
                "requests_during_faults": len(during), "failures_during_faults": fails_during,
                "requests_after_heal": len(after), "failures_after_heal": len(errs_after)}
     if effect:
-        out.append(_effect_check(effect, before, during, slo))
+        out.append(_effect_check(effect, before, during, slo, windows=windows, samples=samples))
     return out, metrics
 
 
-def _effect_check(effect: dict, before: list, during: list, slo: dict) -> C.Check:
+def _effect_check(effect: dict, before: list, during: list, slo: dict, *,
+                  windows: list = (), samples: list = ()) -> C.Check:
     """The fault was really felt where it was injected (a calibration of the whole chain)."""
     ep = effect["endpoint"]
     b = [s[MS] for s in before if s[NAME] == ep and s[OK]]
@@ -235,11 +236,27 @@ def _effect_check(effect: dict, before: list, during: list, slo: dict) -> C.Chec
                        round(added, 2), effect["ms"],
                        {"endpoint": ep, "median_before_ms": round(median(b), 3),
                         "median_during_ms": round(median(d), 3)})
-    # kind == "errors": the fault made some of these requests fail (or be refused)
-    bad = sum(1 for s in d_all if not s[OK])
-    return C.Check("fault-had-effect", "pass" if bad >= effect.get("min", 1) else
-                   ("unknown" if not d_all else "fail"), bad, effect.get("min", 1),
-                   {"endpoint": ep, "requests_during": len(d_all)})
+    # kind == "errors": the fault made some of these requests fail (or be
+    # refused), or held them for the whole fault.  Requests in flight when the
+    # fault began count too: with a kill, every client may be stuck in a
+    # request that started before it, so none starts inside the window.
+    touching, held = [], 0
+    for s in samples:
+        if s[NAME] != ep:
+            continue
+        t0, t1 = s[T], s[T] + s[MS] / 1000.0
+        hit = [(ws, we) for ws, we, _ in windows if t0 <= we and t1 >= ws]
+        if hit:
+            touching.append(s)
+            held += s[OK] and any(t0 <= ws and t1 >= we for ws, we in hit)
+    failed = sum(1 for s in touching if not s[OK])
+    felt = failed + held
+    return C.Check("fault-had-effect", "pass" if felt >= effect.get("min", 1) else
+                   ("unknown" if not touching else "fail"), felt, effect.get("min", 1),
+                   {"endpoint": ep, "requests_during": len(touching), "failed": failed,
+                    "held_through_fault": held,
+                    "meaning": "requests in flight during the fault that failed, or that were "
+                               "held for the whole fault"})
 
 
 def step_breach(samples: list, step: dict, *, settle_s: float, p99_ms: float,

@@ -148,3 +148,36 @@ def test_slo_defaults_endpoints_and_unknown_names(tmp_path):
     f.write_text("defaults: {rpo_minutes: 15}\n" + base + "}\n")
     with pytest.raises(ConfigError, match=r"defaults.rpo_minutes: unknown key"):
         load_slo(str(f), "smoke")
+
+
+def _errors_effect(samples):
+    from harness import verdicts as V
+    start, end = 1000.0, 1005.0
+    records = [{"name": "kill-db", "kind": "kill", "target": "@orders-instance", "status": "healed",
+                "start": "1970-01-01T00:16:40.000Z", "end": "1970-01-01T00:16:45.000Z"}]
+    assert V.fault_windows(records)[0][:2] == (start, end)
+    slo = load_slo(None, "db-restart", V.FAULT_KEYS)
+    checks, _ = V.fault_checks(samples=samples, records=records, expected=1, slo=slo, recovery_s=1.0,
+                               pools_after={}, pool_min=0,
+                               effect={"kind": "errors", "endpoint": "orders POST /orders", "min": 1})
+    return next(c for c in checks if c.name == "fault-had-effect")
+
+
+def _req(t, ms, ok=True, status=201, name="orders POST /orders"):
+    return (t, name, "POST", status, ms, 10, ok, "" if ok else f"HTTP {status}")
+
+
+def test_fault_effect_counts_requests_in_flight_when_the_fault_began():
+    quick = [_req(990.0 + i * 0.5, 20) for i in range(20)] + [_req(1010.0 + i, 20) for i in range(5)]
+    # Only quick successes outside the window: the kill was not felt.
+    assert _errors_effect(quick).verdict == "unknown"
+    # A success inside the window: the kill was not felt there.
+    assert _errors_effect(quick + [_req(1002.0, 30)]).verdict == "fail"
+    # A request started before the kill that failed during it is the effect ...
+    c = _errors_effect(quick + [_req(999.0, 2500, ok=False, status=503)])
+    assert (c.verdict, c.measured, c.details["failed"]) == ("pass", 1, 1)
+    # ... and so is one held for the whole kill, then answered.
+    c = _errors_effect(quick + [_req(999.5, 6000)])
+    assert (c.verdict, c.details["held_through_fault"]) == ("pass", 1)
+    # Another endpoint's failure is not this endpoint's effect.
+    assert _errors_effect(quick + [_req(1001.0, 5, ok=False, status=503, name="x")]).verdict == "unknown"
