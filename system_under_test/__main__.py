@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"system_under_test.{args.service}.app")
     uvicorn.run(module.app, host=args.host, port=args.port, loop=loop, http="httptools",
                 access_log=False, log_level="warning", lifespan="on",
+                # Services listen on 127.0.0.1 behind no proxy that sets
+                # X-Forwarded-*: skip that middleware on every request.
+                proxy_headers=False,
                 timeout_graceful_shutdown=5)
     return 0
 

@@ -169,7 +169,8 @@ async def get_reservation(order_id: OrderId):
 
 @app.post("/inventory/reservations/{order_id}/confirm", tags=["inventory"])
 async def confirm(order_id: OrderId):
-    return await inventory.confirm(order_id)
+    # JSON directly: a returned dict would go through jsonable_encoder first.
+    return JSON(await inventory.confirm(order_id))
 
 
 @app.post("/inventory/reservations/{order_id}/release", tags=["inventory"])

@@ -127,47 +127,18 @@ class Inventory:
                            field="order_id")
         return existing, False
 
-    # One statement, one round trip.  `locked` takes the stock rows in product
-    # order (so concurrent sagas cannot deadlock) and, being FOR UPDATE, sees
-    # their latest committed values; `verdict` is an InitPlan evaluated before
-    # `upd` and `ins` touch anything, so either every item is reserved or none.
-    _RESERVE = (
-        "WITH req AS (SELECT pid, q FROM unnest(%(pids)s::uuid[], %(qtys)s::int[]) AS t(pid, q)), "
-        "existing AS MATERIALIZED (SELECT product_id, quantity, state FROM reservations "
-        "  WHERE order_id = %(o)s), "
-        "tomb AS MATERIALIZED (SELECT 1 FROM released_orders WHERE order_id = %(o)s), "
-        "locked AS MATERIALIZED (SELECT i.product_id, i.available FROM inventory i "
-        "  WHERE i.product_id = ANY(%(pids)s::uuid[]) AND NOT EXISTS (SELECT 1 FROM existing) "
-        "  ORDER BY i.product_id FOR UPDATE), "
-        "verdict AS MATERIALIZED (SELECT NOT EXISTS (SELECT 1 FROM existing) AND "
-        "  NOT EXISTS (SELECT 1 FROM tomb) AND "
-        "  (SELECT count(*) FROM locked l JOIN req r ON r.pid = l.product_id AND l.available >= r.q) "
-        "  = (SELECT count(*) FROM req) AS go), "
-        "upd AS (UPDATE inventory i SET available = i.available - r.q, reserved = i.reserved + r.q "
-        "  FROM req r WHERE i.product_id = r.pid AND (SELECT go FROM verdict) RETURNING i.product_id), "
-        "ins AS (INSERT INTO reservations (order_id, product_id, quantity, state) "
-        "  SELECT %(o)s, pid, q, 'RESERVED' FROM req WHERE (SELECT go FROM verdict) "
-        "  RETURNING product_id, quantity, state) "
-        "SELECT 'new' AS kind, n.product_id, n.quantity, n.state, NULL::int AS available, "
-        "  (p.doc->>'price')::numeric AS unit_price FROM ins n JOIN products p ON p.id = n.product_id "
-        "UNION ALL SELECT 'existing', e.product_id, e.quantity, e.state, NULL, "
-        "  (p.doc->>'price')::numeric FROM existing e JOIN products p ON p.id = e.product_id "
-        "UNION ALL SELECT 'stock', l.product_id, NULL, NULL, l.available, NULL FROM locked l "
-        "  WHERE NOT (SELECT go FROM verdict) "
-        "UNION ALL SELECT 'released', NULL, NULL, NULL, NULL, NULL FROM tomb "
-        "  WHERE NOT EXISTS (SELECT 1 FROM existing) "
-        "ORDER BY 2")
+    # One round trip: migration 005's function takes the order's lock, then
+    # reserves every item or none (see there).
+    _RESERVE = ("SELECT kind, product_id, quantity, state, available, unit_price "
+                "FROM reserve_stock(%(o)s, %(pids)s::uuid[], %(qtys)s::int[])")
 
     async def _reserve_once(self, order_id: UUID, wanted: dict) -> tuple[dict, bool]:
         pids = sorted(wanted)
         try:
-            async with self.db.transaction("reserve_stock") as conn:
-                # One order at a time: a release (tombstone) and a reservation of the
-                # same order never interleave; the statement's snapshot is taken after.
-                await conn.execute(_ORDER_LOCK, (order_id,))
-                cur = await conn.execute(self._RESERVE, {
-                    "o": order_id, "pids": pids, "qtys": [wanted[p] for p in pids]})
-                rows = await cur.fetchall()
+            # One order at a time: a release (tombstone) and a reservation of the
+            # same order never interleave (the function locks the order first).
+            rows = await self.db.fetchall("reserve_stock", self._RESERVE, {
+                "o": order_id, "pids": pids, "qtys": [wanted[p] for p in pids]})
         except psycopg.errors.CheckViolation:
             # Cannot happen while `locked` reads the latest values; the CHECK
             # (available >= 0) is the last line of defence, and says why.

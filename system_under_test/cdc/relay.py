@@ -52,6 +52,7 @@ RELAY_LAG = Gauge("msdb_cdc_relay_lag_seconds", "Publish time minus commit time 
                   "published change", ["source"], registry=REGISTRY)
 
 BATCH_MAX = 500          # events per publish
+LINGER_S = 0.005         # wait for more transactions before publishing
 STREAM_MAXLEN = 500_000
 
 
@@ -117,10 +118,18 @@ class SlotRelay:
             txn: list[dict] = []
             begin: Begin | None = None
             batch: list[dict] = []
+            batch_since = 0.0
             flush_to = 0
             while not stop.is_set():
                 msg = cur.read_message()
                 if msg is None:
+                    # Linger (Kafka's linger.ms): a few ms for the next
+                    # transactions, then one publish for all of them; publishing
+                    # each transaction alone cost two Redis round trips apiece.
+                    wait = LINGER_S - (time.monotonic() - batch_since) if batch else 0.0
+                    if wait > 0 and len(batch) < BATCH_MAX:
+                        select.select([conn], [], [], wait)
+                        continue
                     if batch or flush_to:
                         if batch:
                             self._publish(r, batch)
@@ -136,6 +145,8 @@ class SlotRelay:
                     for e in txn:
                         e["source"]["commit_lsn"] = out.commit_lsn
                         e["source"]["ts_ms"] = round(out.commit_ts_ms, 3)
+                    if not batch:
+                        batch_since = time.monotonic()
                     batch += txn
                     txn, begin = [], None
                     flush_to = out.end_lsn

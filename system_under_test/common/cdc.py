@@ -58,12 +58,14 @@ def _crash_switch(name: str) -> int | None:
 
 class CdcConsumer:
     def __init__(self, service, source: str, name: str,
-                 apply: Callable[[list[dict]], Awaitable[list[dict]]], *, linger_s: float = 0.0):
+                 apply: Callable[[list[dict]], Awaitable[list[dict]]], *, linger_s: float = 0.0,
+                 batch: int | None = None):
         self.service = service
         self.source = source
         self.name = name
         self.apply = apply
         self.linger_s = linger_s
+        self.batch = batch
         self.boot = uuid.uuid4().hex[:12]
         self.samples: deque = deque(maxlen=RING)   # (index, applied_ms, commit_ms, lsn, table)
         self.count = 0
@@ -80,7 +82,7 @@ class CdcConsumer:
         # process re-reads them only under the same name.
         await self.service.bus.consume_batches(
             f"cdc.{self.source}", self.name, f"{self.name}-{os.environ.get('MSDB_CONSUMER_ID', '0')}",
-            self._handle, stop, linger_s=self.linger_s)
+            self._handle, stop, linger_s=self.linger_s, batch=self.batch)
 
     async def _handle(self, events: list[dict]) -> None:
         applied = await self.apply(events)

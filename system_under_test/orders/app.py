@@ -13,10 +13,16 @@ History read routing (ORDER_HISTORY_READ, PUT /admin/history-routing, or
   position of this user's last order (then the primary);
 - `primary`: always the primary.
 If the replica is down the primary answers; `served_by` says who did.
+
+The WAL position after each order costs a query, so it is recorded only once
+read-your-writes is in use (configured, or asked for by a read).  Before
+that, a user's order is remembered without a position, and that user's
+read-your-writes reads go to the primary: never stale, only not offloaded.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import OrderedDict
@@ -52,8 +58,10 @@ def _history_default() -> str:
 
 HISTORY_READ = _history_default()
 # user id -> WAL position (int) after that user's last order; bounded (LRU).
-_LAST_WRITE: OrderedDict = OrderedDict()
+_LAST_WRITE: OrderedDict = OrderedDict()   # user -> (write number, WAL position after it or None)
+_WRITES = itertools.count()
 _LAST_WRITE_MAX = 100_000
+_RYW_USED = [HISTORY_READ == "read-your-writes"]
 
 
 @service.on_startup
@@ -120,7 +128,7 @@ async def create_order(body: NewOrder, idempotency_key: IdempotencyKey = None):
     status, payload = await saga.create_order(
         body.user_id, [i.model_dump() for i in body.items], idempotency_key)
     if service.replica is not None and isinstance(payload, dict) and payload.get("order"):
-        await _remember_write(body.user_id)   # for read-your-writes routing (configured or per read)
+        await _remember_write(body.user_id)   # for read-your-writes routing
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSON(payload, status_code=status, headers=headers)
 
@@ -167,13 +175,19 @@ async def list_order_items(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 async def _remember_write(user_id: UUID) -> None:
     """The WAL position after this user's order: the replica has everything
     the user wrote once it has replayed this far."""
-    try:
-        row = await service.db.fetchone("wal_position", "SELECT pg_current_wal_lsn()::text AS lsn")
-    except Unavailable:
-        return   # the order stands; this user's next history read goes to the primary
-    hi, lo = row["lsn"].split("/")
-    _LAST_WRITE[user_id] = (int(hi, 16) << 32) + int(lo, 16)
+    n = next(_WRITES)
+    _LAST_WRITE[user_id] = (n, None)   # until known: read-your-writes reads go to the primary
     _LAST_WRITE.move_to_end(user_id)
+    if _RYW_USED[0]:
+        try:
+            row = await service.db.fetchone("wal_position", "SELECT pg_current_wal_lsn()::text AS lsn")
+        except Unavailable:
+            row = None   # the order stands; this user's next history read goes to the primary
+        # Only if no later order of this user came meanwhile: its position
+        # may be past ours, and it records its own.
+        if row is not None and _LAST_WRITE.get(user_id, (None,))[0] == n:
+            hi, lo = row["lsn"].split("/")
+            _LAST_WRITE[user_id] = (n, (int(hi, 16) << 32) + int(lo, 16))
     while len(_LAST_WRITE) > _LAST_WRITE_MAX:
         _LAST_WRITE.popitem(last=False)
 
@@ -192,6 +206,7 @@ async def set_routing(body: RoutingChange):
     """Change the order-history read routing at run time (scenarios use it)."""
     global HISTORY_READ
     HISTORY_READ = body.mode
+    _RYW_USED[0] = _RYW_USED[0] or body.mode == "read-your-writes"
     return {"mode": HISTORY_READ}
 
 
@@ -216,11 +231,16 @@ async def user_orders(user_id: Annotated[UUID, Path()],
            "WHERE user_id = %s ORDER BY created_at DESC LIMIT %s")
     if mode != "primary" and service.replica is not None:
         try:
+            if mode == "read-your-writes":
+                _RYW_USED[0] = True
             if mode == "read-your-writes" and user_id in _LAST_WRITE:
+                wrote = _LAST_WRITE[user_id][1]
+                if wrote is None:
+                    raise Unavailable("position of this user's last write unknown")
                 row = await service.replica.fetchone(
                     "replica_position", "SELECT pg_last_wal_replay_lsn()::text AS lsn")
                 hi, lo = (row["lsn"] or "0/0").split("/")
-                if (int(hi, 16) << 32) + int(lo, 16) < _LAST_WRITE[user_id]:
+                if (int(hi, 16) << 32) + int(lo, 16) < wrote:
                     raise Unavailable("replica behind this user's last write")
             rows = await service.replica.fetchall("user_orders", sql, (user_id, limit))
             return {"user_id": user_id, "items": rows, "served_by": "replica"}

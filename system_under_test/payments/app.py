@@ -51,17 +51,9 @@ class DeclineRate(Model):
 
 
 _COLS = "id, order_id, user_id, amount, status, charge_key, created_at, refunded_at"
-_NULLS = ", ".join(["NULL"] * len(_COLS.split(",")))
-# Insert unless the order was voided; or return the earlier charge of this key.
-_CHARGE = (
-    "WITH v AS (SELECT 1 FROM voided_orders WHERE order_id = %(o)s), "
-    f"ins AS (INSERT INTO payments (order_id, user_id, amount, status, charge_key) "
-    f"  SELECT %(o)s, %(u)s, %(a)s, %(s)s, %(k)s WHERE NOT EXISTS (SELECT 1 FROM v) "
-    f"  ON CONFLICT (charge_key) DO NOTHING RETURNING {_COLS}) "
-    f"SELECT {_COLS}, true AS created, false AS voided FROM ins "
-    f"UNION ALL SELECT {_COLS}, false, false FROM payments WHERE charge_key = %(k)s "
-    f"  AND NOT EXISTS (SELECT 1 FROM v) "
-    f"UNION ALL SELECT {_NULLS}, false, true FROM v")
+# Insert unless the order was voided; or return the earlier charge of this key
+# (migration 003: the order's advisory lock, then a fresh snapshot).
+_CHARGE = f"SELECT {_COLS}, created, voided FROM charge_once(%(o)s, %(u)s, %(a)s, %(s)s, %(k)s)"
 _ORDER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s::text, 7))"
 
 
@@ -79,13 +71,10 @@ async def charge(body: Charge):
     first outcome.  An order voided by a refund refuses every charge."""
     key = body.charge_key or str(body.order_id)
     status = "DECLINED" if _rng.random() < state["decline_rate"] else "CAPTURED"
-    async with service.db.transaction("charge") as conn:
-        # One order at a time: a refund (void) and a charge of the same order never
-        # interleave, and the next statement's snapshot is taken after the lock.
-        await conn.execute(_ORDER_LOCK, (body.order_id,))
-        cur = await conn.execute(_CHARGE, {"o": body.order_id, "u": body.user_id, "a": body.amount,
-                                           "s": status, "k": key})
-        row = await cur.fetchone()
+    # One order at a time: a refund (void) and a charge of the same order never
+    # interleave (the function takes the order's lock first).
+    row = await service.db.fetchone("charge", _CHARGE, {"o": body.order_id, "u": body.user_id,
+                                                       "a": body.amount, "s": status, "k": key})
     if row is None or row.pop("voided"):
         raise Conflict(f"order {body.order_id} was cancelled; it cannot be charged", field="order_id")
     created = row.pop("created")
