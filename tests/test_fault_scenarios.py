@@ -136,6 +136,8 @@ def test_saga_run_is_valid_under_faults_and_a_kill(stack, tmp_path):
     m = results["metrics"]
     assert m["sagas_total"] >= 2000      # the load goes on past 40 s if the machine is slow
     assert 0 <= m["load_extended_s"] <= 60 + 1
+    if m["load_extended_s"]:
+        assert "past <code>--duration</code>" in (out / "report.html").read_text()
     assert m["sagas_completed"] > 0 and m["sagas_compensated"] > 0     # declines took the other path
     faults = {f["kind"]: f for f in map(json.loads, (out / "faults.jsonl").read_text().splitlines())}
     assert faults["kill"]["status"] == "healed" and faults["reset_peer"]["status"] == "healed"
