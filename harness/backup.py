@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -229,6 +229,9 @@ class BackupSet:
         out = []
         for j in sorted(self.base_dir.glob("*.json")) if self.base_dir.is_dir() else []:
             b = BackupInfo.from_json(json.loads(j.read_text()))
+            if not Path(b.path).is_dir():
+                # A copied set (the geo copy) keeps each backup beside its json.
+                b = replace(b, path=str(self.base_dir / b.label))
             if b.verified and Path(b.path).is_dir():
                 out.append(b)
         return out
@@ -242,6 +245,21 @@ class BackupSet:
         return cands[-1]
 
     # -- the second region ------------------------------------------------------
+
+    def geo_copy(self) -> "GeoCopy":
+        """The geo copy as a restore reads it once this region is gone."""
+        return GeoCopy(self)
+
+    def lose_region(self) -> dict:
+        """The disaster takes this region's backups with it: base backups, the
+        stream and the WAL archive are deleted; only the geo copy is left.
+        Returns what was lost."""
+        lost = {"base_backups": len(self.backups()),
+                "archived_wal": sum(1 for p in self.archive_dir.iterdir() if p.is_file())
+                if self.archive_dir.is_dir() else 0}
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.archive_dir, ignore_errors=True)
+        return lost
 
     def geo_sync(self) -> dict:
         """Copy base backups and archived WAL the geo copy lacks; returns counts."""
@@ -377,6 +395,25 @@ class RestoreResult:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+class GeoCopy(BackupSet):
+    """The second region's copy (base backups and archived WAL, as of the last
+    geo_sync), read by restore() the way it reads the first region's."""
+
+    def __init__(self, primary: BackupSet):
+        super().__init__(primary.inst, primary.geo, primary.geo,
+                         replicator_password=primary.replicator_password)
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.geo / "wal"
+
+    def take(self) -> BackupInfo:
+        raise InfraError("the geo copy is written by geo_sync, never backed up into directly")
+
+    def geo_sync(self) -> dict:
+        raise InfraError("the geo copy has no second region of its own")
 
 
 def restore(bs: BackupSet, dest: PgInstance, *, target_time: float | None = None,

@@ -355,6 +355,7 @@ class RestoreParams:
     keep_days: float
     keep_last: int
     keep_stack: bool = False
+    source: str = "primary"      # restore from: primary (this region's backups) or geo
 
 
 def _dbname(db: str) -> str:
@@ -383,7 +384,8 @@ def _newest_archived(d: Path) -> dict | None:
 def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
     """One WAL strategy on a fresh stack; returns results.json's document."""
     from scenarios.seed import seed
-    metrics: dict = {"wal": p.wal, "db": p.db, "archive_timeout_s": p.archive_timeout_s}
+    metrics: dict = {"wal": p.wal, "db": p.db, "archive_timeout_s": p.archive_timeout_s,
+                     "restored_from": p.source}
     events: dict = {}
     with DrillStack(p.state_dir, p.base_port, p.archive_timeout_s, log=log, keep=p.keep_stack) as ds:
         inst = ds.instance(p.db)
@@ -427,11 +429,22 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
             f"{inst.name} killed and its data directory deleted")
         if streamer is not None:
             streamer.stop()
-        bs.geo_sync()
+        if p.source == "geo":
+            # The region is lost with the server: no last copy to the geo
+            # region; restore from what it already held.
+            region = bs.lose_region()
+            metrics["region_lost"] = region
+            archived = _newest_archived(bs.geo_copy().archive_dir)
+            log(f"  region lost: {region['base_backups']} base backup(s) and {region['archived_wal']} "
+                f"archived WAL file(s) gone; restoring from the geo copy")
+            source = bs.geo_copy()
+        else:
+            bs.geo_sync()
+            source = bs
         if p.target is not None:
             target_abs = p.target[1] if p.target[0] == "abs" else t_disaster - p.target[1]
         dest = ds.restored_instance(inst)
-        res, new_rec = restore(bs, dest, target_time=target_abs)
+        res, new_rec = restore(source, dest, target_time=target_abs)
         ds.adopt(new_rec)
         log(f"  restored {res.backup} + WAL to {res.wal_chain['last']}"
             f"{' (partial)' if res.wal_chain['last_partial'] else ''}; read-write after "
@@ -597,17 +610,19 @@ def cmd_restore(args, slo: dict) -> int:
     root = RunDir.create(args.out, "drill-restore")
     start = utc_now()
     params = {"db": args.db, "wal": modes, "archive_timeout_s": int(at), "disaster_after_s": after,
-              "target_time": args.target_time, "writers": args.writers, "base_port": args.base_port}
+              "target_time": args.target_time, "writers": args.writers, "base_port": args.base_port,
+              "from": args.source}
     runs = []
     for i, mode in enumerate(modes):
         rd = root if len(modes) == 1 else RunDir.create(str(root.path / mode), "drill-restore")
         info = _write_run(rd, "drill-restore", {**params, "wal": mode}, slo, utc_now())
         print(f"drill restore [{mode}] db={args.db} archive_timeout={int(at)} s disaster after "
-              f"{after:g} s -> {rd.path}", flush=True)
+              f"{after:g} s{' from the geo copy' if args.source == 'geo' else ''} -> {rd.path}",
+              flush=True)
         p = RestoreParams(db=args.db, wal=mode, archive_timeout_s=int(at), disaster_after_s=after,
                           target=target, writers=args.writers, state_dir=Path(args.state_dir),
                           base_port=args.base_port, keep_days=args.keep_days, keep_last=args.keep_last,
-                          keep_stack=args.keep_stack)
+                          keep_stack=args.keep_stack, source=args.source)
         with _recorded(rd, info):
             doc = restore_drill(p, rd, slo)
         rd.write_json("results.json", doc)
@@ -666,6 +681,9 @@ def drill_command(args) -> int:
         args.base_port = DEFAULT_DRILL_PORT
     if args.db is None:
         args.db = "users" if args.drill == "masked" else "orders"
+    if args.drill != "restore" and getattr(args, "source", "primary") != "primary":
+        raise UsageError(f"--from {args.source} applies to `msdb drill restore` only "
+                         f"({args.drill} restores from this region's backups)")
     if args.drill == "restore":
         return cmd_restore(args, slo)
     if args.drill == "pitr":

@@ -1,16 +1,18 @@
 """The drills on real PostgreSQL: the numbers they report are checked against
 what happened, counted independently from the restored database.
 
-Five drills run at once, each on its own fresh stack and port block
-(20900..21250), as `msdb drill` processes:
+Six drills run at once, each on its own fresh stack and port block
+(20900..21320), as `msdb drill` processes:
 - restore, --wal archive, archive_timeout 15 min, disaster after a few seconds:
   the disaster falls inside the archive window, so acknowledged writes are
   lost, and the RPO is the time since the last archived segment;
 - restore, --wal stream-sync: no acknowledged write may be lost;
 - restore, --wal stream (asynchronous): at most what was in flight is lost,
   and the figures match an independent count;
+- restore --from geo: the disaster also destroys this region's backups and
+  archive; the geo copy (synced at the base backup) is all that is left;
 - pitr and masked, which carry their own checks.
-The three restore drills keep their stacks so that the tests can query the
+The four restore drills keep their stacks so that the tests can query the
 restored instances themselves; teardown purges them.
 """
 
@@ -26,6 +28,7 @@ import psycopg
 import pytest
 
 from harness import procs
+from harness.pg import PgRuntime
 from harness.stack import load_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,6 +39,7 @@ DRILLS = {
                 "--writers", "3", "--keep-stack"],
     "sync": ["restore", "--wal", "stream-sync", "--disaster-after", "5s", "--writers", "3", "--keep-stack"],
     "stream": ["restore", "--wal", "stream", "--disaster-after", "5s", "--writers", "3", "--keep-stack"],
+    "geo": ["restore", "--from", "geo", "--disaster-after", "4s", "--writers", "2", "--keep-stack"],
     "pitr": ["pitr", "--disaster-after", "3s", "--writers", "2"],
     "masked": ["masked", "--disaster-after", "3s", "--writers", "2"],
 }
@@ -195,6 +199,29 @@ def test_stream_async_loses_at_most_what_was_in_flight(drills):
     assert m["rpo_seconds"] <= 1.0, m
     assert m["wal_chain_last_partial"] is True        # the receiver's partial segment was replayed
     assert res["verdict"] == "pass"
+
+
+def test_geo_restore_has_only_what_reached_the_other_region(drills):
+    d = drills["geo"]
+    res = _ok(d)
+    m = res["metrics"]
+    assert m["restored_from"] == "geo" and m["region_lost"]["base_backups"] >= 1, m
+    assert m["acked_writes"] > 10, d["log"]
+    # The geo copy was synced at the base backup, before the first write: every
+    # acknowledged write is lost, and the RPO runs from the backup's end.
+    missing = _independent_missing(d)
+    assert len(missing) == m["rpo_lost_writes"] == m["acked_writes"]
+    assert m["rpo_seconds"] == pytest.approx(_ts(m["disaster_utc"]) - m["base_backup"]["finished_at"],
+                                             abs=0.01)
+    # This region's backups are gone; the restored instance serves the service.
+    root = PgRuntime.for_state_dir(Path(d["state"])).data_root
+    assert not list((root / "backups").glob("*/base/*.json")) and list((root / "geo").glob("*/base/*.json"))
+    with _restored(d) as c:
+        probe = [a["id"] for a in _acks(d) if a["phase"] == "after-restore"]
+        assert probe and c.execute("SELECT count(*) FROM sagas WHERE idempotency_key = ANY(%s)",
+                                   (probe,)).fetchone()[0] == len(probe)
+    assert res["verdict"] == "pass"      # 4 s of loss is within 15 min
+    assert "the geo copy (this region" in (d["out"] / "report.html").read_text()
 
 
 def test_pitr_brings_deleted_rows_back_and_nothing_after(drills):

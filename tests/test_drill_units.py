@@ -209,3 +209,36 @@ def test_drill_help_and_taken_port(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert r.returncode == 3 and "port 21430" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "st").exists()     # the failed drill stack was purged
+
+
+def test_geo_copy_is_read_like_the_primary_once_the_region_is_lost(tmp_path):
+    bs = _backupset(tmp_path)
+    _fake_backup(bs, "b1", 1_800_000_000.0, start_seg=3)
+    for n in range(3, 7):
+        (bs.archive_dir / seg_name(1, n)).write_bytes(b"x")
+    assert bs.geo_sync() == {"base_copied": 1, "wal_copied": 4}
+    (bs.archive_dir / seg_name(1, 7)).write_bytes(b"x")     # archived after the last geo sync
+    lost = bs.lose_region()
+    assert lost == {"base_backups": 1, "archived_wal": 5}
+    assert not bs.base_dir.exists() and not bs.archive_dir.exists()
+    with pytest.raises(InfraError, match="no verified base backup"):
+        bs.latest()
+    geo = bs.geo_copy()
+    # The json still names the lost region's path; the copy beside it is used.
+    b = geo.latest()
+    assert b.label == "b1" and Path(b.path) == bs.geo / "base" / "b1" and Path(b.path).is_dir()
+    chain = wal_chain(b.start_wal, [geo.archive_dir, geo.stream_dir])
+    assert chain["segments"] == [seg_name(1, n) for n in range(3, 7)]   # 7 never reached geo
+    with pytest.raises(InfraError):
+        geo.take()
+    with pytest.raises(InfraError):
+        geo.geo_sync()
+
+
+def test_from_geo_is_refused_outside_the_restore_drill(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "drill", "pitr", "--from", "geo",
+                        "--state-dir", str(tmp_path / "st")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--from geo" in r.stderr and "restore" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "drill", "restore", "--from", "mars",
+                        "--state-dir", str(tmp_path / "st")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "mars" in r.stderr
