@@ -143,9 +143,10 @@ def test_archive_disaster_inside_the_window_loses_acknowledged_writes(drills):
         assert ref >= archived - 0.5, (ref, archived)
     assert m["rpo_seconds"] == pytest.approx(disaster - ref, abs=0.01), m
     # and so it is close to the time since the last archived segment: never
-    # more, and less only by how long before the archival the writes stopped
-    # being recoverable (the backup's end or the last recovered ack).
-    assert 0.6 * m["seconds_since_last_archive"] <= m["rpo_seconds"] \
+    # more, and less by the time from that archival to the last recoverable
+    # point (the backup's end, or the last recovered ack): 0.85x in CI with six
+    # drills at once, where the writers started 4 s after the backup's end.
+    assert 0.5 * m["seconds_since_last_archive"] <= m["rpo_seconds"] \
         <= m["seconds_since_last_archive"] + 0.5, m
     assert m["rpo_seconds"] >= 4.0
     # The RTO parts are contiguous: they add up to the total.
