@@ -64,10 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stay attached; Ctrl-C stops the stack cleanly")
     s.add_argument("--archive-timeout", default="15min", metavar="DURATION",
                    help="PostgreSQL archive_timeout (seed §7.1: 15min)")
-    s.add_argument("--from", dest="source", choices=("primary", "geo"), default="primary",
-                   help="restore: from this region's backups (primary), or from the geo copy "
-                        "after the disaster also destroyed this region's backups and WAL archive "
-                        "(geo; seed §7.1's copy in another region)")
 
     s = sub.add_parser("down", help="stop every process of the stack, by PID")
     _add_state(s)

@@ -434,10 +434,10 @@ def restore_drill(p: RestoreParams, rd: RunDir, slo: dict, log=print) -> dict:
             # region; restore from what it already held.
             region = bs.lose_region()
             metrics["region_lost"] = region
-            archived = _newest_archived(bs.geo_copy().archive_dir)
+            source = bs.geo_copy()
+            archived = _newest_archived(source.archive_dir)
             log(f"  region lost: {region['base_backups']} base backup(s) and {region['archived_wal']} "
                 f"archived WAL file(s) gone; restoring from the geo copy")
-            source = bs.geo_copy()
         else:
             bs.geo_sync()
             source = bs

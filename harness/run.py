@@ -568,13 +568,10 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
             run_info["parameters"]["settle_s"] = settle
             run_info["parameters"]["steps"] = list(sc.shape["steps"])
             run_info["parameters"]["step_s"] = sc.shape["step_s"]
-        enough = None
-        if sc.extra.get("saga"):
-            # "At least 2,000 sagas": the load goes on past --duration (for up
-            # to as long again, or 60 s) until the orders service has answered that many
-            # distinct orders; the saga count itself is checked on the final state.
-            def enough() -> bool:
-                return len(orders_seen) >= slo["min_sagas"]
+        # "At least 2,000 sagas": the load goes on past --duration (for up to as
+        # long again, or 60 s) until the orders service has answered that many
+        # distinct orders; the saga count itself is checked on the final state.
+        enough = (lambda: len(orders_seen) >= slo["min_sagas"]) if sc.extra.get("saga") else None
         t0 = time.monotonic()
         nemesis = _Nemesis(rd, p.state_dir, faults)
         try:
@@ -584,7 +581,6 @@ def _run(p: RunParams, sc, slo: dict, rd: RunDir, faults: list) -> int:
                                        on_request=on_request, shape=shape, enough=enough,
                                        max_extra_s=max(p.duration_s, 60.0) if enough else 0.0)
             if locust_totals["extended_s"]:
-                run_info["extended_s"] = locust_totals["extended_s"]
                 print(f"load extended by {locust_totals['extended_s']:g} s to reach "
                       f"{slo['min_sagas']} sagas")
         finally:

@@ -90,7 +90,6 @@ def load_checks(*, samples: list, duration_s: float, slo: dict, scrapes: dict, s
     endpoints = endpoint_stats(samples)
     worst_ep = max(endpoints, key=lambda k: endpoints[k]["p95_ms"]) if endpoints else None
     unhealthy = [p for p in health_after if not p["healthy"]]
-    min_scrapes = min(scrapes.values()) if scrapes else 0
     out = [C.at_least("requests-made", total, 1)]
     if strict_errors:
         out += [

@@ -242,3 +242,6 @@ def test_from_geo_is_refused_outside_the_restore_drill(tmp_path):
     r = subprocess.run([sys.executable, "-m", "harness.cli", "drill", "restore", "--from", "mars",
                         "--state-dir", str(tmp_path / "st")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "mars" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "up", "--from", "geo",
+                        "--state-dir", str(tmp_path / "st")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--from" in r.stderr      # a drill option, not one of `up`

@@ -101,16 +101,13 @@ def transfer(s, size=2 << 20) -> None:
 
 def test_fast_path_forwards_in_the_kernel_both_ways(fast):
     proc, server, log = fast
-    s = connect_fast()
-    try:
+    with connect_fast() as s:
         roundtrip(s)
         # In the kernel: 100 round trips do not wake the proxy 100 times.
         assert wakeups_per_100_roundtrips(proc.pid, s) < 30
         transfer(s)                       # 2 MiB up, the same 2 MiB back down
         for n in (1, 100, 1500, 70000):
             roundtrip(s, n)
-    finally:
-        s.close()
 
 
 def test_many_connections_and_eof_both_ways(fast, echo):
@@ -149,8 +146,7 @@ def test_many_connections_and_eof_both_ways(fast, echo):
 @pytest.mark.slow
 def test_latency_toxic_on_a_live_fast_connection_then_back(fast):
     proc, server, _ = fast
-    s = connect_fast()
-    try:
+    with connect_fast() as s:
         base = median_rtt(s, 15)
         assert wakeups_per_100_roundtrips(proc.pid, s) < 30
         server.add_toxic("echo", "latency", stream="downstream", attributes={"latency": 100})
@@ -163,16 +159,13 @@ def test_latency_toxic_on_a_live_fast_connection_then_back(fast):
         # Back in the kernel.
         assert wakeups_per_100_roundtrips(proc.pid, s) < 30
         transfer(s)
-    finally:
-        s.close()
 
 
 @pytest.mark.slow
 def test_upstream_latency_added_while_bytes_are_in_flight(fast):
     """A toxic lands while a 2 MiB transfer is under way: every byte still arrives, in order."""
     proc, server, _ = fast
-    s = connect_fast()
-    try:
+    with connect_fast() as s:
         roundtrip(s)
         data = os.urandom(2 << 20)
         got = bytearray()
@@ -194,14 +187,11 @@ def test_upstream_latency_added_while_bytes_are_in_flight(fast):
             got += chunk
         t.join(10)
         assert bytes(got) == data
-    finally:
-        s.close()
 
 
 def test_reset_peer_on_a_live_fast_connection(fast):
     _, server, _ = fast
-    s = connect_fast()
-    try:
+    with connect_fast() as s:
         roundtrip(s)
         server.add_toxic("echo", "reset_peer", stream="upstream", attributes={"timeout": 50})
         s.sendall(b"hello")
@@ -209,14 +199,11 @@ def test_reset_peer_on_a_live_fast_connection(fast):
             while s.recv(100):
                 pass
         assert e.value.errno == errno.ECONNRESET
-    finally:
-        s.close()
 
 
 def test_disabled_proxy_closes_fast_connections(fast):
     _, server, _ = fast
-    s = connect_fast()
-    try:
+    with connect_fast() as s:
         roundtrip(s)
         server.set_enabled("echo", False)
         s.settimeout(5)
@@ -224,28 +211,20 @@ def test_disabled_proxy_closes_fast_connections(fast):
             assert s.recv(100) == b""
         except ConnectionResetError:
             pass
-    finally:
-        s.close()
     server.set_enabled("echo", True)
-    s = connect_fast()
-    try:
+    with connect_fast() as s:
         roundtrip(s)
-    finally:
-        s.close()
 
 
 def test_fallback_with_sockmap_off(userspace):
     proc, server, log = userspace
-    s = connect_fast()
-    try:
+    with connect_fast() as s:
         roundtrip(s)
         # In user space: every round trip wakes the proxy.
         assert wakeups_per_100_roundtrips(proc.pid, s) >= 80
         transfer(s)
         server.add_toxic("echo", "latency", stream="downstream", attributes={"latency": 50})
         assert roundtrip(s) >= 45
-    finally:
-        s.close()
     assert "fast path off (MSDB_PROXY_SOCKMAP=0)" in log.read_text()
 
 

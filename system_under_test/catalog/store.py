@@ -21,7 +21,7 @@ from ..common.errors import BadRequest, Conflict, NotFound
 
 __all__ = ["ProductRepository", "PgJsonbProductRepository", "Inventory"]
 
-_ORDER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s::text, 11))"
+_ORDER_LOCK = "SELECT order_lock(%s)"     # migration 005: the key reserve_stock uses too
 
 
 class ProductRepository(Protocol):

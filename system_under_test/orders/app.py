@@ -61,7 +61,7 @@ HISTORY_READ = _history_default()
 _LAST_WRITE: OrderedDict = OrderedDict()   # user -> (write number, WAL position after it or None)
 _WRITES = itertools.count()
 _LAST_WRITE_MAX = 100_000
-_RYW_USED = [HISTORY_READ == "read-your-writes"]
+_RYW_USED = HISTORY_READ == "read-your-writes"   # set for good by the first such read
 
 
 @service.on_startup
@@ -178,16 +178,16 @@ async def _remember_write(user_id: UUID) -> None:
     n = next(_WRITES)
     _LAST_WRITE[user_id] = (n, None)   # until known: read-your-writes reads go to the primary
     _LAST_WRITE.move_to_end(user_id)
-    if _RYW_USED[0]:
+    if _RYW_USED:
         try:
-            row = await service.db.fetchone("wal_position", "SELECT pg_current_wal_lsn()::text AS lsn")
+            row = await service.db.fetchone(
+                "wal_position", "SELECT (pg_current_wal_lsn() - '0/0')::bigint AS lsn")
         except Unavailable:
             row = None   # the order stands; this user's next history read goes to the primary
         # Only if no later order of this user came meanwhile: its position
         # may be past ours, and it records its own.
         if row is not None and _LAST_WRITE.get(user_id, (None,))[0] == n:
-            hi, lo = row["lsn"].split("/")
-            _LAST_WRITE[user_id] = (n, (int(hi, 16) << 32) + int(lo, 16))
+            _LAST_WRITE[user_id] = (n, row["lsn"])
     while len(_LAST_WRITE) > _LAST_WRITE_MAX:
         _LAST_WRITE.popitem(last=False)
 
@@ -204,9 +204,9 @@ async def get_routing():
 @app.put("/admin/history-routing", tags=["admin"])
 async def set_routing(body: RoutingChange):
     """Change the order-history read routing at run time (scenarios use it)."""
-    global HISTORY_READ
+    global HISTORY_READ, _RYW_USED
     HISTORY_READ = body.mode
-    _RYW_USED[0] = _RYW_USED[0] or body.mode == "read-your-writes"
+    _RYW_USED = _RYW_USED or body.mode == "read-your-writes"
     return {"mode": HISTORY_READ}
 
 
@@ -226,22 +226,23 @@ async def user_orders(user_id: Annotated[UUID, Path()],
                       read: Annotated[Routing | None, Query()] = None):
     """Order history, newest first, routed as configured (see the module doc);
     `served_by` says which server answered."""
+    global _RYW_USED
     mode = read or HISTORY_READ
     sql = ("SELECT id, user_id, total_amount, status, created_at FROM orders "
            "WHERE user_id = %s ORDER BY created_at DESC LIMIT %s")
     if mode != "primary" and service.replica is not None:
         try:
             if mode == "read-your-writes":
-                _RYW_USED[0] = True
-            if mode == "read-your-writes" and user_id in _LAST_WRITE:
-                wrote = _LAST_WRITE[user_id][1]
-                if wrote is None:
+                _RYW_USED = True
+                last = _LAST_WRITE.get(user_id)   # None: no order by this user here
+                if last is not None and last[1] is None:
                     raise Unavailable("position of this user's last write unknown")
-                row = await service.replica.fetchone(
-                    "replica_position", "SELECT pg_last_wal_replay_lsn()::text AS lsn")
-                hi, lo = (row["lsn"] or "0/0").split("/")
-                if (int(hi, 16) << 32) + int(lo, 16) < wrote:
-                    raise Unavailable("replica behind this user's last write")
+                if last is not None:
+                    row = await service.replica.fetchone(
+                        "replica_position",
+                        "SELECT COALESCE(pg_last_wal_replay_lsn() - '0/0', 0)::bigint AS lsn")
+                    if row["lsn"] < last[1]:
+                        raise Unavailable("replica behind this user's last write")
             rows = await service.replica.fetchall("user_orders", sql, (user_id, limit))
             return {"user_id": user_id, "items": rows, "served_by": "replica"}
         except Unavailable:

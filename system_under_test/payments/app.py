@@ -54,7 +54,7 @@ _COLS = "id, order_id, user_id, amount, status, charge_key, created_at, refunded
 # Insert unless the order was voided; or return the earlier charge of this key
 # (migration 003: the order's advisory lock, then a fresh snapshot).
 _CHARGE = f"SELECT {_COLS}, created, voided FROM charge_once(%(o)s, %(u)s, %(a)s, %(s)s, %(k)s)"
-_ORDER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s::text, 7))"
+_ORDER_LOCK = "SELECT order_lock(%s)"     # migration 003: the key charge_once uses too
 
 
 def _result(row: dict, created: bool) -> JSON:
