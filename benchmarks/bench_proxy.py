@@ -3,7 +3,7 @@
     python benchmarks/bench_proxy.py [--seconds 4] [--rounds 5]
 
 pgbench select-only (scale 10) against one PostgreSQL 18 instance (the
-stack's own configuration from harness/pg.py, plus a Unix socket), at 1
+stack's own configuration from harness/stack/pg.py, plus a Unix socket), at 1
 client and at 8 clients (2 threads), four ways:
 
 - direct:      pgbench -> PostgreSQL over loopback TCP;
@@ -42,14 +42,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chaos.client import ToxiproxyServer  # noqa: E402
-from harness import procs  # noqa: E402
-from harness.pg import PgInstance, PgRuntime  # noqa: E402
+from harness.stack import procs  # noqa: E402
+from harness.stack.pg import PgInstance, PgRuntime  # noqa: E402
 
 MODES = ("direct", "proxy tcp", "proxy unix", "proxy bpf")
 

@@ -11,10 +11,8 @@ Target: under 2% of a core.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,10 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.rundir import RunDir  # noqa: E402
-from harness.samplers import (HEALTH_COLUMNS, METRICS_COLUMNS, PG_COLUMNS, REDIS_COLUMNS,  # noqa: E402
-                              HealthSampler, MetricsSampler, StoreSampler)
-from harness.stack import StatusProbe, status  # noqa: E402
+from harness.run.rundir import RunDir  # noqa: E402
+from harness.run.samplers import (HEALTH_COLUMNS, METRICS_COLUMNS, PG_COLUMNS, REDIS_COLUMNS,  # noqa: E402
+                                  HealthSampler, MetricsSampler, StoreSampler)
+from harness.stack.backend import fresh_stack  # noqa: E402
+from harness.stack.embedded import StackOptions  # noqa: E402
+from harness.stack.status import StatusProbe  # noqa: E402
 
 
 def cpu() -> float:
@@ -41,40 +41,33 @@ def main() -> int:
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="msdb-bench-samplers-"))
     out = Path(tempfile.mkdtemp(prefix="msdb-bench-samplers-run-"))
-    cli = [sys.executable, "-m", "harness.cli"]
     try:
-        r = subprocess.run([*cli, "up", "--state-dir", str(state), "--base-port", args.base_port],
-                           capture_output=True, text=True, cwd=ROOT)
-        if r.returncode != 0:
-            print(r.stderr)
-            return 3
-        info = json.loads((state / "stack.json").read_text())
-        rd = RunDir(out)
-        probe = StatusProbe()
-        tables = {n: rd.table(f"{n}.csv", c) for n, c in (("metrics", METRICS_COLUMNS),
-                  ("health", HEALTH_COLUMNS), ("postgres", PG_COLUMNS), ("redis", REDIS_COLUMNS))}
-        parts = {
-            "services' /metrics": MetricsSampler({k: v["url"] for k, v in info["services"].items()},
-                                                 tables["metrics"]),
-            "postgres + redis": StoreSampler(info, tables["postgres"], tables["redis"]),
-            "health of every part": HealthSampler(lambda: status(state, probe), tables["health"]),
-        }
-        print(f"{'sampler':<22} {'CPU % of a core':>16}")
-        total = 0.0
-        for name, s in parts.items():
-            s.sample_once()                      # warm up connections
-            c0, t0 = cpu(), time.monotonic()
-            s.start()
-            time.sleep(args.seconds)
-            s.stop()
-            share = (cpu() - c0) / (time.monotonic() - t0) * 100
-            total += share
-            print(f"{name:<22} {share:>15.2f}%")
-        print(f"{'all together':<22} {total:>15.2f}%   (target < 2%)")
+        with fresh_stack(StackOptions(state_dir=state, base_port=int(args.base_port)),
+                         log=lambda *a: None) as backend:
+            info = backend.info()
+            rd = RunDir(out)
+            probe = StatusProbe()
+            tables = {n: rd.table(f"{n}.csv", c) for n, c in (("metrics", METRICS_COLUMNS),
+                      ("health", HEALTH_COLUMNS), ("postgres", PG_COLUMNS), ("redis", REDIS_COLUMNS))}
+            parts = {
+                "services' /metrics": MetricsSampler(info.urls, tables["metrics"]),
+                "postgres + redis": StoreSampler(info, tables["postgres"], tables["redis"]),
+                "health of every part": HealthSampler(lambda: backend.status(probe), tables["health"]),
+            }
+            print(f"{'sampler':<22} {'CPU % of a core':>16}")
+            total = 0.0
+            for name, s in parts.items():
+                s.sample_once()                      # warm up connections
+                c0, t0 = cpu(), time.monotonic()
+                s.start()
+                time.sleep(args.seconds)
+                s.stop()
+                share = (cpu() - c0) / (time.monotonic() - t0) * 100
+                total += share
+                print(f"{name:<22} {share:>15.2f}%")
+            print(f"{'all together':<22} {total:>15.2f}%   (target < 2%)")
         return 0
     finally:
-        subprocess.run([*cli, "down", "--state-dir", str(state), "--purge"], capture_output=True, cwd=ROOT)
-        shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
 
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
+import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.pg import PgRuntime  # noqa: E402
+from harness.stack.backend import fresh_stack  # noqa: E402
+from harness.stack.embedded import StackOptions  # noqa: E402
+from harness.stack.info import StackInfo  # noqa: E402
+from harness.stack.pg import PgRuntime  # noqa: E402
 from scenarios.seed import seed  # noqa: E402
-
-
-def msdb(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
 
 
 def group_rss_kb(pgids: set[int]) -> int:
@@ -62,12 +59,12 @@ def group_rss_kb(pgids: set[int]) -> int:
     return total
 
 
-def pgbench_tps(info: dict, seconds: int) -> float:
-    inst = next(i for i in info["postgres"]["instances"] if i["role"] == "primary" and "orders" in i["services"])
-    rt = PgRuntime.for_state_dir(Path(info["state_dir"]))
-    pw = re.match(r"postgresql://postgres:([^@]+)@", inst["admin_dsn"]).group(1)
-    env = {"PGPASSWORD": pw, "PATH": "/usr/bin:/bin"}
-    common = ["-h", "127.0.0.1", "-p", str(inst["port"]), "-U", "postgres"]
+def pgbench_tps(info: StackInfo, seconds: int) -> float:
+    inst = info.instance_of("orders")
+    rt = PgRuntime.for_state_dir(Path(info.state_dir))
+    m = re.match(r"postgresql://postgres:([^@]+)@127\.0\.0\.1:(\d+)/", inst.admin_dsn)
+    env = {"PGPASSWORD": m.group(1), "PATH": "/usr/bin:/bin"}
+    common = ["-h", "127.0.0.1", "-p", m.group(2), "-U", "postgres"]
     import psycopg
     with psycopg.connect(inst["admin_dsn"], autocommit=True) as c:
         c.execute("DROP DATABASE IF EXISTS pgbench_db")
@@ -123,24 +120,21 @@ def main() -> int:
     ap.add_argument("--topology", default="single")
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="msdb-bench-"))
-    try:
-        t0 = time.monotonic()
-        r = msdb("up", "--state-dir", str(state), "--base-port", args.base_port, "--topology", args.topology)
+    t0 = time.monotonic()
+    with fresh_stack(StackOptions(state_dir=state, base_port=int(args.base_port), topology=args.topology),
+                     log=lambda *a: None) as backend:
         cold_up = time.monotonic() - t0
-        if r.returncode != 0:
-            print(r.stdout, r.stderr)
-            return 3
-        info = json.loads((state / "stack.json").read_text())
+        info = backend.info()
         time.sleep(5)
-        rss_mb = group_rss_kb({p["pid"] for p in info["processes"]}) / 1024
+        rss_mb = group_rss_kb({p.proc["pid"] for p in info.parts if p.proc}) / 1024
 
         tps = pgbench_tps(info, args.pgbench_seconds)
 
-        data = seed(info["services"], users=50, products=200, stock=10_000_000)
+        data = seed(info.urls, users=50, products=200, stock=10_000_000)
         users = [u["id"] for u in data["users"]]
         steps = []
         for clients in (2, 4, 8, 16, 32):
-            res = asyncio.run(order_step(info["services"]["orders"]["url"], users, data["products"],
+            res = asyncio.run(order_step(info.urls["orders"], users, data["products"],
                                          clients, args.step_seconds))
             steps.append(res)
             print(f"  POST /orders with {clients:>2} clients: {res['rate']:7.1f}/s  p50 {res['p50_ms']:6.1f} ms  "
@@ -157,10 +151,8 @@ def main() -> int:
         print(f"pgbench TPC-B on orders instance:   {tps:8.0f} tps")
         print(f"POST /orders at p99 <= 300 ms:      {rate:8.1f} /s   ({best['clients'] if best else '-'} clients)")
         print(f"ratio orders/pgbench:               {ratio:8.3f}      (target >= 0.10)")
-        return 0
-    finally:
-        msdb("down", "--state-dir", str(state), "--purge")
-        shutil.rmtree(state, ignore_errors=True)
+        print(f"load average:                       {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import requests
 import toxiproxy
@@ -93,6 +94,14 @@ class ToxiproxyServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8474, *,
                  timeout: float = DEFAULT_TIMEOUT_S):
         self.target = _Target(host, port, timeout)
+
+    @classmethod
+    def at(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> "ToxiproxyServer":
+        """The server of an API URL (`http://127.0.0.1:8474`)."""
+        u = urlsplit(url)
+        if u.scheme != "http" or not u.hostname or not u.port:
+            raise ValueError(f"Toxiproxy API {url!r} is not http://HOST:PORT")
+        return cls(u.hostname, u.port, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"ToxiproxyServer({self.target.host}:{self.target.port})"
@@ -169,6 +178,11 @@ class ToxiproxyServer:
             body["toxicity"] = toxicity
         with self.bound():
             return _call("POST", f"/proxies/{proxy}/toxics/{name}", json=body).json()
+
+    def set_upstream(self, proxy: str, upstream: str) -> dict:
+        """Point a proxy at another upstream (new connections go there)."""
+        with self.bound():
+            return _call("POST", f"/proxies/{proxy}", json={"upstream": upstream}).json()
 
     def populate(self, proxies: list[dict]) -> list[dict]:
         """POST /populate (the server-side one: idempotent, keeps unchanged proxies)."""

@@ -26,9 +26,10 @@ import json
 import re
 import threading
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from harness.utc import utc_now
 
 from .toxics import TOXIC_TYPES
 
@@ -44,10 +45,6 @@ _TOXIC_KEYS = ("stream", "toxicity")
 
 class ScheduleError(ValueError):
     """A fault schedule is wrong; the message names the fault and the field."""
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, kw_only=True)

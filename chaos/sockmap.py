@@ -25,6 +25,8 @@ It redirects only if `armed` and `passed == consumed`, i.e. when every byte
 that went to user space before has already been written to the peer: so
 redirected bytes can never overtake bytes still in the proxy.  Otherwise it
 passes the skb up.  Verdicts on one socket run one at a time in byte order.
+An empty skb (a FIN without data) is always passed up: user space reads the
+EOF and half-closes the peer itself, after the redirected bytes are out.
 
 `limit` is the back-pressure.  A redirect to a peer whose send buffer is
 full queues the skb in the kernel (the psock's list, drained by a kworker)
@@ -46,7 +48,8 @@ what the proxy wrote + `redir`.  Closing a socket with redirected bytes
 still queued would drop them (the psock's queue is purged).
 
 Unavailable (not root, seccomp, old kernel, MSDB_PROXY_SOCKMAP=0): `get()`
-returns None once and logs why; the proxy then stays in user space.
+returns None once and logs why; the proxy then stays in user space.  The
+proxy's side of all this (arming, parking, draining) is chaos/fastpath.py.
 """
 
 from __future__ import annotations
@@ -118,6 +121,11 @@ def _program(cnt_fd: int, ctl_fd: int, socks_fd: int) -> bytes:
         _i(LDXW, R2, R6, 132), _i(STXW, FP, R2, -8),  # remote_port
         _i(LDXW, R2, R6, 136), _i(STXW, FP, R2, -4),  # local_port
         _i(LDXW, R9, R6, 0),                          # r9 = skb->len
+        # A bare FIN comes as an empty skb: redirected, the peer's psock would
+        # fail to send 0 bytes and set EPIPE on the peer socket (skmsg.c
+        # sk_psock_backlog), killing the other direction of a half-closed
+        # connection.  Passed up, it is the EOF user space reads.
+        ("jeq0", R9, "pass"),
         *ld_map(R1, cnt_fd), _i(MOVX, R2, FP), _i(ADDK, R2, 0, 0, -16),
         _i(CALL, imm=_FN_MAP_LOOKUP),
         ("jeq0", R0, "pass"),                         # not ours: pass

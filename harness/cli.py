@@ -6,6 +6,7 @@
     msdb scenarios
     msdb proxy [--host 127.0.0.1] [--port 8474] [--config FILE]
     msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR]
+    msdb check RUN_DIR [--slo FILE] [--json]
     msdb report RUN_DIR... [--index DIR]
     msdb suite nightly [--quick] [--out DIR]
     msdb drill restore|pitr|masked [--db orders] [--wal archive|stream|stream-sync|all] ...
@@ -15,7 +16,8 @@ unhealthy), 2 usage or configuration error, 3 infrastructure error.
 
 `run` drives Locust in-process, so gevent must patch the standard library
 before anything else imports sockets or ssl: that is why this module imports
-the heavy modules inside the command functions, never at the top.
+each command's modules inside its function (which also keeps `--help` fast),
+and nowhere else in msdb does an import wait for gevent.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _add_state(p: argparse.ArgumentParser) -> None:
 
 
 def _add_layout(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
-    from .topology import DEFAULT_BASE_PORT, TOPOLOGIES
+    from .stack.topology import DEFAULT_BASE_PORT, TOPOLOGIES
     p.add_argument("--topology", default="single" if defaults else None, choices=TOPOLOGIES,
                    help="PostgreSQL layout (seed options 1/2/3; default: single"
                         + ("" if defaults else ", or whatever stack is running") + ")")
@@ -124,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base-port", type=int, default=15700, metavar="N",
                    help="port block of the drill's stack (default: 15700)")
 
+    s = sub.add_parser("check", help="judge a run directory again (the same checks as its run; "
+                       "exit 1 if a check fails)")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of `msdb run` or `msdb drill`")
+    s.add_argument("--slo", default=None, metavar="FILE",
+                   help="thresholds to judge against (default: the SLO the run recorded)")
+    s.add_argument("--json", action="store_true", help="print results.json instead of the table")
+    s.add_argument("--write", action="store_true",
+                   help="also replace the run directory's results.json (and its report)")
+
     s = sub.add_parser("report", help="write report.html and report.pdf for run directories")
     s.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories")
     s.add_argument("--no-pdf", action="store_true", help="HTML only")
@@ -167,38 +178,43 @@ def _print_table(rows: list[list[str]], headers: list[str]) -> None:
         print(fmt.format(*[str(x) for x in r]))
 
 
-def print_endpoints(info: dict) -> None:
+def print_endpoints(info) -> None:
     rows = []
-    for name, svc in info["services"].items():
-        rows.append([name, "service", svc["url"], svc["pid"]])
-    for inst in info["postgres"]["instances"]:
-        dbs = ", ".join(inst["services"])
-        rows.append([inst["name"], f"postgres {inst['role']}", f"127.0.0.1:{inst['port']} ({dbs})",
-                     inst["pid"]])
-    rows.append(["redis", "redis", f"127.0.0.1:{info['redis']['port']}", info["redis"]["pid"]])
-    proxy = info.get("proxy") or {}
-    if proxy.get("api"):
-        first, last = proxy["proxies"][0]["listen"], proxy["proxies"][-1]["listen"].rsplit(":", 1)[1]
-        rows.append(["proxy", "fault proxy API", f"{proxy['api']} ({len(proxy['proxies'])} links: "
-                     f"{first}..{last})", proxy["pid"]])
+    for part in info.parts:
+        pid = (part.proc or {}).get("pid", "-")
+        if part.kind == "postgres" or part.kind == "postgres-replica":
+            inst = info.instance(part.name)
+            what = f"postgres {inst.role}"
+            endpoint = f"{part.endpoint} ({', '.join(inst.services)})"
+        elif part.kind == "proxy":
+            px = info.proxy.proxies
+            what = "fault proxy API"
+            endpoint = f"{info.proxy.api} ({len(px)} links: {px[0].listen}..{px[-1].listen.rsplit(':', 1)[1]})"
+        else:
+            what, endpoint = part.kind, part.endpoint
+        rows.append([part.name, what, endpoint, pid])
     _print_table(rows, ["part", "kind", "endpoint", "pid"])
-    print(f"\nstack.json: {Path(info['state_dir']) / 'stack.json'}  (topology {info['topology']})")
+    print(f"\nstack.json: {Path(info.state_dir) / 'stack.json'}  (topology {info.topology})")
 
 
 def cmd_up(args) -> int:
     from .durations import parse_duration
-    from .stack import StackOptions, down, up
+    from .stack import procs
+    from .stack.embedded import StackOptions
+    from .stack.embedded_backend import EmbeddedBackend
+    from .stack.info import StackInfo
     opts = StackOptions(state_dir=Path(args.state_dir), topology=args.topology,
                         base_port=args.base_port,
                         archive_timeout_s=max(1, int(parse_duration(args.archive_timeout,
                                                                     "--archive-timeout"))))
     print(f"msdb up: {args.topology} topology, ports from {args.base_port}, state in {args.state_dir}")
-    info, started = up(opts, fresh=args.fresh, log=print)
+    backend = EmbeddedBackend(opts)
+    info, started = backend.start(fresh=args.fresh, log=print)
     if not started:
         print("stack already running and healthy")
     print_endpoints(info)
-    if started and info.get("up_seconds") is not None:
-        print(f"up in {info['up_seconds']:.1f} s")
+    if started and info.up_seconds is not None:
+        print(f"up in {info.up_seconds:.1f} s")
     if not args.foreground:
         return 0
     print("\nforeground: press Ctrl-C to stop the stack")
@@ -208,32 +224,32 @@ def cmd_up(args) -> int:
         stop["sig"] = signum
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    from . import procs
-    from .stack import load_stack
     try:
         # We are the parent of every part: reap the ones a fault kills, or
         # they stay zombies and block their own restart.
         while stop["sig"] is None:
-            for p in load_stack(Path(args.state_dir)).get("processes", []):
-                procs.is_running(procs.ProcRecord.from_json(p))   # reaps if it exited
+            for p in StackInfo.load(args.state_dir).parts:
+                if p.proc:
+                    procs.is_running(procs.ProcRecord.from_json(p.proc))   # reaps if it exited
             time.sleep(0.5)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("\nstopping the stack ...")
-        down(Path(args.state_dir))
+        backend.down(log=print)
     return 0
 
 
 def cmd_down(args) -> int:
-    from .stack import down
-    left = down(Path(args.state_dir), purge=args.purge)
+    from .stack.embedded import StackOptions
+    from .stack.embedded_backend import EmbeddedBackend
+    left = EmbeddedBackend(StackOptions(state_dir=Path(args.state_dir))).down(purge=args.purge, log=print)
     return 3 if left else 0
 
 
 def cmd_status(args) -> int:
     import json
-    from .stack import status
-    parts = status(Path(args.state_dir))
+    from .stack.backend import open_backend
+    parts = open_backend(args.state_dir).status()
     if args.json:
         print(json.dumps([p.__dict__ for p in parts], indent=2))
     else:
@@ -253,20 +269,35 @@ def cmd_scenarios(args) -> int:
 
 
 def cmd_suite(args) -> int:
-    from .suite import run_suite
+    from .run.suite import run_suite
     return run_suite(args)
+
+
+def cmd_check(args) -> int:
+    import json
+    from reports.summary import format_results
+    from .checks.core import exit_code
+    from .checks.judge import judge, open_run
+    doc = judge(args.run_dir, slo_path=args.slo, write=args.write)
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(format_results(open_run(args.run_dir), doc, written=args.write))
+    if args.write:
+        from reports.build import build_report
+        build_report(args.run_dir)
+    return exit_code(doc["verdict"])
 
 
 def cmd_report(args) -> int:
     from .errors import UsageError
     if not args.run_dirs and not args.index:
         raise UsageError("give at least one RUN_DIR, or --index DIR")
-    from reports.render import build_index, build_report
+    from reports.build import build_index, build_report
+    from .checks.judge import open_run
     for d in args.run_dirs:
-        p = Path(d)
-        if not (p / "run.json").exists():
-            raise UsageError(f"RUN_DIR {d!r} is not a run directory (no run.json)")
-        html, pdf = build_report(p, pdf=not args.no_pdf)
+        open_run(d)     # exit 2 naming the directory if it is not a run's
+        html, pdf = build_report(d, pdf=not args.no_pdf)
         print(f"{html}" + (f"\n{pdf}" if pdf else ""))
     if args.index:
         if not Path(args.index).is_dir():
@@ -286,18 +317,18 @@ def cmd_proxy(args) -> int:
 
 
 def cmd_drill(args) -> int:
-    from .drill import drill_command
+    from .drills.command import drill_command
     return drill_command(args)
 
 
 def cmd_run(args) -> int:
-    from .run import run_command
+    from .run.command import run_command
     return run_command(args)
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "scenarios": cmd_scenarios,
-            "run": cmd_run, "proxy": cmd_proxy, "report": cmd_report, "suite": cmd_suite,
-            "drill": cmd_drill}
+            "run": cmd_run, "check": cmd_check, "proxy": cmd_proxy, "report": cmd_report,
+            "suite": cmd_suite, "drill": cmd_drill}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Charts (matplotlib, Agg) as inline PNG data URIs.
 
 Every time chart shades the fault windows from the journal (`windows` from
-analysis.fault_windows), so latency, pools and lag line up with the faults.
+analysis.chart_windows), so latency, pools and lag line up with the faults.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 __all__ = ["throughput_chart", "latency_chart", "capacity_chart", "pool_chart", "db_chart",
-           "redis_chart", "tps_chart", "shade"]
+           "redis_chart", "tps_chart", "shade", "png", "legend", "FAULT_COLOR"]
 
 FAULT_COLOR = "#e4572e"
 plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
                      "axes.spines.top": False, "axes.spines.right": False})
 
 
-def _png(fig) -> str:
+def png(fig) -> str:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -38,7 +38,7 @@ def shade(ax, windows: list[dict], t_max: float | None = None) -> None:
                    label=f"fault: {w['kind']} on {w['target']}" if i < 3 else None)
 
 
-def _legend(ax) -> None:
+def legend(ax) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(loc="upper left", fontsize=7, frameon=False)
@@ -54,8 +54,8 @@ def throughput_chart(sec: pd.DataFrame, windows: list[dict]) -> str | None:
     ax.set_xlabel("seconds since the first request")
     ax.set_ylabel("per second")
     ax.set_title("Throughput")
-    _legend(ax)
-    return _png(fig)
+    legend(ax)
+    return png(fig)
 
 
 def latency_chart(sec: pd.DataFrame, windows: list[dict]) -> str | None:
@@ -69,35 +69,34 @@ def latency_chart(sec: pd.DataFrame, windows: list[dict]) -> str | None:
     ax.set_xlabel("seconds since the first request")
     ax.set_ylabel("latency, ms (log)")
     ax.set_title("Latency percentiles per second (all endpoints)")
-    _legend(ax)
-    return _png(fig)
+    legend(ax)
+    return png(fig)
 
 
-def capacity_chart(sec: pd.DataFrame, steps: pd.DataFrame, knees: pd.DataFrame,
+def capacity_chart(sec: pd.DataFrame, steps: list[dict], knee_rps: float | None,
                    p99_slo: float | None) -> str | None:
+    """steps: the per-step rows of every endpoint together (results.json)."""
     if sec.empty:
         return None
     fig, ax = plt.subplots(figsize=(9, 3.2))
     ax.scatter(sec["requests"], sec["p99"], s=6, alpha=0.35, label="p99 of each second")
-    if not steps.empty:
-        allp = steps[steps["endpoint"] == "(all)"].sort_values("users")
-        ax.plot(allp["throughput"], allp["p99"], "o-", lw=1.5, color="#2e86ab",
-                label="p99 per load step (all endpoints)")
-        for _, r in allp.iterrows():
-            ax.annotate(f"{int(r['users'])}u", (r["throughput"], r["p99"]), fontsize=7,
+    if steps:
+        rows = sorted(steps, key=lambda r: r["users"])
+        ax.plot([r["throughput"] for r in rows], [r["p99_ms"] for r in rows], "o-", lw=1.5,
+                color="#2e86ab", label="p99 per load step (all endpoints)")
+        for r in rows:
+            ax.annotate(f"{int(r['users'])}u", (r["throughput"], r["p99_ms"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-        k = knees[knees["endpoint"] == "(all)"] if not knees.empty else knees
-        if not k.empty and pd.notna(k.iloc[0]["knee_throughput"]):
-            ax.axvline(k.iloc[0]["knee_throughput"], color="#3bb273", ls="--",
-                       label=f"knee: {k.iloc[0]['knee_throughput']:.0f} req/s")
+        if knee_rps is not None:
+            ax.axvline(knee_rps, color="#3bb273", ls="--", label=f"knee: {knee_rps:.0f} req/s")
     if p99_slo:
         ax.axhline(p99_slo, color=FAULT_COLOR, ls=":", label=f"p99 SLO {p99_slo:g} ms")
     ax.set_yscale("log")
     ax.set_xlabel("throughput, requests/s")
     ax.set_ylabel("p99 latency, ms (log)")
     ax.set_title("Latency against throughput (capacity curve)")
-    _legend(ax)
-    return _png(fig)
+    legend(ax)
+    return png(fig)
 
 
 def pool_chart(pools: pd.DataFrame, windows: list[dict]) -> str | None:
@@ -123,10 +122,10 @@ def pool_chart(pools: pd.DataFrame, windows: list[dict]) -> str | None:
         shade(ax, windows, g["t"].max())
         ax.set_ylabel(svc)
         if ax is axes[0]:
-            _legend(ax)
+            legend(ax)
     axes[0].set_title("Connection pools (psycopg_pool): size, available, waiting; dashed: wait time")
     axes[-1].set_xlabel("seconds since the first request")
-    return _png(fig)
+    return png(fig)
 
 
 def _lines(df: pd.DataFrame, group: str | None, y: str, windows: list[dict], *, title: str,
@@ -144,8 +143,8 @@ def _lines(df: pd.DataFrame, group: str | None, y: str, windows: list[dict], *, 
     ax.set_xlabel("seconds since the first request")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    _legend(ax)
-    return _png(fig)
+    legend(ax)
+    return png(fig)
 
 
 def db_chart(db: pd.DataFrame, windows: list[dict]) -> str | None:

@@ -13,15 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, select_autoescape
-
 from . import charts as Ch
-from .render import _fmt
+from .output import write_html_pdf
+from .templating import env
 
 __all__ = ["build_drill_report", "drill_context"]
-
-_env = Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "j2"]))
-_env.filters["fmt"] = _fmt
 
 RTO_PARTS = (("rto_destroy_s", "disaster (kill -9, data dir deleted)"), ("rto_copy_s", "copy base backup"),
              ("rto_wal_replay_s", "WAL replay"), ("rto_promotion_s", "promotion"),
@@ -43,7 +39,7 @@ def _rto_chart(strategies: dict) -> str | None:
     ax.set_xlabel("seconds from the disaster to the first write acknowledged through the API")
     ax.invert_yaxis()
     ax.legend(fontsize=7, ncol=3, loc="lower left", bbox_to_anchor=(0.0, 1.02), frameon=False)
-    return Ch._png(fig)
+    return Ch.png(fig)
 
 
 def _projection_chart(projections: dict, target_s: float) -> str | None:
@@ -59,7 +55,7 @@ def _projection_chart(projections: dict, target_s: float) -> str | None:
     ax.set_ylabel("projected RTO, hours")
     ax.set_xticks([1, 2, 3, 4, 5])
     ax.legend(fontsize=7)
-    return Ch._png(fig)
+    return Ch.png(fig)
 
 
 def drill_context(run_dir: str | Path) -> dict:
@@ -89,12 +85,5 @@ def drill_context(run_dir: str | Path) -> dict:
 
 def build_drill_report(run_dir: str | Path, *, pdf: bool = True) -> tuple[Path, Path | None]:
     run_dir = Path(run_dir)
-    text = _env.get_template("drill.html.j2").render(**drill_context(run_dir))
-    out = run_dir / "report.html"
-    out.write_text(text)
-    pdf_path = None
-    if pdf:
-        from weasyprint import HTML
-        pdf_path = run_dir / "report.pdf"
-        HTML(string=text, base_url=str(run_dir)).write_pdf(pdf_path)
-    return out, pdf_path
+    text = env.get_template("drill.html.j2").render(**drill_context(run_dir))
+    return write_html_pdf(text, run_dir / "report.html", pdf=pdf)

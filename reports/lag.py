@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .charts import FAULT_COLOR, _legend, _png, shade
+from .charts import FAULT_COLOR, legend, png, shade
 
 __all__ = ["lag_section"]
 
@@ -43,8 +43,8 @@ def replica_chart(beats: pd.DataFrame, repl: pd.DataFrame, windows: list[dict], 
     ax.set_xlabel("seconds since the first request")
     ax.set_ylabel("lag, ms (symlog)")
     ax.set_title("Streaming replica lag")
-    _legend(ax)
-    return _png(fig)
+    legend(ax)
+    return png(fig)
 
 
 def cdc_chart(lag: pd.DataFrame, backlog: pd.DataFrame, windows: list[dict], t0: float) -> str | None:
@@ -57,15 +57,15 @@ def cdc_chart(lag: pd.DataFrame, backlog: pd.DataFrame, windows: list[dict], t0:
     a1.set_ylabel("CDC lag, ms (symlog)")
     a1.set_title("CDC lag per consumer (commit at the source → visible in the target), by commit time")
     shade(a1, windows)
-    _legend(a1)
+    legend(a1)
     for name, g in backlog.groupby("consumer"):
         a2.plot(g["time"] - t0, g["backlog"], lw=1.1, label=name)
     shade(a2, windows)
     a2.set_ylabel("backlog, events")
     a2.set_xlabel("seconds since the first request")
     a2.set_title("Events published and not yet applied, per consumer group")
-    _legend(a2)
-    return _png(fig)
+    legend(a2)
+    return png(fig)
 
 
 def lag_section(run_dir: Path, t0: float, windows: list[dict], metrics: dict, slo: dict) -> dict | None:

@@ -1,55 +1,39 @@
-"""report.html and report.pdf from one run directory, and the index of runs.
+"""report.html and report.pdf of a scenario run, from its run directory alone.
 
-The HTML is one self-contained file (inline CSS, charts as data URIs) that
-opens offline; the PDF is WeasyPrint's rendering of the same HTML.
-`build_report(run_dir)` needs nothing but the run directory.
+Every figure that is also judged (endpoint percentiles, steps and the knee,
+pool sizing, lag, saga invariants) is shown from results.json, as the judge
+computed it; the charts draw the raw records (requests, samples) with the
+same fault windows.  The HTML is one self-contained file (inline CSS,
+charts as data URIs) that opens offline.
 """
 
 from __future__ import annotations
 
-import html
-import json
-import math
 from pathlib import Path
-
-import pandas as pd
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from . import analysis as A
 from . import charts as Ch
 from .lag import lag_section
+from .measures import fault_windows
+from .output import write_html_pdf
+from .rundata import Run
+from .templating import env
 
-__all__ = ["build_report", "build_index", "report_context"]
+__all__ = ["report_context", "build_scenario_report"]
 
 SAGA_INVARIANTS = ("stock-conservation", "no-oversell", "orders-end", "payments-match-orders",
                    "outcomes-match-history", "idempotency")
-
-_env = Environment(loader=PackageLoader("reports", "templates"),
-                   autoescape=select_autoescape(["html", "j2"]))
-
-
-def _fmt(v, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    if isinstance(v, (dict, list)):
-        return json.dumps(v)[:120]
-    return str(v)
+NOT_JUDGED = {"verdict": "unknown", "checks": [{
+    "name": "judged", "verdict": "unknown", "measured": None, "threshold": None,
+    "details": {"reason": "this run directory has no results.json; `msdb check RUN_DIR` judges it"}}],
+    "metrics": {}}
 
 
-_env.filters["fmt"] = _fmt
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    return [] if df is None or df.empty else df.to_dict("records")
-
-
-def _pool_findings(little: pd.DataFrame, pool_cfg: dict, slo: dict) -> list[str]:
+def _pool_findings(little: list[dict], pool_cfg: dict, slo: dict) -> list[str]:
     out = []
     pmax = pool_cfg.get("max")
     acquire = pool_cfg.get("acquire")
-    for _, r in little.iterrows():
+    for r in little:
         if r["pool"] != "primary":
             continue
         need = r["recommended_max"]
@@ -69,82 +53,47 @@ def _pool_findings(little: pd.DataFrame, pool_cfg: dict, slo: dict) -> list[str]
 
 
 def report_context(run_dir: str | Path) -> dict:
-    d = A.load_run(run_dir)
-    t0 = d.t0
-    windows = A.fault_windows(d.faults, t0)
-    sec = A.per_second(d.requests, t0)
-    steps = A.steps_table(d.requests, d.steps, settle_s=d.run.get("parameters", {}).get("settle_s", 0) or 0) \
-        if d.steps else pd.DataFrame()
-    slo = d.run.get("slo", {}) or {}
+    run = Run(run_dir)
+    info = run.info
+    results = run.results or NOT_JUDGED
+    metrics = results.get("metrics", {})
+    requests = run.df("requests.csv", keep_default_na=False)
+    metrics_df = run.df("metrics.csv", keep_default_na=False)
+    t0 = float(requests["time"].min()) if not requests.empty else 0.0
+    windows = A.chart_windows(fault_windows(run.faults), t0)
+    sec = A.per_second(requests, t0)
+    slo = info.get("slo", {}) or {}
     p99_slo = slo.get("p99_ms_max") or slo.get("p95_ms_max")
-    knees = A.knee(steps, p99_ms=p99_slo or float("inf"), error_rate=slo.get("error_rate_max", 0.01)) \
-        if not steps.empty else pd.DataFrame()
-    pools = A.pool_series(d.metrics, t0)
-    lo, hi = 0.0, float(sec["second"].max()) if not sec.empty else 0.0
-    if not knees.empty and d.steps:
-        k = knees[knees["endpoint"] == "(all)"]
-        if not k.empty and pd.notna(k.iloc[0]["knee_users"]):
-            st = next(s for s in d.steps if s["users"] == k.iloc[0]["knee_users"])
-            lo, hi = st["start"] - t0, st["end"] - t0
-    little = A.pool_little(pools, lo, hi)
-    pool_cfg = d.run.get("stack", {}).get("pool", {}) or {}
-    results = d.results or {"verdict": "unknown", "checks": [], "metrics": {}}
-    stmts = d.statements.head(15) if not d.statements.empty else pd.DataFrame()
+    pool_cfg = (info.get("stack") or {}).get("pool", {}) or {}
+    stmts = run.df("statements.csv")
     charts = [c for c in (
         ("Throughput", Ch.throughput_chart(sec, windows)),
         ("Latency", Ch.latency_chart(sec, windows)),
-        ("Capacity", Ch.capacity_chart(sec, steps, knees, p99_slo)),
-        ("Connection pools", Ch.pool_chart(pools, windows)),
-        ("Database query latency", Ch.db_chart(A.db_latency(d.metrics, t0), windows)),
-        ("PostgreSQL transactions", Ch.tps_chart(A.pg_tps(d.postgres, t0), windows)),
-        ("Redis", Ch.redis_chart(A.redis_hit_rate(d.redis, t0), windows)),
+        ("Capacity", Ch.capacity_chart(sec, metrics.get("steps") or [], metrics.get("knee_rps"), p99_slo)
+         if metrics.get("steps") else None),
+        ("Connection pools", Ch.pool_chart(A.pool_series(metrics_df, t0), windows)),
+        ("Database query latency", Ch.db_chart(A.db_latency(metrics_df, t0), windows)),
+        ("PostgreSQL transactions", Ch.tps_chart(A.pg_tps(run.df("postgres.csv", keep_default_na=False), t0),
+                                                 windows)),
+        ("Redis", Ch.redis_chart(A.redis_hit_rate(run.df("redis.csv"), t0), windows)),
     ) if c[1]]
+    little = metrics.get("pools") or []
     return {
-        "run": d.run, "results": results, "verdict": results.get("verdict", "unknown"),
-        "checks": results.get("checks", []), "metrics": results.get("metrics", {}),
-        "windows": windows, "charts": charts, "endpoints": _records(A.endpoint_table(d.requests)),
-        "steps": _records(steps[steps["endpoint"] == "(all)"]) if not steps.empty else [],
-        "knees": _records(knees), "little": _records(little),
+        "run": info, "results": results, "verdict": results.get("verdict", "unknown"),
+        "checks": results.get("checks", []), "metrics": metrics,
+        "windows": windows, "charts": charts,
+        "endpoints": [{"endpoint": k, **v} for k, v in (metrics.get("endpoints") or {}).items()],
+        "steps": metrics.get("steps") or [], "knees": metrics.get("knees") or [],
+        "little": little, "pools_window": metrics.get("pools_window"),
         "pool_findings": _pool_findings(little, pool_cfg, slo), "pool_cfg": pool_cfg,
-        "statements": _records(stmts), "slo": slo, "name": Path(run_dir).name,
-        "comparison": json.loads((Path(run_dir) / "comparison.json").read_text())
-        if (Path(run_dir) / "comparison.json").exists() else [],
+        "statements": [] if stmts.empty else stmts.head(15).to_dict("records"), "slo": slo,
+        "name": run.path.name, "comparison": metrics.get("comparison") or [],
         "invariants": [c for c in results.get("checks", []) if c["name"] in SAGA_INVARIANTS],
-        "lag": lag_section(Path(run_dir), t0, windows, results.get("metrics", {}), slo),
+        "lag": lag_section(run.path, t0, windows, metrics, slo),
+        "stand_ins": [e for e in (info.get("stack") or {}).get("engines", []) if e.get("stand_in")],
     }
 
 
-def build_report(run_dir: str | Path, *, pdf: bool = True) -> tuple[Path, Path | None]:
-    run_dir = Path(run_dir)
-    if json.loads((run_dir / "run.json").read_text()).get("scenario", "").startswith("drill-"):
-        from .drill import build_drill_report   # backup/restore drills have their own page
-        return build_drill_report(run_dir, pdf=pdf)
-    ctx = report_context(run_dir)
-    text = _env.get_template("report.html.j2").render(**ctx)
-    out = run_dir / "report.html"
-    out.write_text(text)
-    pdf_path = None
-    if pdf:
-        from weasyprint import HTML
-        pdf_path = run_dir / "report.pdf"
-        HTML(string=text, base_url=str(run_dir)).write_pdf(pdf_path)
-    return out, pdf_path
-
-
-def build_index(root: str | Path, *, title: str = "msdb runs") -> Path:
-    """index.html linking every run directory under root (newest first)."""
-    root = Path(root)
-    rows = []
-    for rj in sorted(root.glob("*/run.json"), reverse=True):
-        run = json.loads(rj.read_text())
-        res_p = rj.parent / "results.json"
-        res = json.loads(res_p.read_text()) if res_p.exists() else {}
-        checks = res.get("checks", [])
-        rows.append({"dir": rj.parent.name, "scenario": run.get("scenario"), "start": run.get("start"),
-                     "topology": run.get("topology"), "verdict": res.get("verdict", "unknown"),
-                     "failed": [c["name"] for c in checks if c["verdict"] != "pass"],
-                     "has_report": (rj.parent / "report.html").exists(),
-                     "has_pdf": (rj.parent / "report.pdf").exists()})
-    out = root / "index.html"
-    out.write_text(_env.get_template("index.html.j2").render(rows=rows, title=html.escape(title)))
-    return out
+def build_scenario_report(run_dir: Path, *, pdf: bool = True) -> tuple[Path, Path | None]:
+    text = env.get_template("report.html.j2").render(**report_context(run_dir))
+    return write_html_pdf(text, Path(run_dir) / "report.html", pdf=pdf)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["format_summary"]
+from .rundata import Run
+
+__all__ = ["format_summary", "format_results"]
 
 _MARK = {"pass": "PASS", "fail": "FAIL", "unknown": "UNKNOWN"}
 
@@ -21,7 +23,13 @@ def _fmt(v) -> str:
 def format_summary(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
-    run = json.loads((run_dir / "run.json").read_text())
+    return format_results(Run(run_dir), results, written=True)
+
+
+def format_results(run: Run, results: dict, *, written: bool = False) -> str:
+    """The checks, key figures, endpoints and faults of one verdict."""
+    run_dir = run.path
+    run = run.info
     lines = ["", f"scenario {results['scenario']}  topology {run.get('topology')}  "
              f"{run.get('start')} -> {run.get('end')}", ""]
     rows = [(c["name"], _MARK[c["verdict"]], _fmt(c["measured"]), _fmt(c["threshold"]))
@@ -38,14 +46,13 @@ def format_summary(run_dir: Path) -> str:
         keys = ["requests_total", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "failures_total",
                 "server_errors", "orders_ok", "orders_fail", "orders_info", "recovery_s"]
         lines.append("  ".join(f"{k}={_fmt(m[k])}" for k in keys if k in m))
-        lat = next((c for c in results["checks"] if c["name"] in ("p95-latency", "endpoint-latencies")), None)
-        eps = (lat or {}).get("details", {}).get("endpoints") or {}
+        eps = m.get("endpoints") or {}
         if eps:
             lines.append("")
             nw = max(len(n) for n in eps)
             lines.append(f"{'endpoint'.ljust(nw)}  {'count':>7}  {'p50 ms':>8}  {'p95 ms':>8}  {'p99 ms':>8}")
             for n, e in eps.items():
-                lines.append(f"{n.ljust(nw)}  {e['count']:>7}  {_fmt(e['p50_ms']):>8}  "
+                lines.append(f"{n.ljust(nw)}  {e['requests']:>7}  {_fmt(e['p50_ms']):>8}  "
                              f"{_fmt(e['p95_ms']):>8}  {_fmt(e['p99_ms']):>8}")
     faults = (m or {}).get("fault_windows") or []
     if faults:
@@ -53,5 +60,6 @@ def format_summary(run_dir: Path) -> str:
         lines.append("faults: " + "; ".join(f"{f['kind']} on {f['target']} {f['start']} -> {f['end']}"
                                              for f in faults))
     lines.append("")
-    lines.append(f"VERDICT: {_MARK[results['verdict']]}   ({run_dir / 'results.json'})")
+    lines.append(f"VERDICT: {_MARK[results['verdict']]}   "
+                 + (f"({run_dir / 'results.json'})" if written else "(re-judged; results.json unchanged)"))
     return "\n".join(lines)

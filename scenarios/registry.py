@@ -1,21 +1,49 @@
-"""The scenarios `msdb run` knows: defaults, fault schedules, and what proves
-that a fault was felt.
+"""The scenarios `msdb run` knows: defaults, load shape, fault schedule, what
+to record after the load, and the checks that judge the run directory.
 
-Fault schedules are data (see chaos/faults.py): `at`/`for` as shares of the
-run's duration scale with `--duration`; `--faults FILE` replaces a schedule.
-`effect` names the endpoint where the fault must show: `latency` (the median
-must grow by about `ms`), `slower` (by at least `ms`), or `errors`.
+A scenario is a Jepsen-style bundle: a workload (Locust user classes), a
+nemesis schedule (data, chaos/faults.py: `at`/`for` as shares of the run's
+duration scale with `--duration`; `--faults FILE` replaces a schedule), what
+to record once the load stops (harness.run.endstate), and its check groups
+(harness.checks), each naming the SLO keys it needs.  A run given faults
+that its scenario does not declare is judged with the fault checks too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
-__all__ = ["Scenario", "all", "get", "UnknownScenario"]
+from harness.checks.capacity import Capacity, Neighbour
+from harness.checks.faults import AcquireTimeouts, Errors, FaultChecks, Latency, Slower
+from harness.checks.lag import CdcChecks, ReplicationChecks
+from harness.checks.load import LoadChecks
+from harness.checks.matrix import MatrixChecks
+from harness.checks.saga import SagaChecks
+from harness.run.endstate import cdc_end_state, lag_tail, saga_final_state
+
+__all__ = ["Scenario", "StepLoad", "PhasedLoad", "all", "get", "UnknownScenario"]
 
 
 class UnknownScenario(LookupError):
     pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepLoad:
+    """Users stepped up, each step held `step_s`; the first `settle_s` of a step
+    are not judged (users still arriving)."""
+    steps: tuple[int, ...]
+    step_s: float
+    settle_s: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhasedLoad:
+    """The probe users alone for `baseline_share` of the run, then with
+    `noisy_users` neighbours beside them."""
+    baseline_share: float
+    noisy_users: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,14 +55,38 @@ class Scenario:
     spawn_rate: float = 10.0
     seed_users: int = 50
     seed_products: int = 100
+    # new products for this run alone (a checker that audits stock sees only its orders)
+    fresh_products: bool = False
     user_classes: tuple[str, ...] = ("scenarios.workload:ShopUser",)
+    shape: StepLoad | PhasedLoad | None = None
     faults: tuple[dict, ...] = ()
-    effect: dict | None = None
-    # a step load instead of a constant one: {"steps": [...], "step_s": 15, "settle_s": 2}
-    shape: dict | None = None
     # service settings for this run only (services.yaml variables), restored afterwards
     service_env: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
+    # the load goes on past its duration until the orders service answered min_sagas orders
+    until_min_sagas: bool = False
+    after_load: tuple[Callable, ...] = ()
+    checks: tuple = (LoadChecks(),)
+    # run `matrix_of` once per topology, each on a fresh stack, and compare
+    matrix: tuple[str, ...] = ()
+    matrix_of: str | None = None
+
+    def check_groups(self, *, has_faults: bool) -> tuple:
+        """The groups that judge a run of this scenario: given faults it does not
+        declare, the fault checks judge the fault windows too (and the load
+        checks judge what lies outside them)."""
+        if not has_faults or any(isinstance(g, FaultChecks) for g in self.checks):
+            return self.checks
+        return self.checks + (FaultChecks(),)
+
+    def slo_keys(self, *, has_faults: bool) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(k for g in self.check_groups(has_faults=has_faults) for k in g.keys))
+
+    def with_(self, **changes) -> "Scenario":
+        return replace(self, **changes)
+
+
+def _faulty(effect) -> tuple:
+    return (LoadChecks(strict=False), FaultChecks(effect=effect))
 
 
 _FAULTY = dict(duration_s=60.0, users=10)
@@ -48,7 +100,8 @@ _SCENARIOS = {s.name: s for s in (
         name="capacity", users=160, duration_s=6 * 15.0,
         summary="steps users up 5, 10, 20, 40, 80, 160 (15 s each) until p99 or errors break "
                 "the SLO; finds the knee per endpoint and sizes the pools by Little's law",
-        shape={"steps": [5, 10, 20, 40, 80, 160], "step_s": 15, "settle_s": 3}),
+        shape=StepLoad(steps=(5, 10, 20, 40, 80, 160), step_s=15, settle_s=3),
+        checks=(LoadChecks(strict=False), Capacity())),
     Scenario(
         name="pool-exhaustion", duration_s=60.0, users=30,
         summary="catalog's pool cut to 4 connections with a 2 s acquire timeout, then 500 ms of "
@@ -57,19 +110,21 @@ _SCENARIOS = {s.name: s for s in (
         service_env={"catalog": {"DB_POOL_MAX": "4", "DB_POOL_MIN": "2", "DB_POOL_ACQUIRE": "2000"}},
         faults=({"kind": "latency", "target": "catalog-db", "at": "25%", "for": "50%",
                  "latency": 500},),
-        effect={"kind": "acquire-timeouts", "endpoint": "catalog GET /products", "acquire_ms": 2000}),
+        checks=_faulty(AcquireTimeouts("catalog GET /products", acquire_ms=2000))),
     Scenario(
         name="noisy-neighbour", duration_s=40.0,
         summary="heavy order and analytics load beside the users service's own traffic, on each of "
                 "the seed's three topologies in turn (single, grouped, dedicated; fresh stacks on "
                 "--base-port, default 15600); one table compares how much the users service suffers",
-        extra={"matrix": ["single", "grouped", "dedicated"], "one": "noisy-neighbour-one"}),
+        matrix=("single", "grouped", "dedicated"), matrix_of="noisy-neighbour-one",
+        checks=(MatrixChecks(),)),
     Scenario(
         name="noisy-neighbour-one", duration_s=40.0, users=35,
         summary="one topology of noisy-neighbour: the users service alone (baseline), then with "
                 "30 back-to-back order/analytics clients beside it; compares its p95",
         user_classes=("scenarios.workload:ProbeUser", "scenarios.workload:NoisyUser"),
-        shape={"kind": "phased", "baseline_share": 0.4, "noisy_users": 30}),
+        shape=PhasedLoad(baseline_share=0.4, noisy_users=30),
+        checks=(LoadChecks(strict=False), Neighbour())),
     Scenario(
         name="saga", duration_s=60.0, users=20, seed_products=30,
         summary="at least 2,000 create-order sagas from concurrent clients (1 in 10 retried with "
@@ -83,39 +138,40 @@ _SCENARIOS = {s.name: s for s in (
                 {"kind": "reset_peer", "target": "orders-to-catalog", "at": "35%", "for": "8%",
                  "timeout": 0},
                 {"kind": "kill", "target": "orders", "at": "50%", "for": "2s"}),
-        extra={"saga": True, "fresh_products": True}),
+        fresh_products=True, until_min_sagas=True, after_load=(saga_final_state,),
+        checks=(*_faulty(None), SagaChecks())),
     Scenario(
         name="db-latency", **_FAULTY,
         summary="200 ms latency on catalog's database link (catalog-db) for the middle half of "
                 "the run; the catalog endpoints must show it, nothing may 500, all recovers",
         faults=({"kind": "latency", "target": "catalog-db", "at": "25%", "for": "50%",
                  "latency": 200, "jitter": 0},),
-        effect={"kind": "latency", "endpoint": "catalog GET /products", "ms": 200}),
+        checks=_faulty(Latency("catalog GET /products", ms=200))),
     Scenario(
         name="connection-reset", **_FAULTY,
         summary="every connection on orders' database link is reset (reset_peer) for 30% of "
                 "the run; orders fail cleanly with 503, the pool reconnects after the heal",
         faults=({"kind": "reset_peer", "target": "orders-db", "at": "25%", "for": "30%",
                  "timeout": 0},),
-        effect={"kind": "errors", "endpoint": "orders POST /orders", "min": 1}),
+        checks=_faulty(Errors("orders POST /orders"))),
     Scenario(
         name="db-down", **_FAULTY,
         summary="orders' database link is down (proxy disabled) for 20 s; requests fail or wait "
                 "within the pool's acquire timeout, never 500, and recover",
         faults=({"kind": "down", "target": "orders-db", "at": "25%", "for": "20s"},),
-        effect={"kind": "errors", "endpoint": "orders POST /orders", "min": 1}),
+        checks=_faulty(Errors("orders POST /orders"))),
     Scenario(
         name="db-restart", **_FAULTY,
         summary="kill -9 of the PostgreSQL instance holding order_service_db, restarted after "
                 "5 s; pools reconnect, the replica resumes streaming",
         faults=({"kind": "kill", "target": "@orders-instance", "at": "25%", "for": "5s"},),
-        effect={"kind": "errors", "endpoint": "orders POST /orders", "min": 1}),
+        checks=_faulty(Errors("orders POST /orders", instance_wide=True))),
     Scenario(
         name="service-down", **_FAULTY,
         summary="the catalog service is stopped for 20 s, then started again; orders fail "
                 "with clean 503s, the dashboard still answers",
         faults=({"kind": "stop", "target": "catalog", "at": "25%", "for": "20s"},),
-        effect={"kind": "errors", "endpoint": "catalog GET /products", "min": 1}),
+        checks=_faulty(Errors("catalog GET /products"))),
     Scenario(
         name="replica-lag", duration_s=60.0, users=10,
         summary="orders placed and their history read back at once, while the replica's "
@@ -128,7 +184,8 @@ _SCENARIOS = {s.name: s for s in (
                  "latency": 250, "jitter": 0},
                 {"kind": "bandwidth", "target": "orders-replication", "at": "60%", "for": "20%",
                  "rate": 16}),
-        extra={"replication": True}),
+        after_load=(lag_tail,),
+        checks=(*_faulty(None), ReplicationChecks())),
     Scenario(
         name="cdc-lag", duration_s=75.0, users=10,
         summary="product edits, orders and sign-ups under load while the search service (the "
@@ -137,14 +194,15 @@ _SCENARIOS = {s.name: s for s in (
                 "once, orders' user replica = users",
         user_classes=("scenarios.workload:CdcUser",),
         faults=({"kind": "kill", "target": "search", "at": "20%", "for": "30s"},),
-        extra={"cdc": True}),
+        after_load=(cdc_end_state, lag_tail),
+        checks=(*_faulty(None), CdcChecks())),
     Scenario(
         name="slow-network", **_FAULTY,
         summary="catalog's database link limited to 50 KB/s for the middle half of the run; "
                 "product listings slow down, nothing fails",
         faults=({"kind": "bandwidth", "target": "catalog-db", "at": "25%", "for": "50%",
                  "rate": 50},),
-        effect={"kind": "slower", "endpoint": "catalog GET /products", "ms": 20}),
+        checks=_faulty(Slower("catalog GET /products", ms=20))),
 )}
 
 

@@ -29,7 +29,7 @@ def _all(session: requests.Session, url: str, **params) -> list:
         offset += len(items)
 
 
-def wait_quiescent(services: dict, timeout_s: float = 90.0, poll_s: float = 1.0) -> float:
+def wait_quiescent(urls: dict[str, str], timeout_s: float = 90.0, poll_s: float = 1.0) -> float:
     """Wait until no saga is open (the orchestrator finished or compensated all)."""
     t0 = time.monotonic()
     s = requests.Session()
@@ -37,7 +37,7 @@ def wait_quiescent(services: dict, timeout_s: float = 90.0, poll_s: float = 1.0)
     last = None
     while time.monotonic() - t0 < timeout_s:
         try:
-            r = s.get(services["orders"]["url"] + "/admin/sagas", params={"open": "true", "limit": 1},
+            r = s.get(urls["orders"] + "/admin/sagas", params={"open": "true", "limit": 1},
                       timeout=10)
             if r.status_code == 200 and not r.json()["items"]:
                 return time.monotonic() - t0
@@ -48,10 +48,10 @@ def wait_quiescent(services: dict, timeout_s: float = 90.0, poll_s: float = 1.0)
     raise QuiescenceTimeout(f"sagas still open after {timeout_s:.0f} s ({last})")
 
 
-def read_final_state(services: dict) -> dict:
+def read_final_state(urls: dict[str, str]) -> dict:
     s = requests.Session()
     s.trust_env = False
-    cat, orders, pay = (services[k]["url"] for k in ("catalog", "orders", "payments"))
+    cat, orders, pay = (urls[k] for k in ("catalog", "orders", "payments"))
     return {
         "inventory": _all(s, cat + "/inventory"),
         "reservations": _all(s, cat + "/admin/reservations"),

@@ -39,13 +39,13 @@ def _post(session: requests.Session, url: str, body: dict) -> requests.Response:
     raise AssertionError("unreachable")
 
 
-def seed(services: dict, *, users: int, products: int, stock: int = 100_000,
+def seed(urls: dict[str, str], *, users: int, products: int, stock: int = 100_000,
          concurrency: int = 8, fresh_products: bool = False) -> dict:
     """Returns {"users": [{"id", "email", "password"}...], "products": [ids...]}.
 
     fresh_products: create `products` new ones for this run alone (a checker
     that audits stock then sees only this run's orders)."""
-    users_url, catalog_url = services["users"]["url"], services["catalog"]["url"]
+    users_url, catalog_url = urls["users"], urls["catalog"]
     s = requests.Session()
     try:
         existing = s.get(f"{catalog_url}/products", params={"limit": 500}, timeout=30)

@@ -3,8 +3,11 @@
 `StepLoadShape` steps users up (5, 10, 20, 40, 80, ...) and holds each step;
 at the end of each step it asks `judge(step)` whether the step broke the
 SLO, and stops after the first step that did.  Every step is recorded (users,
-UTC-epoch start and end, and the judge's reason) so the analysis can find
-the knee from the exact per-request samples.
+UTC-epoch start and end, and the judge's reason) so the checks can find the
+knee from the exact per-request samples.
+
+Shapes are instances configured through their constructor and handed to
+Locust's `Environment(shape_class=...)`: no class attributes are changed.
 """
 
 from __future__ import annotations
@@ -14,26 +17,23 @@ from typing import Callable
 
 from locust import LoadTestShape
 
+from .workload import NoisyUser, ProbeUser
+
 __all__ = ["StepLoadShape", "PhasedShape"]
 
 
 class StepLoadShape(LoadTestShape):
-    steps: tuple[int, ...] = (5, 10, 20, 40, 80, 160)
-    step_s: float = 15.0
-    spawn_rate: float = 50.0
-    judge: Callable[[dict], str | None] | None = None   # set by the harness
-    recorded: list[dict] = []
+    SPAWN_RATE = 50.0
 
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.recorded = []
+    def __init__(self, *, steps, step_s: float, judge: Callable[[dict], str | None] | None = None):
+        super().__init__()
+        self.steps = tuple(steps)
+        self.step_s = float(step_s)
+        self.judge = judge
+        self.spawn_rate = self.SPAWN_RATE
+        self.recorded: list[dict] = []
         self._index = -1
         self._stopped = False
-
-    @classmethod
-    def configure(cls, *, steps, step_s: float, judge) -> None:
-        # staticmethod: a plain function stored on the class would be bound to the shape
-        cls.steps, cls.step_s, cls.judge = tuple(steps), float(step_s), staticmethod(judge)
 
     def _close_step(self) -> str | None:
         if not self.recorded:
@@ -71,19 +71,15 @@ class PhasedShape(LoadTestShape):
     """Baseline, then noise: the probe users alone for `baseline_s`, then the
     probe users plus `noisy_users` neighbours for `noisy_s`.  Phases are
     recorded (UTC-epoch start/end) to split the samples."""
-    baseline_s: float = 15.0
-    noisy_s: float = 25.0
-    probe_users: int = 5
-    noisy_users: int = 30
-    spawn_rate: float = 50.0
+    PROBE_USERS = 5
+    SPAWN_RATE = 50.0
 
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
+    def __init__(self, *, baseline_s: float, noisy_s: float, noisy_users: int):
+        super().__init__()
+        self.baseline_s, self.noisy_s = baseline_s, noisy_s
+        self.probe_users, self.noisy_users = self.PROBE_USERS, noisy_users
+        self.spawn_rate = self.SPAWN_RATE
         self.phases: list[dict] = []
-
-    @classmethod
-    def configure(cls, *, baseline_s: float, noisy_s: float, noisy_users: int) -> None:
-        cls.baseline_s, cls.noisy_s, cls.noisy_users = baseline_s, noisy_s, noisy_users
 
     def _enter(self, name: str) -> None:
         if not self.phases or self.phases[-1]["phase"] != name:
@@ -92,7 +88,6 @@ class PhasedShape(LoadTestShape):
             self.phases.append({"phase": name, "start": time.time(), "end": None})
 
     def tick(self):
-        from .workload import NoisyUser, ProbeUser
         t = self.get_run_time()
         if t < self.baseline_s:
             self._enter("baseline")

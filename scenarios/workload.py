@@ -6,87 +6,68 @@ register 2.  Expected business outcomes (402 declined, 409 out of stock)
 count as successes for Locust and as `fail` in the history; anything else
 non-2xx is a Locust failure.
 
-Endpoints come from `<state-dir>/stack.json` (MSDB_STATE_DIR, default
-.msdb), so `locust -f locustfile.py` works against a stack from `msdb up`.
+What a user needs (service URLs, seeded products and users, the history
+recorder) is a `WorkloadContext` on Locust's `Environment` (`environment.msdb`),
+set by `msdb run` when it builds its Environment, and by locustfile.py's
+`init` listener under the plain Locust UI.  Nothing is configured through
+class attributes or module globals, so two Environments in one process
+(a test, a run) never share state.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
 import uuid
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from locust import FastHttpUser, between, constant, events, task
+from locust import FastHttpUser, between, constant, task
 
 from .data import SEARCH_WORDS, LOAD_PASSWORD, user_credentials
 
-__all__ = ["ShopUser", "ProbeUser", "NoisyUser", "SagaUser", "RywUser", "CdcUser", "create_order",
-           "read_history", "load_endpoints",
-           "set_history", "Pool"]
-
-# A history recorder injected by the harness (None under the plain Locust UI).
-_history = None
+__all__ = ["WorkloadContext", "context", "ShopUser", "ProbeUser", "NoisyUser", "SagaUser", "RywUser",
+           "CdcUser", "create_order", "read_history"]
 
 
-def set_history(recorder) -> None:
-    global _history
-    _history = recorder
+class _NoHistory:
+    """The recorder when nobody records (the plain Locust UI)."""
+
+    def invoke(self, *a): pass
+    def ok(self, *a): pass
+    def fail(self, *a): pass
+    def info(self, *a): pass
 
 
-def load_endpoints(state_dir: str | None = None) -> dict | None:
-    path = Path(state_dir or os.environ.get("MSDB_STATE_DIR", ".msdb")) / "stack.json"
-    try:
-        return json.loads(path.read_text())["services"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-class Pool:
-    """Per-process test data: service URLs, product ids, how many seeded users exist."""
-    urls: dict[str, str] = {}
-    products: list[str] = []
+@dataclass
+class WorkloadContext:
+    """Test data and recorder of one Locust Environment."""
+    urls: dict[str, str] = field(default_factory=dict)     # service -> base URL
+    products: list[str] = field(default_factory=list)
     seeded_users: int = 0
-
-    @classmethod
-    def configure(cls, *, services: dict, products: list[str], seeded_users: int) -> None:
-        cls.urls = {k: v["url"] for k, v in services.items()}
-        cls.products = list(products)
-        cls.seeded_users = seeded_users
+    history: object = field(default_factory=_NoHistory)   # invoke/ok/fail/info(process, f, value)
 
 
-@events.test_start.add_listener
-def _ensure_data(environment, **kw):
-    """Under the plain Locust UI nothing seeded the stack: seed a small data set."""
-    if Pool.products:
-        return
-    services = load_endpoints()
-    if services is None:
-        return
-    from .seed import seed
-    n_users = int(os.environ.get("MSDB_SEED_USERS", "50"))
-    data = seed(services, users=n_users, products=int(os.environ.get("MSDB_SEED_PRODUCTS", "100")))
-    Pool.configure(services=services, products=data["products"], seeded_users=len(data["users"]))
-
-
-_SERVICES = load_endpoints() or {}
+def context(environment) -> WorkloadContext:
+    ctx = getattr(environment, "msdb", None)
+    if ctx is None:
+        ctx = environment.msdb = WorkloadContext()
+    return ctx
 
 
 class ShopUser(FastHttpUser):
     wait_time = between(0.05, 0.5)
-    host = _SERVICES.get("users", {}).get("url", "http://127.0.0.1:15420")
-    # Every service is called with an absolute URL from Pool.urls.
+    # Every service is called with an absolute URL from the context; Locust
+    # sets `host` from the Environment's (the users service).
     connection_timeout = 10.0
     network_timeout = 35.0   # longer than the pools' 30 s acquire timeout
 
     def on_start(self):
-        self.urls = Pool.urls
+        self.ctx = context(self.environment)
+        self.urls = self.ctx.urls
         self.user_id = None
         self.token = None
         self.process = f"u{id(self) & 0xffffff:06x}"
-        if Pool.seeded_users:
+        if self.ctx.seeded_users:
             self.login()
 
     # -- helpers ---------------------------------------------------------------
@@ -95,13 +76,13 @@ class ShopUser(FastHttpUser):
         return self.urls[service] + path
 
     def _product(self) -> str | None:
-        return random.choice(Pool.products) if Pool.products else None
+        return random.choice(self.ctx.products) if self.ctx.products else None
 
     # -- tasks -------------------------------------------------------------------
 
     @task(30)
     def browse(self):
-        offset = random.randint(0, max(0, len(Pool.products) - 20))
+        offset = random.randint(0, max(0, len(self.ctx.products) - 20))
         self.client.get(self._u("catalog", f"/products?limit=20&offset={offset}"),
                         name="catalog GET /products")
         for _ in range(2):
@@ -117,9 +98,9 @@ class ShopUser(FastHttpUser):
 
     @task(10)
     def login(self):
-        if not Pool.seeded_users:
+        if not self.ctx.seeded_users:
             return
-        cred = user_credentials(random.randrange(Pool.seeded_users))
+        cred = user_credentials(random.randrange(self.ctx.seeded_users))
         with self.client.post(self._u("users", "/sessions"), name="users POST /sessions",
                               json={"email": cred["email"], "password": LOAD_PASSWORD},
                               catch_response=True) as r:
@@ -158,10 +139,10 @@ class ShopUser(FastHttpUser):
 
     @task(15)
     def place_order(self):
-        if not self.user_id or len(Pool.products) < 3:
+        if not self.user_id or len(self.ctx.products) < 3:
             return
         items = [{"product_id": pid, "quantity": random.randint(1, 3)}
-                 for pid in random.sample(Pool.products, random.randint(1, 3))]
+                 for pid in random.sample(self.ctx.products, random.randint(1, 3))]
         create_order(self, items, uuid.uuid4().hex)
 
 
@@ -173,8 +154,8 @@ def create_order(user, items: list[dict], key: str) -> str:
     (5xx, no response, or the key's first request is still in flight).
     """
     value = {"user_id": user.user_id, "items": items, "idempotency_key": key}
-    if _history:
-        _history.invoke(user.process, "create_order", value)
+    history = user.ctx.history
+    history.invoke(user.process, "create_order", value)
     with user.client.post(user.urls["orders"] + "/orders", name="orders POST /orders",
                           json={"user_id": user.user_id, "items": items},
                           headers={"Idempotency-Key": key}, catch_response=True) as r:
@@ -202,23 +183,22 @@ def create_order(user, items: list[dict], key: str) -> str:
         else:
             kind = "fail"
             r.failure(f"HTTP {status}: {str(body)[:200]}")
-        if _history:
-            getattr(_history, kind)(user.process, "create_order", result)
+        getattr(history, kind)(user.process, "create_order", result)
     return kind
 
 
 class _Base(FastHttpUser):
     abstract = True
-    host = ShopUser.host
     connection_timeout = 10.0
     network_timeout = 35.0
 
     def on_start(self):
-        self.urls = Pool.urls
+        self.ctx = context(self.environment)
+        self.urls = self.ctx.urls
         self.user_id = None
         self.process = f"{type(self).__name__[0].lower()}{id(self) & 0xffffff:06x}"
-        if Pool.seeded_users:
-            cred = user_credentials(random.randrange(Pool.seeded_users))
+        if self.ctx.seeded_users:
+            cred = user_credentials(random.randrange(self.ctx.seeded_users))
             r = self.client.post(self.urls["users"] + "/sessions", name="users POST /sessions",
                                  json={"email": cred["email"], "password": LOAD_PASSWORD})
             if r.status_code == 201:
@@ -259,9 +239,9 @@ class NoisyUser(_Base):
 
     @task(6)
     def order(self):
-        if not self.user_id or len(Pool.products) < 3:
+        if not self.user_id or len(self.ctx.products) < 3:
             return
-        items = [{"product_id": pid, "quantity": 1} for pid in random.sample(Pool.products, 2)]
+        items = [{"product_id": pid, "quantity": 1} for pid in random.sample(self.ctx.products, 2)]
         self.post_order(items)
 
     @task(2)
@@ -284,10 +264,10 @@ class SagaUser(_Base):
 
     @task
     def order(self):
-        if not self.user_id or len(Pool.products) < 3:
+        if not self.user_id or len(self.ctx.products) < 3:
             return
         items = [{"product_id": pid, "quantity": random.randint(1, 3)}
-                 for pid in random.sample(Pool.products, random.randint(1, 3))]
+                 for pid in random.sample(self.ctx.products, random.randint(1, 3))]
         key = uuid.uuid4().hex
         create_order(self, items, key)
         if random.random() < self.REPEAT:
@@ -304,9 +284,9 @@ class RywUser(_Base):
 
     @task
     def order_then_read(self):
-        if not self.user_id or len(Pool.products) < 3:
+        if not self.user_id or len(self.ctx.products) < 3:
             return
-        order_id = self.post_order([{"product_id": random.choice(Pool.products), "quantity": 1}])
+        order_id = self.post_order([{"product_id": random.choice(self.ctx.products), "quantity": 1}])
         if not order_id:
             return
         written = time.monotonic()
@@ -316,21 +296,19 @@ class RywUser(_Base):
 
 def read_history(user, order_id: str, routing: str | None, written: float) -> None:
     value = {"user_id": user.user_id, "order_id": order_id, "routing": routing or "service"}
-    if _history:
-        _history.invoke(user.process, "read_history", value)
+    history = user.ctx.history
+    history.invoke(user.process, "read_history", value)
     q = "?limit=5" + (f"&read={routing}" if routing else "")
     name = "orders GET /users/{id}/orders" + (f" ({routing})" if routing else "")
     with user.client.get(user.urls["orders"] + f"/users/{user.user_id}/orders{q}", name=name,
                          catch_response=True) as r:
         if r.status_code != 200:
             r.failure(f"HTTP {r.status_code}")
-            if _history:
-                _history.fail(user.process, "read_history", {**value, "status": r.status_code})
+            history.fail(user.process, "read_history", {**value, "status": r.status_code})
             return
         body = r.json()
         seen = any(str(o.get("id")) == order_id for o in body.get("items") or [])
-        if _history:
-            _history.ok(user.process, "read_history", {
+        history.ok(user.process, "read_history", {
                 **value, "served_by": body.get("served_by"), "stale": not seen,
                 "after_write_ms": round((time.monotonic() - written) * 1000, 2)})
 
@@ -342,16 +320,16 @@ class CdcUser(_Base):
 
     @task(5)
     def edit_product(self):
-        pid = random.choice(Pool.products) if Pool.products else None
+        pid = random.choice(self.ctx.products) if self.ctx.products else None
         if pid:
             self.client.patch(self.urls["catalog"] + f"/products/{pid}", name="catalog PATCH /products/{id}",
                               json={"description": f"edited {uuid.uuid4().hex[:8]}"})
 
     @task(4)
     def order(self):
-        if not self.user_id or len(Pool.products) < 3:
+        if not self.user_id or len(self.ctx.products) < 3:
             return
-        items = [{"product_id": pid, "quantity": 1} for pid in random.sample(Pool.products, 2)]
+        items = [{"product_id": pid, "quantity": 1} for pid in random.sample(self.ctx.products, 2)]
         self.post_order(items)
 
     @task(1)

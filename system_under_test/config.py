@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from psycopg.conninfo import make_conninfo
 
 __all__ = ["ConfigError", "PoolConfig", "DatabaseConfig", "ReplicaConfig",
            "ServiceConfig", "load", "DEFAULT_CONFIG_PATH"]
@@ -67,7 +68,6 @@ class DatabaseConfig:
     ssl: str = "require"
 
     def conninfo(self, *, host: str | None = None, port: int | None = None) -> str:
-        from psycopg.conninfo import make_conninfo
         return make_conninfo(host=host or self.host, port=port or self.port, dbname=self.name,
                              user=self.username, password=self.password, sslmode=self.ssl,
                              connect_timeout=5, application_name=self.username)

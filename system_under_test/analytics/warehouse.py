@@ -11,6 +11,7 @@ are the proof that effects happened exactly once.
 
 from __future__ import annotations
 
+import os
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -39,7 +40,6 @@ ALTER TABLE order_item_facts ADD COLUMN IF NOT EXISTS source_lsn BIGINT;
 def _guard_disabled() -> bool:
     """Test-only mutation (MSDB_MUTATION=cdc-no-lsn-guard with MSDB_ALLOW_MUTATIONS=1):
     apply every delivered change, so a re-delivery counts twice."""
-    import os
     return (os.environ.get("MSDB_ALLOW_MUTATIONS") == "1"
             and os.environ.get("MSDB_MUTATION") == "cdc-no-lsn-guard")
 

@@ -37,6 +37,9 @@ import time
 from dataclasses import dataclass, field
 
 import orjson
+import psycopg2
+import psycopg2.extras
+import redis
 from prometheus_client import Counter, Gauge
 
 from ..common.metrics import REGISTRY
@@ -90,7 +93,6 @@ class SlotRelay:
     def run(self, stop: threading.Event) -> None:
         """Stream until `stop` is set; reconnects after any error (the server
         resends everything after the last confirmed position)."""
-        import redis
         r = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
         try:
             while not stop.is_set():
@@ -105,8 +107,6 @@ class SlotRelay:
             r.close()
 
     def _stream(self, r, stop: threading.Event) -> None:
-        import psycopg2
-        import psycopg2.extras
         conn = psycopg2.connect(self.src.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
         try:
             cur = conn.cursor()
@@ -168,8 +168,6 @@ class SlotRelay:
             conn.close()
 
     def _ensure_slot(self, conn) -> None:
-        import psycopg2
-        import psycopg2.extras
         # The stack creates the slot before any data exists; a slot made here
         # only sees changes from now on (there is no initial snapshot).
         with psycopg2.connect(self.src.dsn) as c, c.cursor() as cur:

@@ -1,0 +1,124 @@
+"""Checks of the backup and restore drills, from what each drill recorded
+(drill.json, lost.json) and the SLO's recovery objectives (seed §7.2: RPO
+15 min, RTO 2 h)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reports.rundata import Run
+
+from ..drills.rpo_rto import GROWTH_GB_PER_YEAR, combined_projection, project_rto
+from .core import Check, at_least, at_most
+
+__all__ = ["RestoreChecks", "PitrChecks", "MaskedChecks", "DRILL_CHECKS", "RECOVERY_KEYS"]
+
+RECOVERY_KEYS = ("rpo_seconds_max", "rto_seconds_max")
+PARTS = ("rto_destroy_s", "rto_copy_s", "rto_wal_replay_s", "rto_promotion_s", "rto_reconnect_s")
+
+
+def _recorded(run: Run) -> dict:
+    d = run.json("drill.json")
+    if d is None:
+        raise FileNotFoundError(f"{run.path}/drill.json: the drill recorded no measurements")
+    return d
+
+
+@dataclass(frozen=True)
+class RestoreChecks:
+    """RPO and RTO against the objectives; with a stream-sync strategy no
+    acknowledged write may be lost; with a target time, what is before it is
+    back and what is after it is not.  A run of several strategies has one
+    child run directory per strategy, each judged on its own first."""
+    keys = RECOVERY_KEYS
+
+    def __call__(self, run: Run, slo: dict) -> tuple[list[Check], dict]:
+        modes = run.info.get("matrix") or []
+        if modes:
+            return self._strategies(run, modes, slo)
+        d = _recorded(run)
+        m = dict(d["metrics"])
+        lost = run.json("lost.json", []) or []
+        checks = [
+            at_most("rpo-seconds", m["rpo_seconds"], slo["rpo_seconds_max"],
+                    lost_writes=m["rpo_lost_writes"], wal=m["wal"]),
+            at_most("rto-seconds", m["rto_seconds"], slo["rto_seconds_max"], **{k: m[k] for k in PARTS}),
+        ]
+        target = d.get("target")
+        if m["wal"] == "stream-sync" and target is None:
+            checks.append(at_most("sync-no-acked-write-lost", len(lost), 0,
+                                  lost=[a["id"] for a in lost][:20]))
+        if target is not None:
+            checks.append(at_most("target-before-present", len(target["early_missing"]), 0,
+                                  missing=target["early_missing"][:20]))
+            checks.append(at_most("target-after-absent", len(target["late_present"]), 0,
+                                  present=target["late_present"][:20]))
+        r = d["rates"]
+        m["projection"] = project_rto(copy_mb_s=r["copy_mb_s"], replay_mb_s=r["replay_mb_s"],
+                                      wal_per_data_byte=r["wal_per_data_byte"],
+                                      growth_gb_per_year=GROWTH_GB_PER_YEAR[m["db"]],
+                                      fixed_s=r["fixed_s"], target_s=slo["rto_seconds_max"])
+        return checks, m
+
+    def _strategies(self, run: Run, modes: list[str], slo: dict) -> tuple[list[Check], dict]:
+        checks, strategies = [], {}
+        for mode in modes:
+            res = run.children.get(mode) or (Run(run.path / mode).results
+                                             if (run.path / mode / "run.json").exists() else None)
+            if res is None:
+                checks.append(Check(f"{mode}: measured", "unknown", None, None,
+                                    {"reason": f"the {mode} drill left no verdict"}))
+                continue
+            checks += [Check(f"{mode}: {c['name']}", c["verdict"], c["measured"], c["threshold"],
+                             c.get("details", {})) for c in res["checks"]]
+            if res.get("metrics", {}).get("rto_seconds") is not None:
+                strategies[mode] = res["metrics"]
+        ms = list(strategies.values())
+        projection = combined_projection(ms, ms[0]["db"], slo["rto_seconds_max"]) if ms else None
+        return checks, {"strategies": strategies, "projection": projection}
+
+
+@dataclass(frozen=True)
+class PitrChecks:
+    keys = ()
+
+    def __call__(self, run: Run, slo: dict) -> tuple[list[Check], dict]:
+        d = _recorded(run)
+        m, ev = d["metrics"], d["evidence"]
+        return [
+            at_least("deleted-rows-back", m["deleted_rows_back"], m["deleted_rows"],
+                     missing=ev["deleted_missing"]),
+            at_least("accident-deleted-rows", m["deleted_rows"], 1,
+                     reason="an accident that deleted nothing proves nothing"),
+            at_most("nothing-after-target", m["rows_created_after_target"] + m["acked_after_target_present"],
+                    0, rows_created_after_target=m["rows_created_after_target"],
+                    acked_after_target_present=ev["late_present"]),
+            at_least("writes-after-accident", m["acked_after_target"], 1,
+                     reason="without writes after the target, 'nothing after it' proves nothing"),
+            at_most("acked-before-target-present", m["acked_before_target_missing"], 0,
+                    missing=ev["early_missing"]),
+        ], m
+
+
+@dataclass(frozen=True)
+class MaskedChecks:
+    keys = ()
+
+    def __call__(self, run: Run, slo: dict) -> tuple[list[Check], dict]:
+        d = _recorded(run)
+        m, ev = d["metrics"], d["evidence"]
+        return [
+            at_least("check-sees-originals", m["emails_in_unmasked_dump"], m["original_emails"],
+                     reason="the scan must find every original email in the unmasked restore, "
+                            "or finding none after masking proves nothing"),
+            at_least("masked-copy-complete", m["masked_rows"], m["original_emails"]),
+            at_most("no-original-email-in-table", m["original_emails_in_masked_table"], 0),
+            at_most("no-original-email-in-dump", m["original_emails_in_masked_dump"], 0,
+                    leaked=ev["in_dump"]),
+            at_most("no-original-name-in-dump", m["original_names_in_masked_dump"], 0,
+                    leaked=ev["names_left"]),
+        ], m
+
+
+DRILL_CHECKS = {"drill-restore": (RestoreChecks(),), "drill-pitr": (PitrChecks(),),
+                "drill-masked": (MaskedChecks(),)}

@@ -1,0 +1,195 @@
+"""`msdb drill restore`, one WAL strategy on a fresh stack:
+
+ 1. base backup (pg_basebackup + pg_verifybackup), geo copy; for stream modes
+    pg_receivewal first (stream-sync: named in synchronous_standby_names);
+ 2. writers drive acknowledged writes through the service API, each with a
+    unique id and the client's acknowledgement time (acks.jsonl, history.jsonl);
+ 3. disaster: kill -9 of the instance, then its data directory is deleted
+    (with --from geo, this region's backups and WAL archive too);
+ 4. restore the latest base backup + WAL into a fresh instance (to the end of
+    the WAL, or --target-time), repoint the service's `<db>-db` proxy at it;
+ 5. record what happened (drill.json, restore.json, lost.json): the RPO and
+    RTO arithmetic and the checks are harness.drills.rpo_rto and
+    harness.checks.drill, from those files.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from scenarios.seed import seed
+
+from ..errors import InfraError
+from ..run.rundir import RunDir
+from ..stack.topology import SERVICE_BY_NAME
+from ..utc import utc
+from .backup import Retention, WalStreamer
+from .pgrestore import restore
+from .rpo_rto import MIN_REPLAY_BYTES, rpo, rto_parts
+from .stack import DrillStack, db_stats, newest_archived
+from .writer import Writer, present_ids
+
+__all__ = ["RestoreParams", "restore_drill"]
+
+
+@dataclass
+class RestoreParams:
+    db: str
+    wal: str
+    archive_timeout_s: int
+    disaster_after_s: float
+    target: tuple[str, float] | None
+    writers: int
+    state_dir: Path
+    base_port: int
+    keep_days: float
+    keep_last: int
+    keep_stack: bool = False
+    source: str = "primary"      # restore from: primary (this region's backups) or geo
+
+
+def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
+    """One WAL strategy on a fresh stack; writes drill.json and returns its metrics."""
+    metrics: dict = {"wal": p.wal, "db": p.db, "archive_timeout_s": p.archive_timeout_s,
+                     "restored_from": p.source}
+    with DrillStack(p.state_dir, p.base_port, p.archive_timeout_s, log=log, keep=p.keep_stack) as ds:
+        inst = ds.instance(p.db)
+        url = ds.info.urls[p.db]
+        data = seed(ds.info.urls, users=4, products=4, stock=10_000_000) if p.db == "orders" else {}
+        bs = ds.backup_set(inst)
+        streamer = None
+        if p.wal != "archive":
+            streamer = WalStreamer(bs, sync=p.wal == "stream-sync")
+            streamer.start()
+            ds.adopt(streamer.rec, "process")
+            log(f"  pg_receivewal streaming ({'synchronous' if streamer.sync else 'asynchronous'})")
+        backup = bs.take()
+        geo = bs.geo_sync()
+        pruned = bs.prune(Retention(keep_last=p.keep_last, keep_days=p.keep_days))
+        log(f"  base backup {backup.label}: {backup.bytes / 1e6:.1f} MB in {backup.seconds:.2f} s, "
+            f"verified in {backup.verify_seconds:.2f} s; geo copy {geo}")
+        writer = Writer(p.db, url, rd, seed=data)
+        before = db_stats(inst, p.db)
+        stop = threading.Event()
+        threads = writer.run_until(stop, p.writers, "load")
+        target_abs = None
+        try:
+            time.sleep(p.disaster_after_s)
+            after = db_stats(inst, p.db)
+            archived = newest_archived(bs.archive_dir)
+            # -- the disaster: kill -9, then the data directory is gone --
+            t_disaster = time.time()
+            ds.destroy(inst)
+            stop.set()     # no new writes; those in flight end on their own
+            t_destroyed = time.time()
+        finally:
+            stop.set()
+        log(f"  disaster at {utc(t_disaster)}: {len(writer.acks)} writes acknowledged before it; "
+            f"{inst.name} killed and its data directory deleted")
+        if streamer is not None:
+            streamer.stop()
+        if p.source == "geo":
+            # The region is lost with the server: no last copy to the geo
+            # region; restore from what it already held.
+            region = bs.lose_region()
+            metrics["region_lost"] = region
+            source = bs.geo_copy()
+            archived = newest_archived(source.archive_dir)
+            log(f"  region lost: {region['base_backups']} base backup(s) and {region['archived_wal']} "
+                f"archived WAL file(s) gone; restoring from the geo copy")
+        else:
+            bs.geo_sync()
+            source = bs
+        if p.target is not None:
+            target_abs = p.target[1] if p.target[0] == "abs" else t_disaster - p.target[1]
+        dest = ds.restored_instance(inst)
+        res, new_rec = restore(source, dest, target_time=target_abs)
+        ds.adopt(new_rec, "postgres")
+        log(f"  restored {res.backup} + WAL to {res.wal_chain['last']}"
+            f"{' (partial)' if res.wal_chain['last_partial'] else ''}; read-write after "
+            f"{res.t_read_write - t_disaster:.2f} s")
+        ds.repoint(p.db, dest.port)
+        t_repointed = time.time()
+        probe = requests.Session()
+        probe.trust_env = False
+        first = None
+        deadline = time.monotonic() + 600
+        while first is None and time.monotonic() < deadline:
+            first = writer.write_once(probe, "probe", "after-restore")
+            if first is None:
+                time.sleep(0.05)
+        for t in threads:
+            t.join(timeout=15)
+        writer.close()
+        if first is None:
+            raise InfraError(f"no write through the {p.db} API succeeded within 600 s of the restore "
+                             f"(proxy {p.db}-db -> 127.0.0.1:{dest.port})")
+        ds.repoint_others(inst.port, dest.port, done=f"{p.db}-db")
+        # Until the proxy was repointed the service reached no database but the
+        # dead one: an ack before that was committed there (even if it arrived
+        # just after the kill).  The first ack after it is the first write the
+        # restored instance served (a writer that waited for a connection may
+        # beat the probe).
+        t_first = min(a["ack_ts"] for a in writer.acks if a["ack_ts"] > t_repointed)
+        acked = [a for a in writer.acks if a["ack_ts"] <= t_repointed]
+        r = rpo(acked=acked, present=present_ids(dest, p.db, [a["id"] for a in acked]),
+                disaster=t_disaster, backup_end=backup.finished_at)
+        lost, recovered = r["lost"], r["recovered"]
+        rd.write_json("lost.json", lost)
+        parts = rto_parts(disaster=t_disaster, destroyed=t_destroyed, copy_end=res.t_copy_end,
+                          redo_done=res.t_redo_done, read_write=res.t_read_write, first_write=t_first)
+        redo_start = res.t_redo_start or res.t_start
+        copy_mb_s = (res.copy_bytes / 1e6) / (res.t_copy_end - res.t_copy_start) \
+            if res.t_copy_end > res.t_copy_start else None
+        replay_s = (res.t_redo_done - redo_start) if res.t_redo_done else None
+        # Too little WAL replayed says nothing about throughput (start-up dominates).
+        replay_mb_s = (res.redo_bytes / 1e6) / replay_s if res.redo_bytes and \
+            res.redo_bytes >= MIN_REPLAY_BYTES and replay_s and replay_s > 0 else None
+        wal_bytes = after["lsn"] - before["lsn"]
+        data_growth = max(1, after["db_bytes"] - before["db_bytes"])
+        last_rec = r["last_recovered_ack"]
+        metrics.update({
+            "rpo_lost_writes": len(lost), "rpo_seconds": round(r["rpo_s"], 3),
+            "rto_seconds": round(t_first - t_disaster, 3),
+            **{k: (round(v, 3) if v is not None else None) for k, v in parts.items()},
+            "acked_writes": len(acked), "recovered_acked_writes": len(recovered),
+            "failed_writes": writer.failed, "unknown_writes": writer.unknown,
+            "write_rate_per_s": round(len(acked) / p.disaster_after_s, 1),
+            "disaster_utc": utc(t_disaster),
+            "last_recovered_ack_utc": utc(last_rec) if last_rec else None,
+            "first_lost_ack_utc": utc(min(a["ack_ts"] for a in lost)) if lost else None,
+            "last_archived_segment": archived["segment"] if archived else None,
+            "last_archived_utc": archived["archived_utc"] if archived else None,
+            "seconds_since_last_archive": round(t_disaster - archived["archived_ts"], 3) if archived else None,
+            "base_backup": backup.to_json(), "geo_copy": geo, "retention": pruned,
+            "wal_chain_last": res.wal_chain["last"], "wal_chain_last_partial": res.wal_chain["last_partial"],
+            "last_replayed_commit": res.last_replayed_commit,
+            "copy_mb": round(res.copy_bytes / 1e6, 2), "copy_mb_s": round(copy_mb_s, 1) if copy_mb_s else None,
+            "wal_replayed_mb": round(res.redo_bytes / 1e6, 3) if res.redo_bytes else None,
+            "wal_replay_mb_s": round(replay_mb_s, 1) if replay_mb_s else None,
+            "wal_bytes_per_data_byte": round(wal_bytes / data_growth, 2),
+            "target_time_utc": utc(target_abs) if target_abs else None,
+        })
+        target = None
+        if target_abs is not None:
+            target = {"early_missing": [a["id"] for a in lost if a["ack_ts"] < target_abs],
+                      "late_present": [a["id"] for a in recovered if a["invoke_ts"] > target_abs]}
+        rd.write_json("drill.json", {
+            "metrics": metrics, "target": target,
+            # unrounded, for the projection (harness.drills.rpo_rto.project_rto)
+            "rates": {"copy_mb_s": copy_mb_s, "replay_mb_s": replay_mb_s,
+                      "wal_per_data_byte": wal_bytes / data_growth,
+                      "fixed_s": (parts["rto_promotion_s"] or 0) + parts["rto_reconnect_s"]
+                      + parts["rto_destroy_s"]}})
+        rd.write_json("restored.json", {"instance": dest.name, "port": dest.port,
+                                        "database": SERVICE_BY_NAME[p.db].database, "pid": new_rec.pid,
+                                        "state_dir": str(p.state_dir), "running": p.keep_stack})
+        rd.write_json("restore.json", {**res.to_json(), "events": {
+            "disaster": t_disaster, "destroyed": t_destroyed, "repointed": t_repointed,
+            "first_write": t_first}})
+    return metrics

@@ -1,0 +1,59 @@
+"""The processes beside a run: the nemesis (faults) and the lag monitor.
+
+Each is its own process so that a heal never depends on the Locust process
+staying alive, and the lag monitor's timing does not depend on Locust's
+event loop.  Both exit when their parent run disappears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["Child", "start_nemesis", "start_lagmon"]
+
+
+class Child:
+    """One helper process of a run; `stop()` asks it to finish (SIGTERM: the
+    nemesis heals first) and returns its exit code."""
+
+    def __init__(self, argv: list[str], log: Path, stop_timeout_s: float):
+        self.stop_timeout_s = stop_timeout_s
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return -9
+
+
+def start_nemesis(run_dir: Path, state_dir: Path, schedule: list) -> Child | None:
+    """The schedule's nemesis, time zero now; None when there are no faults."""
+    if not schedule:
+        return None
+    sched = run_dir / "faults.schedule.json"
+    sched.write_text(json.dumps([f.to_json() for f in schedule], indent=2) + "\n")
+    return Child([sys.executable, "-m", "harness.run.nemesis", "--state-dir", str(state_dir),
+                  "--schedule", str(sched), "--journal", str(run_dir / "faults.jsonl"),
+                  "--t0", str(time.time()), "--parent", str(os.getpid())],
+                 run_dir / "nemesis.log", stop_timeout_s=60.0)
+
+
+def start_lagmon(run_dir: Path, state_dir: Path) -> Child:
+    return Child([sys.executable, "-m", "harness.run.lagmon", "--state-dir", str(state_dir),
+                  "--out", str(run_dir), "--parent", str(os.getpid())],
+                 run_dir / "lagmon.log", stop_timeout_s=30.0)

@@ -1,0 +1,137 @@
+"""`EmbeddedBackend`: the `StackBackend` of the embedded stack in one state dir.
+
+Its `up()` starts the stack from a separate `msdb up` process: the parts are
+then children of PID 1, which reaps one that a fault kills (a killed
+postmaster that stays a zombie of ours would block its own restart).
+`start()` is what that `msdb up` process runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from chaos.client import ToxiproxyServer
+
+from ..errors import InfraError, NoStackError, UsageError
+from . import procs
+from .actions import EmbeddedActions
+from .embedded import EmbeddedStack, StackOptions, stop_parts
+from .info import StackInfo
+from .pg import PgRuntime
+from .status import PartStatus, StatusProbe, status
+
+__all__ = ["EmbeddedBackend"]
+
+
+class EmbeddedBackend:
+    """`StackBackend` for the embedded stack in one state dir."""
+
+    kind = "embedded"
+
+    def __init__(self, options: StackOptions):
+        self.options = options
+        self.state_dir = Path(options.state_dir)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedBackend({str(self.state_dir)!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self, *, fresh: bool = False, log=print) -> tuple[StackInfo, bool]:
+        """Start the stack in this process (`msdb up`); returns (info, started_now).
+        Idempotent: a healthy stack with the same layout is left as it is."""
+        opts = self.options
+        if fresh:
+            self.down(purge=True, log=lambda *a: None)
+        try:
+            existing = StackInfo.load(self.state_dir)
+        except NoStackError:
+            existing = None
+        if existing is not None:
+            if existing.topology != opts.topology or existing.base_port != opts.base_port:
+                if any(p.healthy for p in self.status()):
+                    raise UsageError(
+                        f"a {existing.topology!r} stack on base port {existing.base_port} is "
+                        f"running in {self.state_dir}; run `msdb down` first, or add --fresh")
+            elif all(p.healthy for p in self.status()):
+                return existing, False
+            # Partly running: stop what is left, then start cleanly on the same data.
+            self.down(log=lambda *a: None)
+        return EmbeddedStack(opts).start(log=log), True
+
+    def up(self, *, timeout_s: float = 300.0) -> StackInfo:
+        """Start the stack from a separate `msdb up` process (see the module
+        docstring); exit 2 of that process is a UsageError, anything else an
+        InfraError, and so is a start that takes longer than timeout_s."""
+        o = self.options
+        argv = [sys.executable, "-m", "harness.cli", "up", "--state-dir", str(self.state_dir),
+                "--topology", o.topology, "--base-port", str(o.base_port),
+                "--archive-timeout", f"{o.archive_timeout_s}s"]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.down()
+            raise InfraError(f"the stack in {self.state_dir} did not come up within "
+                             f"{timeout_s:.0f} s") from None
+        if r.returncode != 0:
+            msg = (r.stderr.strip() or r.stdout.strip())
+            if r.returncode == 2:
+                raise UsageError(msg.removeprefix("msdb up: error: "))
+            raise InfraError(f"the stack in {self.state_dir} would not start:\n{msg[-3000:]}")
+        return self.info()
+
+    def down(self, *, purge: bool = False, log=lambda *a: None) -> list[str]:
+        """Stop every process recorded in stack.json, by PID.  Returns leftovers."""
+        state_dir = self.state_dir
+        left: list[str] = []
+        try:
+            info = StackInfo.load(state_dir)
+        except (NoStackError, InfraError, UsageError):
+            info = None
+        if info is not None:
+            parts = [(p.kind, procs.ProcRecord.from_json(p.proc)) for p in info.parts if p.proc]
+            left = stop_parts(parts)
+            if not left:
+                (state_dir / "stack.json").unlink(missing_ok=True)
+            log(f"stopped {len(parts) - len(left)} processes" +
+                (f"; still running: {', '.join(left)}" if left else ""))
+        else:
+            log(f"no stack running in {state_dir}")
+        if purge and not left:
+            # Also when the state dir is already gone: as root the data lives
+            # elsewhere (/var/lib/msdb/<id of the state dir's path>).
+            PgRuntime.for_state_dir(state_dir).purge()
+            if state_dir.exists():
+                shutil.rmtree(state_dir)
+        return left
+
+    # -- what a run needs ---------------------------------------------------------------
+
+    def info(self) -> StackInfo:
+        return StackInfo.load(self.state_dir)
+
+    def status(self, probe: StatusProbe | None = None) -> list[PartStatus]:
+        return status(self.state_dir, probe)
+
+    def actions(self) -> EmbeddedActions:
+        return EmbeddedActions(self.state_dir,
+                               starter=lambda part: EmbeddedStack.attach(self.state_dir).start_part(part))
+
+    def repoint(self, link: str, upstream: str) -> None:
+        try:
+            got = ToxiproxyServer.at(self.info().proxy.api, timeout=10).set_upstream(link, upstream)
+        except Exception as e:  # the client's errors are all plain Exceptions
+            raise InfraError(f"could not repoint proxy {link} to {upstream}: {e}") from None
+        if got.get("upstream") != upstream:
+            raise InfraError(f"could not repoint proxy {link} to {upstream}: it answered {got}")
+
+    def set_overrides(self, overrides: dict[str, dict[str, str]]) -> list[str]:
+        return EmbeddedStack.attach(self.state_dir).set_overrides(overrides)
+
+    # -- embedded only (the drills work on its data directories) -----------------------
+
+    def stack(self) -> EmbeddedStack:
+        return EmbeddedStack.attach(self.state_dir)
