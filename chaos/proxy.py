@@ -23,8 +23,7 @@ from .fastpath import Forwarding, Parking
 from .toxics import (Toxic, ToxicChain, ToxicError, ToxicRuntime, parse_address, parse_upstream,
                      roll_chain)
 
-# parse_address and parse_upstream live in chaos/toxics.py; chaos/server.py imports them from here.
-__all__ = ["Proxy", "ProxyCollection", "parse_address", "parse_upstream"]
+__all__ = ["Proxy", "ProxyCollection"]
 
 log = logging.getLogger("msdb.proxy")
 

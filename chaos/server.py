@@ -35,7 +35,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .proxy import ProxyCollection, parse_address, parse_upstream
+from .proxy import ProxyCollection
+from .toxics import parse_address, parse_upstream
 from .toxics import ToxicError, parse_toxic, update_toxic
 
 __all__ = ["make_app", "serve", "main", "VERSION", "load_config"]

@@ -22,6 +22,25 @@ FAULT_KEYS = ("healthy_after_s", "recovery_s", "heal_grace_s", "errors_after_hea
               "fault_error_rate_max", "internal_errors_max")
 
 
+MIN_SAMPLES = 5     # successful requests before and during, for a median to mean something
+
+
+def _added_median(name: str, run: Run, endpoint: str, windows: list[Window], threshold: float,
+                  accept) -> Check:
+    """A check of the median latency the fault added to the endpoint's
+    successful requests; `accept(added_ms)` -> (verdict, details)."""
+    b, d = _ok_ms(run, endpoint, windows)
+    if len(b) < MIN_SAMPLES or len(d) < MIN_SAMPLES:
+        return Check(name, "unknown", None, threshold,
+                     {"endpoint": endpoint, "reason": f"too few samples ({len(b)} before, {len(d)} during)"})
+    added = median(d) - median(b)
+    verdict, details = accept(added)
+    return Check(name, verdict, round(added, 2), threshold,
+                 {"endpoint": endpoint, "median_before_ms": round(median(b), 3),
+                  "median_during_ms": round(median(d), 3), "samples_before": len(b),
+                  "samples_during": len(d), **details})
+
+
 @dataclass(frozen=True)
 class Latency:
     """The endpoint's median grows by about `ms` (within the SLO's ratios)."""
@@ -30,19 +49,11 @@ class Latency:
     keys = ("latency_observed_min_ratio", "latency_observed_max_ratio")
 
     def check(self, run: Run, windows: list[Window], slo: dict) -> Check:
-        b, d = _ok_ms(run, self.endpoint, windows)
-        if len(b) < 5 or len(d) < 5:
-            return Check("injected-latency-observed", "unknown", None, self.ms,
-                         {"endpoint": self.endpoint,
-                          "reason": f"too few samples ({len(b)} before, {len(d)} during)"})
-        added = median(d) - median(b)
         lo = self.ms * slo["latency_observed_min_ratio"]
         hi = self.ms * slo["latency_observed_max_ratio"]
-        return Check("injected-latency-observed", "pass" if lo <= added <= hi else "fail",
-                     round(added, 2), self.ms,
-                     {"endpoint": self.endpoint, "median_before_ms": round(median(b), 3),
-                      "median_during_ms": round(median(d), 3), "accepted_ms": [lo, hi],
-                      "samples_before": len(b), "samples_during": len(d)})
+        return _added_median("injected-latency-observed", run, self.endpoint, windows, self.ms,
+                             lambda added: ("pass" if lo <= added <= hi else "fail",
+                                            {"accepted_ms": [lo, hi]}))
 
 
 @dataclass(frozen=True)
@@ -53,16 +64,8 @@ class Slower:
     keys = ()
 
     def check(self, run: Run, windows: list[Window], slo: dict) -> Check:
-        b, d = _ok_ms(run, self.endpoint, windows)
-        if len(b) < 5 or len(d) < 5:
-            return Check("fault-slowed-requests", "unknown", None, self.ms,
-                         {"endpoint": self.endpoint,
-                          "reason": f"too few samples ({len(b)} before, {len(d)} during)"})
-        added = median(d) - median(b)
-        return Check("fault-slowed-requests", "pass" if added >= self.ms else "fail",
-                     round(added, 2), self.ms,
-                     {"endpoint": self.endpoint, "median_before_ms": round(median(b), 3),
-                      "median_during_ms": round(median(d), 3)})
+        return _added_median("fault-slowed-requests", run, self.endpoint, windows, self.ms,
+                             lambda added: ("pass" if added >= self.ms else "fail", {}))
 
 
 @dataclass(frozen=True)

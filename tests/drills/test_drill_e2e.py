@@ -26,7 +26,7 @@ import pytest
 
 from fix_cli import msdb
 from harness.stack.pg import PgRuntime
-from harness.utc import epoch as _ts
+from harness.utc import epoch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def test_archive_disaster_inside_the_window_loses_acknowledged_writes(drills):
     # acks and this test's own query of the restored database.
     assert m["last_archived_utc"] is not None
     missing = set(_independent_missing(d))
-    disaster = _ts(m["disaster_utc"])
+    disaster = epoch(m["disaster_utc"])
     recovered = [a["ack_ts"] for a in _acks(d) if a["id"] not in missing and a["ack_ts"] < disaster]
     archived = disaster - m["seconds_since_last_archive"]
     # With no recovered ack at all (the writers got going after the archival),
@@ -152,7 +152,7 @@ def test_geo_restore_has_only_what_reached_the_other_region(drills):
     # acknowledged write is lost, and the RPO runs from the backup's end.
     missing = _independent_missing(d)
     assert len(missing) == m["rpo_lost_writes"] == m["acked_writes"]
-    assert m["rpo_seconds"] == pytest.approx(_ts(m["disaster_utc"]) - m["base_backup"]["finished_at"],
+    assert m["rpo_seconds"] == pytest.approx(epoch(m["disaster_utc"]) - m["base_backup"]["finished_at"],
                                              abs=0.01)
     # This region's backups are gone; the restored instance serves the service.
     root = PgRuntime.for_state_dir(Path(d["state"])).data_root

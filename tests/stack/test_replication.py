@@ -243,6 +243,7 @@ def _cdc_checks(tmp_path, end: dict) -> dict:
     return {c.name: c for c in checks}
 
 
+@pytest.mark.slow
 def test_consumer_crash_between_apply_and_ack_gives_exactly_once(cdc_stack, tmp_path):
     got = _crash_and_restart(cdc_stack, mutation=None)
     assert got["skipped"] > 0, "the unacknowledged batch was not delivered again"
@@ -251,6 +252,7 @@ def test_consumer_crash_between_apply_and_ack_gives_exactly_once(cdc_stack, tmp_
     assert checks["analytics-has-every-order-once"].verdict == "pass", checks
 
 
+@pytest.mark.slow
 def test_a_consumer_without_its_lsn_guard_is_caught(cdc_stack, tmp_path):
     """Planted bug: the restarted consumer applies the re-delivered batch again."""
     got = _crash_and_restart(cdc_stack, mutation="cdc-no-lsn-guard")
