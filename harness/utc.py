@@ -33,6 +33,8 @@ def epoch(text: str | None) -> float | None:
     return dt.timestamp()
 
 
-def stamp(ts: float | None = None) -> str:
-    """A compact UTC stamp for file and directory names: `20261201T192346Z`."""
-    return datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+def stamp(ts: float | None = None, *, micro: bool = False) -> str:
+    """A compact UTC stamp for file and directory names: `20261201T192346Z`
+    (`micro`: `20261201T192346123456Z`, for names made more than once a second)."""
+    fmt = "%Y%m%dT%H%M%S%fZ" if micro else "%Y%m%dT%H%M%SZ"
+    return datetime.fromtimestamp(time.time() if ts is None else ts, timezone.utc).strftime(fmt)

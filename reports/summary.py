@@ -59,6 +59,11 @@ def format_results(run: Run, results: dict, *, written: bool = False) -> str:
         lines.append("")
         lines.append("faults: " + "; ".join(f"{f['kind']} on {f['target']} {f['start']} -> {f['end']}"
                                              for f in faults))
+    stand_ins = [e for e in (run.get("stack") or {}).get("engines", []) if e.get("stand_in")]
+    if stand_ins:
+        lines.append("")
+        lines.append("measured on stand-ins: " + ", ".join(
+            f"{e['name']} on {e['kind']} (for {e['stands_in_for']})" for e in stand_ins))
     lines.append("")
     lines.append(f"VERDICT: {_MARK[results['verdict']]}   "
                  + (f"({run_dir / 'results.json'})" if written else "(re-judged; results.json unchanged)"))

@@ -25,7 +25,6 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -34,7 +33,7 @@ from psycopg.conninfo import make_conninfo
 from ..errors import InfraError, UsageError
 from ..stack import procs
 from ..stack.pg import PgInstance
-from ..utc import utc
+from ..utc import stamp, utc
 
 __all__ = ["BackupInfo", "Retention", "select_retained", "BackupSet", "GeoCopy", "WalStreamer",
            "WAL_RE", "segno", "seg_name", "wal_chain", "parse_lsn", "dir_bytes", "RECEIVER_NAME"]
@@ -201,7 +200,7 @@ class BackupSet:
     def take(self) -> BackupInfo:
         """pg_basebackup (plain, WAL streamed in, fast checkpoint), then pg_verifybackup."""
         self.prepare()
-        label = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        label = stamp(micro=True)
         dest = self.base_dir / label
         t0 = time.time()
         self.rt.owned_dir(dest)

@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..checks.core import exit_code
@@ -26,7 +25,7 @@ from ..checks.slo import load_slo
 from ..durations import parse_duration
 from ..errors import UsageError
 from ..run.rundir import RunDir
-from ..utc import utc_now
+from ..utc import epoch, utc_now
 from .backup import Retention
 from .masked import masked_drill
 from .pitr import pitr_drill
@@ -61,13 +60,10 @@ def parse_target(text: str | None) -> tuple[str, float] | None:
     if t.startswith("-"):
         return ("rel", parse_duration(t[1:], "--target-time"))
     try:
-        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+        return ("abs", epoch(t))
     except ValueError:
         raise UsageError(f"--target-time {text!r} is neither an ISO 8601 time "
                          f"(2026-11-27T17:00:00Z) nor -DURATION before the disaster (-10s)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return ("abs", dt.timestamp())
 
 
 @contextmanager

@@ -297,9 +297,12 @@ class EmbeddedStack:
         cfg.write_text(json.dumps([{"name": l_.name, "listen": f"127.0.0.1:{l_.listen_port}",
                                     "upstream": f"127.0.0.1:{l_.upstream_port}", "enabled": True}
                                    for l_ in self.layout.links], indent=2) + "\n")
+        # User-space forwarding unless MSDB_PROXY_SOCKMAP=1: in this stack the eBPF
+        # fast path cost more CPU per order than it saved (docs/performance.md).
+        env = {**os.environ, "MSDB_PROXY_SOCKMAP": os.environ.get("MSDB_PROXY_SOCKMAP", "0")}
         _, rec = procs.spawn("proxy", [sys.executable, "-m", "chaos.server", "--host", "127.0.0.1",
                                        "--port", str(self.layout.proxy_api_port), "--config", str(cfg)],
-                             log_path=self.state_dir / "logs" / "proxy.log", cwd=self.state_dir)
+                             log_path=self.state_dir / "logs" / "proxy.log", cwd=self.state_dir, env=env)
         return rec
 
     def _wait_proxy(self, rec: procs.ProcRecord) -> None:
