@@ -1,7 +1,5 @@
-"""Stack lifecycle, run orchestration and the msdb CLI.
-
-The harness starts the embedded stack (PostgreSQL, Redis, the services),
-drives scenarios (Locust load, samplers) and writes run directories.  It may
-import `system_under_test` (to know its config shape) and `scenarios`; the
-services never import the harness.
+"""The msdb CLI and its parts: the stack (`stack/`, reached through the
+`StackBackend` seam), runs of scenarios (`run/`), verdicts judged from run
+directories (`checks/`) and backup/restore drills (`drills/`).
+docs/ARCHITECTURE.md maps them.  The services never import the harness.
 """

@@ -1,6 +1,7 @@
 """Scenarios: what load to apply (Locust users and shapes), what data to seed,
-and which thresholds judge a run.  `registry` lists them for `msdb run`.
+what to record after the load, and which checks judge a run.  `registry`
+lists them for `msdb run`.
 
-Scenarios know the services' HTTP APIs only; they never import the harness
-(the harness hands them a history recorder) nor the services' code.
+The workload knows the services' HTTP APIs only and never the services' code;
+what it needs reaches it through Locust's Environment (`WorkloadContext`).
 """
