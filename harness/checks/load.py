@@ -4,7 +4,6 @@ the run, the samplers' coverage, and the run's headline metrics."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from reports.measures import endpoint_stats, fault_windows, percentile
 from reports.rundata import Run
@@ -59,7 +58,6 @@ class LoadChecks:
     Not strict (scenarios with their own load checks: faults, steps, phases):
     latencies are reported and the scenario's own checks judge them."""
     strict: bool = True
-    slo_keys: ClassVar[tuple[str, ...]] = ()
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -175,9 +175,6 @@ class StackInfo:
             if p.name == name:
                 return p
         raise KeyError(name)
-
-    def with_(self, **changes) -> "StackInfo":
-        return replace(self, **changes)
 
     # -- the file --------------------------------------------------------------------
 
