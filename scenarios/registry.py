@@ -74,8 +74,8 @@ class Scenario:
         """The groups that judge a run of this scenario: given faults it does not
         declare, the fault checks judge the fault windows too (and the load
         checks judge what lies outside them)."""
-        if not has_faults or any(isinstance(g, FaultChecks) for g in self.checks):
-            return self.checks
+        if not has_faults or self.matrix or any(isinstance(g, FaultChecks) for g in self.checks):
+            return self.checks      # (a matrix takes no fault file: its runs are its children)
         return self.checks + (FaultChecks(),)
 
     def slo_keys(self, *, has_faults: bool) -> tuple[str, ...]:

@@ -100,3 +100,17 @@ def test_capacity_report_shows_the_knee_and_its_steps(tmp_path):
     assert 'id="knee-table"' in html and 'id="steps-table"' in html
     for s in doc["metrics"]["steps"]:
         assert f"{s['p99_ms']:.4g}" in html           # the same figure the verdict judged
+
+
+def test_a_matrix_parent_gets_its_comparison_report(tmp_path):
+    """noisy-neighbour's own run directory holds no load of its own: its report
+    is the comparison of its children's verdicts."""
+    from rundirs import make_run
+    parent = tmp_path / "nn"
+    make_run(parent, scenario="noisy-neighbour", info={"matrix": ["single"], "topology": "single"})
+    make_run(parent / "single", scenario="noisy-neighbour-one",
+             info={"slo": {"healthy_after_s": 30, "neighbour_p95_ratio_max": 10}})
+    r = msdb("check", parent, "--write", timeout=120)
+    assert r.returncode in (0, 1, 3), r.stderr
+    html = (parent / "report.html").read_text()
+    assert 'id="comparison-table"' in html and "single/report.html" in html

@@ -230,3 +230,11 @@ def test_smoke_given_faults_judges_errors_outside_the_fault_windows(tmp_path):
     assert "outside the 1 fault window" in checks["error-rate"].details["judged"]
     bare = make_run(tmp_path / "bare", requests=reqs)
     assert {c.name: c for c in LoadChecks()(bare, slo)[0]}["error-rate"].verdict == "fail"
+
+
+@pytest.mark.parametrize("name", [s.name for s in registry.all()])
+def test_the_shipped_slo_file_judges_every_scenario(name):
+    """Every scenario loads its thresholds from scenarios/slo.yaml, with and
+    without a fault file: no missing key, no key its checks do not use."""
+    assert load_slo(None, name, keys(name)) is not None
+    assert load_slo(None, name, keys(name, faults=True)) is not None
