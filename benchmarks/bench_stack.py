@@ -3,8 +3,8 @@
     python benchmarks/bench_stack.py [--base-port 35400] [--step-seconds 10]
 
 1. cold `msdb up` time on a fresh state dir            (target <= 20 s on 2 cores)
-2. idle stack RSS: every process the stack started plus
-   their process-group members (PostgreSQL backends)     (target <= 1.5 GB)
+2. idle stack memory: PSS of every process the stack started, their
+   process groups and children (PostgreSQL backends)     (target <= 1.5 GB)
 3. pgbench TPC-B tps on the orders instance (scale 10, 8 clients, 2 threads)
 4. the sustained rate of POST /orders (the whole saga) at p99 <= 300 ms:
    closed-loop clients in steps of 2, 4, 8, 16, 32; the best step whose p99
@@ -54,27 +54,10 @@ from harness.stack.pg import PgRuntime  # noqa: E402
 from scenarios.seed import seed  # noqa: E402
 
 
-def group_rss_kb(pgids: set[int]) -> int:
-    total = 0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            pgid = int(stat[stat.rfind(")") + 2:].split()[2])
-            if pgid not in pgids:
-                continue
-            m = re.search(r"^VmRSS:\s+(\d+) kB", (d / "status").read_text(), re.M)
-            total += int(m.group(1)) if m else 0
-        except (OSError, ValueError):
-            continue
-    return total
-
-
-def stack_cpu_ticks(roots: set[int]) -> int:
-    """utime + stime of every live process of the stack: the recorded processes,
-    their process groups, and their children (PostgreSQL backends call setsid)."""
-    total = 0
+def stack_processes(roots: set[int]):
+    """(/proc/PID dir, stat fields after the command name) of every live process
+    of the stack: the recorded processes, their process groups, and their
+    children (PostgreSQL backends call setsid)."""
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -84,8 +67,25 @@ def stack_cpu_ticks(roots: set[int]) -> int:
             continue
         f = stat[stat.rfind(")") + 2:].split()
         if int(d.name) in roots or int(f[1]) in roots or int(f[2]) in roots:
-            total += int(f[11]) + int(f[12])
+            yield d, f
+
+
+def stack_pss_kb(roots: set[int]) -> int:
+    """The stack's memory: PSS summed over its processes.  RSS would count
+    PostgreSQL's shared buffers once per backend that touched them."""
+    total = 0
+    for d, _ in stack_processes(roots):
+        try:
+            m = re.search(r"^Pss:\s+(\d+) kB", (d / "smaps_rollup").read_text(), re.M)
+        except OSError:
+            continue
+        total += int(m.group(1)) if m else 0
     return total
+
+
+def stack_cpu_ticks(roots: set[int]) -> int:
+    """utime + stime of every live process of the stack."""
+    return sum(int(f[11]) + int(f[12]) for _, f in stack_processes(roots))
 
 
 class Pgbench:
@@ -170,7 +170,7 @@ def main() -> int:
         info = backend.info()
         roots = {p.proc["pid"] for p in info.parts if p.proc}
         time.sleep(5)
-        rss_mb = group_rss_kb(roots) / 1024
+        pss_mb = stack_pss_kb(roots) / 1024
         print(f"load average at the start: {loadavg()}; proxy fast path "
               f"{'on' if os.environ.get('MSDB_PROXY_SOCKMAP') == '1' else 'off'}")
         with Pgbench(info) as bench:
@@ -207,7 +207,7 @@ def main() -> int:
                           f"stack CPU {cpu_ms:.2f} ms/order, load {before} -> {loadavg()}")
         print()
         print(f"cold msdb up ({args.topology}):           {cold_up:6.1f} s    (target <= 20 s)")
-        print(f"idle stack RSS:                     {rss_mb:6.0f} MB   (target <= 1536 MB)")
+        print(f"idle stack memory (PSS):            {pss_mb:6.0f} MB   (target <= 1536 MB)")
         print(f"pgbench TPC-B on orders instance:   {tps:8.0f} tps")
         print(f"POST /orders at p99 <= 300 ms:      {rate:8.1f} /s   ({best['clients'] if best else '-'} clients)")
         print(f"ratio orders/pgbench, single shot:  {ratio:8.3f}      (target >= 0.10)")
