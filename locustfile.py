@@ -12,6 +12,7 @@ import os
 from locust import events
 
 from harness.stack.info import StackInfo
+from scenarios.seed import seed
 from scenarios.workload import ShopUser, context  # noqa: F401  (Locust collects the User classes here)
 
 
@@ -32,7 +33,6 @@ def _seed_once(environment, **kw):
     ctx = context(environment)
     if ctx.products or not ctx.urls:
         return
-    from scenarios.seed import seed   # only when a test starts: seeding talks to the stack
     data = seed(ctx.urls,
                 users=int(os.environ.get("MSDB_SEED_USERS", "50")),
                 products=int(os.environ.get("MSDB_SEED_PRODUCTS", "100")))

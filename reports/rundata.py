@@ -72,6 +72,7 @@ class Run:
         if not (self.path / "run.json").is_file():
             raise NotARunDir(f"{str(path)!r} is not a run directory (no run.json)")
         self.children: dict[str, dict] = {}    # a matrix run's children, as just judged
+        self._rows: dict[str, list[dict]] = {}
 
     # -- generic ---------------------------------------------------------------------
 
@@ -85,12 +86,14 @@ class Run:
             return default
 
     def rows(self, name: str) -> list[dict]:
-        """A CSV file as dicts of strings; [] if the run did not write it."""
-        try:
-            with open(self.path / name, newline="") as f:
-                return list(csv.DictReader(f))
-        except FileNotFoundError:
-            return []
+        """A CSV file as dicts of strings, read once; [] if the run did not write it."""
+        if name not in self._rows:
+            try:
+                with open(self.path / name, newline="") as f:
+                    self._rows[name] = list(csv.DictReader(f))
+            except FileNotFoundError:
+                self._rows[name] = []
+        return self._rows[name]
 
     def jsonl(self, name: str) -> list[dict]:
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from harness.checks.capacity import Capacity, Neighbour
+from harness.checks.core import keys_of
 from harness.checks.faults import AcquireTimeouts, Errors, FaultChecks, Latency, Slower
 from harness.checks.lag import CdcChecks, ReplicationChecks
 from harness.checks.load import LoadChecks
@@ -79,7 +80,7 @@ class Scenario:
         return self.checks + (FaultChecks(),)
 
     def slo_keys(self, *, has_faults: bool) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(k for g in self.check_groups(has_faults=has_faults) for k in g.keys))
+        return keys_of(self.check_groups(has_faults=has_faults))
 
     def with_(self, **changes) -> "Scenario":
         return replace(self, **changes)

@@ -12,7 +12,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Check", "worst", "at_most", "at_least", "guarded", "results_doc", "exit_code"]
+__all__ = ["Check", "worst", "at_most", "at_least", "guarded", "keys_of", "results_doc", "exit_code"]
 
 _RANK = {"pass": 0, "unknown": 1, "fail": 2}
 
@@ -59,6 +59,11 @@ def guarded(name: str, fn: Callable[[], Check], threshold=None) -> Check:
     except Exception as e:  # a crashing checker must never pass
         return Check(name, "unknown", None, threshold,
                      {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]})
+
+
+def keys_of(groups) -> tuple[str, ...]:
+    """The SLO keys a set of check groups needs, each once, in order."""
+    return tuple(dict.fromkeys(k for g in groups for k in g.keys))
 
 
 def results_doc(scenario: str, checks: list[Check], metrics: dict) -> dict:

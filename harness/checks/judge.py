@@ -23,7 +23,7 @@ from reports.rundata import NotARunDir, Run
 from scenarios import registry
 
 from ..errors import UsageError
-from .core import Check, results_doc
+from .core import Check, keys_of, results_doc
 from .drill import DRILL_CHECKS
 from .lag import lag_metrics
 from .slo import load_slo
@@ -81,7 +81,7 @@ def judge(run_dir: str | Path, *, slo_path: str | None = None, write: bool = Tru
     for topo in run.info.get("matrix") or []:   # a matrix run: its children first
         if (run.path / topo / "run.json").exists():
             run.children[topo] = judge(run.path / topo, slo_path=slo_path, write=write)
-    keys = tuple(dict.fromkeys(k for g in groups for k in g.keys))
+    keys = keys_of(groups)
     section = "drill" if run.scenario.startswith("drill-") else run.scenario
     slo = load_slo(slo_path, section, keys) if slo_path else (run.info.get("slo") or {})
     missing = [k for k in keys if k not in slo]

@@ -27,9 +27,20 @@ class EmbeddedActions:
     def __init__(self, state_dir: Path, starter: Callable[[str], object]):
         self.state_dir = Path(state_dir)
         self.starter = starter      # starts one part and waits until it is healthy
+        self._info: tuple[int, StackInfo] | None = None
+
+    def _stack(self) -> StackInfo:
+        """stack.json, parsed again only when it changed (a restart rewrites it)."""
+        try:
+            mtime = (self.state_dir / "stack.json").stat().st_mtime_ns
+        except FileNotFoundError:
+            return StackInfo.load(self.state_dir)    # raises NoStackError, naming the state dir
+        if self._info is None or self._info[0] != mtime:
+            self._info = (mtime, StackInfo.load(self.state_dir))
+        return self._info[1]
 
     def _record(self, part: str) -> procs.ProcRecord:
-        info = StackInfo.load(self.state_dir)
+        info = self._stack()
         for p in info.parts:
             if p.name == part and p.proc:
                 return procs.ProcRecord.from_json(p.proc)
@@ -37,7 +48,7 @@ class EmbeddedActions:
                        f"(parts: {', '.join(p.name for p in info.parts)})")
 
     def names(self) -> list[str]:
-        return [p.name for p in StackInfo.load(self.state_dir).parts if p.proc]
+        return [p.name for p in self._stack().parts if p.proc]
 
     def running(self, part: str) -> bool:
         return procs.is_running(self._record(part))

@@ -17,7 +17,6 @@ outside a backend reads stack.json as a dict or signals a PID.
 
 from __future__ import annotations
 
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -106,11 +105,9 @@ def fresh_stack(options: StackOptions, *, keep: bool = False, log=print,
             log(f"stack kept running in {state_dir}: `msdb down --state-dir {state_dir} --purge` "
                 f"stops it and deletes its data")
         else:
-            left = backend.down(purge=True)
+            left = backend.down(purge=True)     # purging deletes the state dir too
             if left:
                 log(f"warning: still running after msdb down: {', '.join(left)}")
-            elif state_dir.exists():
-                shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def heal(backend: StackBackend, *, keep_overrides: bool = False) -> list[str]:
