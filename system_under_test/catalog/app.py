@@ -17,6 +17,7 @@ from fastapi import Path, Query, Response
 from pydantic import Field
 
 from ..common.app import JSON, Service
+from ..common.contract import errors
 from ..common.errors import BadRequest, NotFound
 from ..common.metrics import CACHE
 from ..common.types import Model, Money, Quantity, text
@@ -72,7 +73,7 @@ def _cache_key(pid) -> str:
     return f"catalog:product:{pid}"
 
 
-@app.post("/products", status_code=201, tags=["products"])
+@app.post("/products", status_code=201, tags=["products"], responses=errors(409))
 async def create_product(body: NewProduct):
     doc = body.model_dump(exclude={"stock"}, mode="json")
     product = await products.create(doc, body.stock)
@@ -128,7 +129,9 @@ async def update_product(product_id: ProductId, body: ProductChange):
     return product
 
 
-@app.get("/inventory/{product_id}", tags=["inventory"])
+# `:uuid`: /inventory/reservations (POST only) is not a product id, so a GET
+# there is a 405, not a 422 about product_id; a bad id is still a 422 naming it.
+@app.get("/inventory/{product_id:uuid}", tags=["inventory"])
 async def get_stock(product_id: ProductId):
     row = await inventory.stock(product_id)
     if row is None:
@@ -142,7 +145,9 @@ async def list_stock(limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     return {"items": await inventory.all_stock(limit=limit, offset=offset)}
 
 
-@app.post("/inventory/reservations", tags=["inventory"])
+@app.post("/inventory/reservations", status_code=201, tags=["inventory"], responses={
+    200: {"description": "a repeat of an earlier reservation of this order (the same items)"},
+    **errors(404, 409)})
 async def reserve(body: ReserveRequest):
     items = [(i.product_id, i.quantity) for i in body.items]
     check_items(items)
@@ -167,7 +172,7 @@ async def get_reservation(order_id: OrderId):
     return r
 
 
-@app.post("/inventory/reservations/{order_id}/confirm", tags=["inventory"])
+@app.post("/inventory/reservations/{order_id}/confirm", tags=["inventory"], responses=errors(409))
 async def confirm(order_id: OrderId):
     # JSON directly: a returned dict would go through jsonable_encoder first.
     return JSON(await inventory.confirm(order_id))

@@ -5,7 +5,9 @@ config, the database pools, Redis, the peers and the bus.  It installs:
 
 - `GET /health` (checks every store; 503 if one is down) and `GET /metrics`;
 - JSON errors that name the bad field for every bad input (422/400/404/413),
-  503 for an unavailable store, never a traceback;
+  503 for an unavailable store, never a traceback; a 405 whose `Allow` lists
+  every method of the path;
+- /openapi.json that documents those errors and statuses (`contract.py`);
 - a request-body limit, and latency metrics per route template.
 """
 
@@ -15,6 +17,7 @@ import asyncio
 import decimal
 import logging
 import os
+import re
 from contextlib import asynccontextmanager
 from typing import Any, Awaitable, Callable
 
@@ -26,11 +29,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.convertors import StringConvertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from .. import config as config_mod
+from . import contract
 from .bus import RedisStreamBus
 from .db import Database
 from .errors import ApiError, Unavailable
@@ -64,6 +71,12 @@ class JSON(JSONResponse):
         return orjson.dumps(content, default=_default, option=orjson.OPT_NON_STR_KEYS)
 
 
+def _printable(s: str) -> str:
+    """Input echoed back (a field name, a message) as text orjson can render:
+    a lone surrogate becomes its escape instead of a 500."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _field(loc: tuple) -> str:
     """('body', 'items', 0, 'quantity') -> 'items[0].quantity'; ('query','limit') -> 'limit'."""
     parts = list(loc)
@@ -77,7 +90,37 @@ def _field(loc: tuple) -> str:
             out += f"[{p}]"
         else:
             out += ("." if out else "") + str(p)
-    return out or "body"
+    return _printable(out) or "body"
+
+
+def _allowed_methods(app: FastAPI, path: str) -> str:
+    """Every method of every route whose path matches (Starlette's 405 names
+    only the first route's)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path) and getattr(route, "methods", None):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+def _bad_typed_segment(app: FastAPI, method: str, path: str) -> tuple[str, str] | None:
+    """(parameter, value) when `path` misses a route only because a typed path
+    parameter ({product_id:uuid}) does not parse: that is bad input, a 422
+    naming the parameter, not an unknown route."""
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or method not in route.methods:
+            continue
+        typed = {k: c for k, c in route.param_convertors.items() if not isinstance(c, StringConvertor)}
+        if not typed:
+            continue
+        m = compile_path(route.path_format)[0].match(path)
+        if m is None:
+            continue
+        for name, conv in typed.items():
+            if not re.fullmatch(conv.regex, m[name]):
+                return name, m[name]
+    return None
 
 
 class BodyTooLarge(Exception):
@@ -223,6 +266,7 @@ class Service:
 
     def _install(self) -> None:
         app = self.app
+        contract.publish(app, unavailable=self.needs_db or bool(self.peer_names))
         app.add_middleware(BodyLimitMiddleware)
         app.add_middleware(MetricsMiddleware)
 
@@ -243,7 +287,7 @@ class Service:
                     msg = f"malformed JSON: {e.get('ctx', {}).get('error', msg)}"
                 elif e.get("type") == "missing" and loc == ("body",):
                     msg = "a JSON body is required"
-                errors.append({"field": _field(loc), "message": msg})
+                errors.append({"field": _field(loc), "message": _printable(msg)})
             first = errors[0] if errors else {"field": "body", "message": "invalid"}
             status = 400 if any(e.get("type") == "json_invalid" for e in exc.errors()) else 422
             return JSON({"error": "invalid_request", "field": first["field"],
@@ -254,13 +298,23 @@ class Service:
         async def http_error(request: Request, exc: StarletteHTTPException):
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
             message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+            headers = dict(getattr(exc, "headers", None) or {})
+            path = request.url.path
             if exc.status_code == 404 and message == "Not Found":
-                message = f"no route {request.method} {request.url.path}"
-            body = {"error": code, "message": message}
+                bad = _bad_typed_segment(app, request.method, path)
+                if bad is not None:
+                    name, value = bad
+                    msg = f"{name}: not a valid UUID: {_printable(value)[:100]!r}"
+                    return JSON({"error": "invalid_request", "field": name, "message": msg,
+                                 "errors": [{"field": name, "message": msg}]}, status_code=422)
+                message = f"no route {request.method} {path}"
+            if exc.status_code == 405:
+                headers["Allow"] = _allowed_methods(app, path)
+            body = {"error": code, "message": _printable(message)}
             if exc.status_code == 400:
                 # FastAPI's own body-parsing failures (bad encoding, unparseable JSON)
-                body.update(error="invalid_request", field="body", message=f"body: {message}")
-            return JSON(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+                body.update(error="invalid_request", field="body", message=f"body: {body['message']}")
+            return JSON(body, status_code=exc.status_code, headers=headers or None)
 
         @app.exception_handler(BodyTooLarge)
         async def too_large(request: Request, exc: BodyTooLarge):
@@ -277,7 +331,9 @@ class Service:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             return JSON({"error": "internal", "message": f"{type(exc).__name__}"}, status_code=500)
 
-        @app.get("/health", tags=["ops"])
+        @app.get("/health", tags=["ops"], openapi_extra=contract.NO_STORE, responses={
+            503: {"description": "a critical store is down (the same body, `status: unhealthy`)",
+                  "content": {"application/json": {"schema": {"type": "object"}}}}})
         async def health():
             checks: dict[str, dict] = {}
             if self.db is not None:
@@ -298,6 +354,8 @@ class Service:
             return JSON({"service": self.name, "status": "ok" if ok else "unhealthy",
                          "checks": checks}, status_code=200 if ok else 503)
 
-        @app.get("/metrics", tags=["ops"], include_in_schema=True)
+        @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
+                 openapi_extra=contract.NO_STORE,
+                 responses={200: {"description": "Prometheus text exposition format"}})
         async def metrics():
             return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -34,6 +34,7 @@ from fastapi import Query
 from prometheus_client import Counter, Histogram
 
 from .metrics import REGISTRY
+from .contract import NO_STORE
 
 __all__ = ["CdcConsumer"]
 
@@ -107,7 +108,7 @@ class CdcConsumer:
         app = self.service.app
         name = self.name
 
-        @app.get(f"/admin/cdc/{name}/lag", tags=["admin"], name=f"cdc_lag_{name}")
+        @app.get(f"/admin/cdc/{name}/lag", tags=["admin"], name=f"cdc_lag_{name}", openapi_extra=NO_STORE)
         async def lag(since: Annotated[int, Query(ge=0, le=2**53)] = 0,
                       limit: Annotated[int, Query(ge=1, le=100_000)] = 20_000):
             """Lag samples with index > since (applied_ms, commit_ms, lsn, table)."""

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from ..common.app import JSON, Service
 from ..common.cdc import CdcConsumer
+from ..common.contract import NO_STORE, errors
 from ..common.errors import BadRequest, Unavailable
 from ..common.types import Model, Quantity
 from .saga import OrderSaga
@@ -117,7 +118,9 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
                                               pattern=r"^[\x21-\x7e]+$")]
 
 
-@app.post("/orders", tags=["orders"])
+@app.post("/orders", status_code=201, tags=["orders"], responses={
+    200: {"description": "a repeat of a completed order with the same Idempotency-Key"},
+    **errors(402, 404, 409)})
 async def create_order(body: NewOrder, idempotency_key: IdempotencyKey = None):
     seen = set()
     for i, item in enumerate(body.items):
@@ -196,12 +199,12 @@ class RoutingChange(Model):
     mode: Routing
 
 
-@app.get("/admin/history-routing", tags=["admin"])
+@app.get("/admin/history-routing", tags=["admin"], openapi_extra=NO_STORE)
 async def get_routing():
     return {"mode": HISTORY_READ, "modes": list(ROUTINGS)}
 
 
-@app.put("/admin/history-routing", tags=["admin"])
+@app.put("/admin/history-routing", tags=["admin"], openapi_extra=NO_STORE)
 async def set_routing(body: RoutingChange):
     """Change the order-history read routing at run time (scenarios use it)."""
     global HISTORY_READ, _RYW_USED

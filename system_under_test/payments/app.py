@@ -16,6 +16,7 @@ from fastapi import Path, Query
 from pydantic import Field
 
 from ..common.app import JSON, Service
+from ..common.contract import NO_STORE, errors
 from ..common.errors import Conflict, NotFound
 from ..common.types import Model, Money, text
 
@@ -65,7 +66,9 @@ def _result(row: dict, created: bool) -> JSON:
     return JSON(row, status_code=201 if created else 200)
 
 
-@app.post("/payments", tags=["payments"])
+@app.post("/payments", status_code=201, tags=["payments"], responses={
+    200: {"description": "a repeat of this charge key: the first outcome"},
+    **errors(402, 409)})
 async def charge(body: Charge):
     """Charge once per charge key (default: the order id): a repeat returns the
     first outcome.  An order voided by a refund refuses every charge."""
@@ -138,12 +141,12 @@ async def of_user(user_id: Annotated[UUID, Path()],
     return {"user_id": user_id, "items": rows}
 
 
-@app.get("/admin/decline-rate", tags=["admin"])
+@app.get("/admin/decline-rate", tags=["admin"], openapi_extra=NO_STORE)
 async def get_decline_rate():
     return {"rate": state["decline_rate"]}
 
 
-@app.put("/admin/decline-rate", tags=["admin"])
+@app.put("/admin/decline-rate", tags=["admin"], openapi_extra=NO_STORE)
 async def set_decline_rate(body: DeclineRate):
     state["decline_rate"] = body.rate
     return {"rate": state["decline_rate"]}

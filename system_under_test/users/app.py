@@ -17,10 +17,11 @@ from uuid import UUID
 
 import psycopg
 from fastapi import Path, Query, Response
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 from psycopg.types.json import Jsonb
 
 from ..common.app import JSON, Service
+from ..common.contract import errors
 from ..common.errors import Conflict, NotFound, Unauthorized, Unavailable
 from ..common.peers import PeerError
 from ..common.types import JsonObject, Model, text
@@ -42,7 +43,9 @@ def _email(v: str) -> str:
     return v.lower()
 
 
-Email = Annotated[text(255, 3), AfterValidator(_email)]
+# The schema carries the handler's own pattern (email-validator is not a dependency).
+Email = Annotated[text(255, 3), AfterValidator(_email),
+                  Field(json_schema_extra={"format": "email", "pattern": _EMAIL.pattern})]
 
 
 class RegisterUser(Model):
@@ -94,7 +97,7 @@ def _user_json(row: dict) -> dict:
 UserId = Annotated[UUID, Path(description="user id")]
 
 
-@app.post("/users", status_code=201, tags=["users"])
+@app.post("/users", status_code=201, tags=["users"], responses=errors(409))
 async def register(body: RegisterUser):
     pw_hash = await asyncio.to_thread(hash_password, body.password)
     try:
@@ -150,7 +153,7 @@ def _session_key(token: str) -> str:
     return f"users:session:{token}"
 
 
-@app.post("/sessions", status_code=201, tags=["sessions"])
+@app.post("/sessions", status_code=201, tags=["sessions"], responses=errors(401))
 async def login(body: Login):
     row = await service.db.fetchone(
         "get_user_by_email", "SELECT id, password_hash, is_active FROM users WHERE email = %s",

@@ -292,3 +292,28 @@ def test_concurrent_multi_item_orders_conserve_stock_without_5xx(http, urls):
                          params={"read": "primary", "limit": 100}).json()["items"]
     assert len(confirmed) == codes.count(201)
     assert all(o["status"] == "CONFIRMED" for o in confirmed)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"preferences": {"x": 1e20}}',          # was committed, then every read of the user was a 500
+    b'{"preferences": {"x": 123456789012345678901234567890}}',
+    b'{"preferences": {"x": "\\ud800"}}',
+    b'{"preferences": {"\\ud800": 1}}',
+    b'{"preferences": {"x": NaN}}',
+    b'{"preferences": {"x": Infinity}}',
+    b'{"preferences": {"x": 1e400}}',
+])
+def test_unstorable_preferences_are_refused_and_reads_stay_fine(http, urls, raw):
+    uid = new_user(http, urls)["id"]
+    good = {"theme": "dark", "big": 2 ** 63 - 1, "ratio": 0.1, "list": [1, 2.5, "ü"]}
+    r = http.put(f"{urls['users']}/users/{uid}/profile", json={"preferences": good})
+    assert r.status_code == 200 and r.json()["profile"]["preferences"] == good, r.text
+    r = http.put(f"{urls['users']}/users/{uid}/profile", content=raw,
+                 headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "preferences", r.text
+    # Nothing was written: every read still answers, with the earlier preferences.
+    r = http.get(f"{urls['users']}/users/{uid}")
+    assert r.status_code == 200 and r.json()["profile"]["preferences"] == good, r.text
+    assert http.get(f"{urls['users']}/dashboard/{uid}").status_code == 200
+    r = http.put(f"{urls['users']}/users/{uid}/profile", json={"avatar_url": "https://example.com/a.png"})
+    assert r.status_code == 200 and r.json()["profile"]["preferences"] == good, r.text
