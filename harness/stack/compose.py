@@ -484,11 +484,15 @@ class ComposeBackend:
         if r.returncode != 0:
             raise InfraError(f"`{' '.join(argv)}` failed (exit {r.returncode}):\n"
                              f"{(r.stderr or r.stdout).strip()[-3000:]}")
+        return self.adopt(up_seconds=round(time.monotonic() - t0, 2))
+
+    def adopt(self, *, up_seconds: float | None = None) -> StackInfo:
+        """stack.json for the compose stack running now (brought up by `up()`,
+        by hand, or by testcontainers): its endpoints as the host sees them."""
         secrets = Secrets.load(self.project_dir)
         versions = {**image_versions(self.project_dir), **_server_versions(self.topology, secrets)}
         info = stack_info(self.topology, self.state_dir.resolve(), secrets, view="host",
-                          versions=versions, started_at=utc.utc_now(),
-                          up_seconds=round(time.monotonic() - t0, 2))
+                          versions=versions, started_at=utc.utc_now(), up_seconds=up_seconds)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         info.save(self.state_dir)
         return info
