@@ -60,6 +60,11 @@ def mutation() -> str | None:
     return name
 
 
+# The largest order total orders.total_amount (DECIMAL(10,2)) and a payment hold.
+MAX_TOTAL = Decimal("99999999.99")
+TOO_LARGE = "order total too large"
+
+
 class SagaOutcome(Exception):
     """A saga that ended without an order being confirmed; carries the HTTP answer."""
 
@@ -127,7 +132,9 @@ class OrderSaga:
                 raise Conflict("an order with this Idempotency-Key is still being processed; "
                                "retry later", field="Idempotency-Key")
             await asyncio.sleep(0.05)
-        order = await self.get_order(saga["order_id"])
+        # A saga that failed before its order was written has no order: the
+        # repeat answers the first outcome, not a 404 about the order id.
+        order = await self.get_order(saga["order_id"], missing_ok=saga["state"] != "COMPLETED")
         if saga["state"] == "COMPLETED":
             return 200, {"order": order, "saga_id": saga["id"], "replayed": True}
         return self._failure_status(saga["error"]), {
@@ -140,6 +147,8 @@ class OrderSaga:
             return 402
         if error and error.startswith(("not enough stock", "product")):
             return 409
+        if error and error.startswith(TOO_LARGE):
+            return 422
         return 503
 
     # -- the forward path -----------------------------------------------------
@@ -168,6 +177,13 @@ class OrderSaga:
                                     status=409)
         prices = {i["product_id"]: Decimal(str(i["unit_price"])) for i in reservation["items"]}
         total = sum(prices[i["product_id"]] * i["quantity"] for i in request["items"])
+        if total > MAX_TOTAL:
+            # orders.total_amount is DECIMAL(10,2): the insert would fail (it was a 500).
+            # The stock is reserved by now, so the saga compensates.
+            status, body = await self._fail(
+                saga_id, order_id, f"{TOO_LARGE}: {total} is over {MAX_TOTAL}", status=422)
+            body["field"] = "items"
+            return status, body
 
         # 2. Create the order, its items and the saga-log step in one statement:
         #    one atomic round trip (the items' foreign key is checked at its end).

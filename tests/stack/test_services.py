@@ -317,3 +317,16 @@ def test_unstorable_preferences_are_refused_and_reads_stay_fine(http, urls, raw)
     assert http.get(f"{urls['users']}/dashboard/{uid}").status_code == 200
     r = http.put(f"{urls['users']}/users/{uid}/profile", json={"avatar_url": "https://example.com/a.png"})
     assert r.status_code == 200 and r.json()["profile"]["preferences"] == good, r.text
+
+
+def test_an_order_total_over_the_column_is_refused_and_its_stock_released(http, urls):
+    # orders.total_amount is DECIMAL(10,2); found by the contract fuzzer as a 500.
+    p = new_product(http, urls, stock=5, price="99999999.99")
+    user = new_user(http, urls)
+    r = http.post(f"{urls['orders']}/orders", headers={"Idempotency-Key": uuid.uuid4().hex},
+                  json={"user_id": user["id"], "items": [{"product_id": p["id"], "quantity": 2}]})
+    assert r.status_code == 422 and r.json()["field"] == "items", r.text
+    assert stock(http, urls, p["id"])["available"] == 5
+    replay = http.post(f"{urls['orders']}/orders", headers={"Idempotency-Key": r.request.headers["Idempotency-Key"]},
+                       json={"user_id": user["id"], "items": [{"product_id": p["id"], "quantity": 2}]})
+    assert replay.status_code == 422, replay.text
