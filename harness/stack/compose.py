@@ -44,7 +44,7 @@ from .info import (SCHEMA, Database, Engine, Instance, Part, ProxyApi, ProxyLink
 from .proxies import repoint_proxy
 from .redis_srv import REDIS_KEYS
 from .status import PartStatus, StatusProbe, status_of
-from .topology import (CDC_ROLE, DEFAULT_BASE_PORT, SERVICE_BY_NAME, SERVICES, TOPOLOGIES, Layout,
+from .topology import (DEFAULT_BASE_PORT, SERVICE_BY_NAME, SERVICES, TOPOLOGIES, Layout,
                        LinkSpec, layout)
 
 __all__ = ["ComposeBackend", "ComposeActions", "Secrets", "compose_argv", "compose_files",
