@@ -1,14 +1,17 @@
 """The `msdb` command line.
 
-    msdb up [--topology single|grouped|dedicated] [--base-port N] [--fresh] [--foreground]
+    msdb up [--backend embedded|compose] [--topology single|grouped|dedicated] [--base-port N]
+            [--fresh] [--foreground]
     msdb down [--purge]
     msdb status
     msdb scenarios
     msdb proxy [--host 127.0.0.1] [--port 8474] [--config FILE]
-    msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR]
+    msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR] [--target FILE]
     msdb check RUN_DIR [--slo FILE] [--json]
     msdb report RUN_DIR... [--index DIR]
-    msdb suite nightly [--quick] [--out DIR]
+    msdb suite nightly [--quick] [--out DIR] [--target FILE]
+    msdb target export [--out FILE]
+    msdb part kill|pause|resume|stop|start|restart|running PART
     msdb drill restore|pitr|masked [--db orders] [--wal archive|stream|stream-sync|all] ...
 
 Exit codes: 0 every check passed, 1 a check failed (or a part is
@@ -58,9 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version="msdb 0.1.0")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("up", help="start the embedded stack and wait until every part is healthy")
+    s = sub.add_parser("up", help="start the stack and wait until every part is healthy")
     _add_state(s)
     _add_layout(s)
+    s.add_argument("--backend", default="embedded", choices=("embedded", "compose"),
+                   help="embedded (PyPI only, default) or compose (the seed's real engines in "
+                        "docker-compose.yml; needs a Docker engine)")
     s.add_argument("--fresh", action="store_true", help="wipe the state dir first")
     s.add_argument("--foreground", action="store_true",
                    help="stay attached; Ctrl-C stops the stack cleanly")
@@ -89,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port block of the suite's stack (default: 15500)")
     s.add_argument("--topology", default="single", choices=("single", "grouped", "dedicated"))
     s.add_argument("--keep-stack", action="store_true", help="leave the suite's stack running")
+    _add_target(s)
 
     s = sub.add_parser("drill", help="backup/restore drills on a fresh stack of their own: achieved "
                        "RPO and RTO (restore), point-in-time recovery (pitr), masked copy (masked)")
@@ -166,7 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-products", type=int, default=None, metavar="M", help="products to seed")
     s.add_argument("--keep-stack", action="store_true",
                    help="leave a stack this run started running afterwards")
+    _add_target(s)
+
+    s = sub.add_parser("target", help="targets files: `msdb target export` writes one for the "
+                       "running stack (docs/targets.md)")
+    s.add_argument("action", choices=("export",), help="export: describe the running stack")
+    _add_state(s)
+    s.add_argument("--out", default="msdb-target.yaml", metavar="FILE",
+                   help="where to write it (default: msdb-target.yaml; - for stdout)")
+
+    s = sub.add_parser("part", help="a process action on one part of the running stack (what a "
+                       "process fault does; an exported targets file calls it)")
+    s.add_argument("action", choices=("kill", "pause", "resume", "stop", "start", "restart", "running"),
+                   help="running: exit 0 if the part runs, 1 if not")
+    s.add_argument("part", help="a part of the stack (`msdb status` lists them)")
+    _add_state(s)
     return p
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default=None, metavar="FILE",
+                   help="run against your own deployment, described by a targets file "
+                        "(docs/targets.md); msdb starts nothing of its own")
 
 
 def _print_table(rows: list[list[str]], headers: list[str]) -> None:
@@ -203,6 +231,8 @@ def cmd_up(args) -> int:
     from .stack.embedded import StackOptions
     from .stack.embedded_backend import EmbeddedBackend
     from .stack.info import StackInfo
+    if args.backend == "compose":
+        return _up_compose(args)
     opts = StackOptions(state_dir=Path(args.state_dir), topology=args.topology,
                         base_port=args.base_port,
                         archive_timeout_s=max(1, int(parse_duration(args.archive_timeout,
@@ -239,10 +269,35 @@ def cmd_up(args) -> int:
     return 0
 
 
+def _up_compose(args) -> int:
+    from .errors import UsageError
+    from .stack.compose import ComposeBackend
+    from .stack.topology import DEFAULT_BASE_PORT
+    if args.base_port != DEFAULT_BASE_PORT or args.foreground or args.fresh:
+        raise UsageError("--backend compose: the compose stack publishes the default port block "
+                         f"({DEFAULT_BASE_PORT}) and runs detached; drop --base-port, --fresh "
+                         "and --foreground (`msdb down --purge` removes its volumes)")
+    print(f"msdb up: compose, {args.topology} topology, state in {args.state_dir}")
+    info = ComposeBackend(Path(args.state_dir), topology=args.topology).up()
+    print_endpoints(info)
+    return 0
+
+
 def cmd_down(args) -> int:
+    from .errors import InfraError, NoStackError, UsageError
     from .stack.embedded import StackOptions
     from .stack.embedded_backend import EmbeddedBackend
-    left = EmbeddedBackend(StackOptions(state_dir=Path(args.state_dir))).down(purge=args.purge, log=print)
+    from .stack.info import StackInfo
+    try:
+        backend_kind = StackInfo.load(args.state_dir).backend
+    except (NoStackError, InfraError, UsageError):
+        backend_kind = "embedded"     # nothing readable: the embedded cleanup still purges
+    if backend_kind == "compose":
+        from .stack.compose import ComposeBackend
+        left = ComposeBackend(Path(args.state_dir)).down(purge=args.purge)
+    else:
+        left = EmbeddedBackend(StackOptions(state_dir=Path(args.state_dir))).down(purge=args.purge,
+                                                                                  log=print)
     return 3 if left else 0
 
 
@@ -326,8 +381,41 @@ def cmd_run(args) -> int:
     return run_command(args)
 
 
+def cmd_target(args) -> int:
+    import os
+    from .stack.backend import open_backend
+    from .stack.target import dump_target, export_target
+    text = dump_target(export_target(open_backend(args.state_dir).info()))
+    if args.out == "-":
+        print(text, end="")
+        return 0
+    out = Path(args.out)
+    if out.is_dir():
+        from .errors import UsageError
+        raise UsageError(f"--out {args.out!r} is a directory; give a file name")
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it holds passwords
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+    print(f"wrote {out}: run `msdb run SCENARIO --target {out}` from anywhere")
+    return 0
+
+
+def cmd_part(args) -> int:
+    from .errors import UsageError
+    from .stack.backend import open_backend
+    actions = open_backend(args.state_dir).actions()
+    names = actions.names()
+    if args.part not in names:
+        raise UsageError(f"unknown part {args.part!r} (parts: {', '.join(names)})")
+    if args.action == "running":
+        return 0 if actions.running(args.part) else 1
+    getattr(actions, args.action)(args.part)
+    return 0
+
+
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "scenarios": cmd_scenarios,
-            "run": cmd_run, "check": cmd_check, "proxy": cmd_proxy, "report": cmd_report,
+            "target": cmd_target, "part": cmd_part, "run": cmd_run, "check": cmd_check, "proxy": cmd_proxy, "report": cmd_report,
             "suite": cmd_suite, "drill": cmd_drill}
 
 

@@ -21,5 +21,10 @@ def read_yaml(path: str | Path, option: str) -> Any:
         raise ConfigError(f"{option} {str(path)!r}: file does not exist") from None
     except IsADirectoryError:
         raise ConfigError(f"{option} {str(path)!r}: is a directory, not a file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{option} {str(path)!r}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                          f"offset {e.start}); is it a binary file?") from None
+    except PermissionError:
+        raise ConfigError(f"{option} {str(path)!r}: permission denied") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{option} {str(path)!r}: not valid YAML: {e}") from None

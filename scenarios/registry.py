@@ -82,6 +82,11 @@ class Scenario:
     def slo_keys(self, *, has_faults: bool) -> tuple[str, ...]:
         return keys_of(self.check_groups(has_faults=has_faults))
 
+    def stack_needs(self) -> set[str]:
+        """What the stack must offer beyond services and proxies (replica,
+        redis, cdc): a targets file that lacks it cannot run this scenario."""
+        return {n for g in self.checks for n in getattr(g, "needs", ())}
+
     def with_(self, **changes) -> "Scenario":
         return replace(self, **changes)
 

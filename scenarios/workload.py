@@ -54,6 +54,13 @@ def context(environment) -> WorkloadContext:
     return ctx
 
 
+def http_status(r) -> str:
+    """`HTTP 503`, or for no answer at all (status 0) the client's error, so
+    that a reset, a refused connection and a timeout can be told apart."""
+    err = getattr(r, "error", None) if not r.status_code else None
+    return f"HTTP {r.status_code}" + (f" ({type(err).__name__}: {str(err)[:120]})" if err else "")
+
+
 class ShopUser(FastHttpUser):
     wait_time = between(0.05, 0.5)
     # Every service is called with an absolute URL from the context; Locust
@@ -108,7 +115,7 @@ class ShopUser(FastHttpUser):
                 body = r.json()
                 self.user_id, self.token = body["user_id"], body["token"]
             else:
-                r.failure(f"login HTTP {r.status_code}")
+                r.failure(f"login {http_status(r)}")
                 return
         self.client.get(self._u("users", f"/sessions/{self.token}"), name="users GET /sessions/{token}")
 
@@ -179,7 +186,7 @@ def create_order(user, items: list[dict], key: str) -> str:
         elif status == 0 or status >= 500:
             # Unknown outcome, unless the saga says it compensated everything.
             kind = "fail" if body.get("compensated") is True else "info"
-            r.failure(f"HTTP {status}")
+            r.failure(http_status(r))
         else:
             kind = "fail"
             r.failure(f"HTTP {status}: {str(body)[:200]}")
@@ -303,7 +310,7 @@ def read_history(user, order_id: str, routing: str | None, written: float) -> No
     with user.client.get(user.urls["orders"] + f"/users/{user.user_id}/orders{q}", name=name,
                          catch_response=True) as r:
         if r.status_code != 200:
-            r.failure(f"HTTP {r.status_code}")
+            r.failure(http_status(r))
             history.fail(user.process, "read_history", {**value, "status": r.status_code})
             return
         body = r.json()

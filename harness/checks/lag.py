@@ -105,6 +105,7 @@ def lag_metrics(run: Run, slo: dict) -> dict:
 @dataclass(frozen=True)
 class ReplicationChecks:
     keys = REPLICATION_KEYS
+    needs = ("replica",)      # what a stack must offer (a targets file may not)
 
     def __call__(self, run: Run, slo: dict) -> tuple[list[Check], dict]:
         m = replication_metrics(run, caught_up_ms=slo["replica_caught_up_ms"])
@@ -191,6 +192,7 @@ def cdc_metrics(run: Run) -> dict:
 @dataclass(frozen=True)
 class CdcChecks:
     keys = CDC_KEYS
+    needs = ("redis", "cdc")
 
     def __call__(self, run: Run, slo: dict) -> tuple[list[Check], dict]:
         m = cdc_metrics(run)

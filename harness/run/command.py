@@ -28,6 +28,7 @@ from ..files import read_yaml
 from ..stack.backend import StackBackend, fresh_stack, open_backend
 from ..stack.embedded import StackOptions
 from ..stack.info import StackInfo
+from ..stack.target import TargetBackend, missing_for
 from ..stack.topology import DEFAULT_BASE_PORT
 from .execute import RunParams, execute
 from .matrix import run_matrix
@@ -72,7 +73,8 @@ def run_params(args, sc: Scenario) -> tuple[RunParams, Scenario]:
     return RunParams(scenario=sc.name, duration_s=duration, users=users, spawn_rate=rate,
                      seed_users=su, seed_products=sp, state_dir=args.state_dir,
                      topology=args.topology, base_port=args.base_port,
-                     faults_file=getattr(args, "faults", None)), sc
+                     faults_file=getattr(args, "faults", None),
+                     target_file=getattr(args, "target", None)), sc
 
 
 def raw_schedule(p: RunParams, sc: Scenario) -> list:
@@ -90,7 +92,8 @@ def schedule_for(raw: list, backend: StackBackend, duration_s: float, where: str
     """The schedule against this stack: targets must be its proxies and parts
     (`@orders-instance` names the instance holding order_service_db)."""
     info = backend.info()
-    orders_instance = info.databases["orders"].instance
+    orders_instance = info.databases["orders"].instance if "orders" in info.databases \
+        else "@orders-instance"    # a targets file without databases: named as unknown below
     items = [{**item, "target": orders_instance} if isinstance(item, dict)
              and item.get("target") == "@orders-instance" else item for item in raw]
     # The proxy is not a process fault's target: every heal needs it.
@@ -103,8 +106,16 @@ def schedule_for(raw: list, backend: StackBackend, duration_s: float, where: str
 
 @contextmanager
 def stack_for_run(p: RunParams, *, keep: bool) -> Iterator[StackBackend]:
-    """The stack running in the state dir, or a fresh one for this run alone
-    (stopped and removed afterwards unless `keep`)."""
+    """The deployment of a targets file, the stack running in the state dir,
+    or a fresh one for this run alone (stopped and removed afterwards unless
+    `keep`)."""
+    if p.target_file:
+        backend = TargetBackend.open(p.target_file)   # its StackInfo in a scratch dir
+        try:
+            yield backend
+        finally:
+            backend.down()      # removes the scratch dir; the deployment is not ours to stop
+        return
     state = Path(p.state_dir)
     try:
         info = StackInfo.load(state)
@@ -127,6 +138,19 @@ def stack_for_run(p: RunParams, *, keep: bool) -> Iterator[StackBackend]:
         yield backend
 
 
+def _target_args(args, sc: Scenario) -> None:
+    """--target runs against a deployment msdb does not start: the options
+    that choose or start a stack of msdb's own make no sense with it."""
+    for flag, value in (("--topology", args.topology), ("--base-port", args.base_port),
+                        ("--keep-stack", args.keep_stack or None)):
+        if value is not None:
+            raise UsageError(f"{flag}: --target runs against your deployment, which msdb neither "
+                             f"chooses nor starts; drop {flag}")
+    if sc.matrix:
+        raise UsageError(f"--target: scenario {sc.name!r} compares topologies on fresh stacks of "
+                         f"msdb's own; run {sc.matrix_of!r} against your deployment instead")
+
+
 def _interrupts() -> list:
     """SIGINT/SIGTERM as a KeyboardInterrupt in the main greenlet.
 
@@ -146,6 +170,8 @@ def run_command(args) -> int:
     except registry.UnknownScenario as e:
         raise UsageError(str(e)) from None
     p, sc = run_params(args, sc)
+    if p.target_file:
+        _target_args(args, sc)
     if sc.matrix:
         if p.faults_file:
             raise UsageError(f"--faults: scenario {sc.name!r} compares topologies on fresh stacks; "
@@ -154,12 +180,18 @@ def run_command(args) -> int:
         return run_matrix(p, sc, slo, RunDir.create(args.out, sc.name), slo_path=args.slo)
     raw = raw_schedule(p, sc)
     slo = load_slo(args.slo, sc.name, sc.slo_keys(has_faults=bool(raw)))
-    rd = RunDir.create(args.out, sc.name)
+    RunDir.check_out(args.out)
     handlers = _interrupts()
     try:
         with stack_for_run(p, keep=args.keep_stack) as backend:
+            if p.target_file:
+                why = missing_for(backend.info(), raw, sc.stack_needs(), sc.service_env)
+                if why:
+                    raise ConfigError(f"--target {p.target_file!r}: scenario {sc.name!r} {why}")
             schedule = schedule_for(raw, backend, p.duration_s, p.faults_file or f"scenario {sc.name}")
-            return execute(p, sc, slo, rd, schedule, backend)
+            # Only now, with the stack reached and the schedule valid: a run that
+            # never started leaves no empty run directory behind.
+            return execute(p, sc, slo, RunDir.create(args.out, sc.name), schedule, backend)
     finally:
         for h in handlers:
             h.cancel()

@@ -62,6 +62,7 @@ class RunParams:
     topology: str | None
     base_port: int | None
     faults_file: str | None = None
+    target_file: str | None = None
 
 
 def versions(info) -> dict:
@@ -72,16 +73,19 @@ def versions(info) -> dict:
             v[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             v[pkg] = None
+    v["postgresql"] = v["redis"] = None     # also where a targets file gives no admin access
     try:
-        with psycopg.connect(info.instances[0].admin_dsn, connect_timeout=3) as c:
-            v["postgresql"] = c.execute("SHOW server_version").fetchone()[0]
+        if info.instances:
+            with psycopg.connect(info.instances[0].admin_dsn, connect_timeout=3) as c:
+                v["postgresql"] = c.execute("SHOW server_version").fetchone()[0]
     except psycopg.Error:
-        v["postgresql"] = None
+        pass
     try:
-        with redis.Redis.from_url(info.redis.url, socket_timeout=2) as r:
-            v["redis"] = r.info("server")["redis_version"]
+        if info.redis is not None:
+            with redis.Redis.from_url(info.redis.url, socket_timeout=2) as r:
+                v["redis"] = r.info("server")["redis_version"]
     except redis.RedisError:
-        v["redis"] = None
+        pass
     return v
 
 
@@ -149,6 +153,7 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
     run_info = {"scenario": sc.name, "parameters": dict(p.__dict__), "slo": slo,
                 "topology": info.topology,
                 "stack": {"backend": info.backend, "base_port": info.base_port,
+                          "target_file": info.target_file,
                           "services": info.urls, "proxy_api": info.proxy.api, "pool": pool_config(),
                           "databases": {svc: db.instance for svc, db in info.databases.items()},
                           "engines": [asdict(e) for e in info.engines]},

@@ -86,11 +86,16 @@ def cdc_backlog(r, group: str, source: str) -> tuple[int, int, int]:
 
 class LagMonitor:
     def __init__(self, info: StackInfo, out: Path, *, beat_s: float = BEAT_S, poll_s: float = POLL_S):
-        self.primary_dsn = info.instance(info.replica.primary).admin_dsn
-        self.replica_dsn = info.instance(info.replica.instance).admin_dsn
-        self.standby = info.replica.instance   # its application_name
+        # A targets file may leave out the replica (no heartbeats) or Redis (no
+        # CDC backlog); what it leaves out is not measured, and says so by absence.
+        rep = info.replica
+        names = {i.name for i in info.instances}
+        self.repl_on = rep is not None and {rep.primary, rep.instance} <= names
+        self.primary_dsn = info.instance(rep.primary).admin_dsn if self.repl_on else None
+        self.replica_dsn = info.instance(rep.instance).admin_dsn if self.repl_on else None
+        self.standby = rep.instance if rep is not None else None   # its application_name
         self.services = info.urls
-        self.redis_url = info.redis.url
+        self.redis_url = info.redis.url if info.redis is not None else None
         self.beat_s, self.poll_s = beat_s, poll_s
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
@@ -189,35 +194,36 @@ class LagMonitor:
         while not self.stop_event.is_set():
             now = time.time()
             lag, waiting = self.hb_lag_ms(now)
-            w = f = r = note = blag = state = ""
-            try:
-                if pconn is None or pconn.closed:
-                    pconn = self._connect(self.primary_dsn)
-                row = pconn.execute(
-                    "SELECT extract(epoch FROM write_lag) * 1000, extract(epoch FROM flush_lag) * 1000, "
-                    "extract(epoch FROM replay_lag) * 1000, pg_wal_lsn_diff(sent_lsn, replay_lsn), "
-                    "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), state "
-                    "FROM pg_stat_replication WHERE application_name = %s", (self.standby,)).fetchone()
-                if row is None:
-                    state = "not-connected"
-                else:
-                    wl, fl, rl, sent_vs_replay, blag_v, state = row
-                    w = "" if wl is None else round(float(wl), 3)
-                    f = "" if fl is None else round(float(fl), 3)
-                    blag = "" if blag_v is None else int(blag_v)
-                    if rl is not None:
-                        r, note = round(float(rl), 3), "measured"
-                    elif sent_vs_replay == 0:
-                        r, note = 0.0, "caught-up"
+            if self.repl_on:
+                w = f = r = note = blag = state = ""
+                try:
+                    if pconn is None or pconn.closed:
+                        pconn = self._connect(self.primary_dsn)
+                    row = pconn.execute(
+                        "SELECT extract(epoch FROM write_lag) * 1000, extract(epoch FROM flush_lag) * 1000, "
+                        "extract(epoch FROM replay_lag) * 1000, pg_wal_lsn_diff(sent_lsn, replay_lsn), "
+                        "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), state "
+                        "FROM pg_stat_replication WHERE application_name = %s", (self.standby,)).fetchone()
+                    if row is None:
+                        state = "not-connected"
                     else:
-                        note = "unknown"
-            except psycopg.Error as e:
-                log.debug("pg_stat_replication failed: %s", e)
-                pconn = None
-                state = "primary-down"
-            self.repl.row(round(now, 3), "" if lag is None else lag,
-                          "" if self.last_beat_lag_ms is None else self.last_beat_lag_ms,
-                          waiting, w, f, r, note, blag, state, int(self.replica_up))
+                        wl, fl, rl, sent_vs_replay, blag_v, state = row
+                        w = "" if wl is None else round(float(wl), 3)
+                        f = "" if fl is None else round(float(fl), 3)
+                        blag = "" if blag_v is None else int(blag_v)
+                        if rl is not None:
+                            r, note = round(float(rl), 3), "measured"
+                        elif sent_vs_replay == 0:
+                            r, note = 0.0, "caught-up"
+                        else:
+                            note = "unknown"
+                except psycopg.Error as e:
+                    log.debug("pg_stat_replication failed: %s", e)
+                    pconn = None
+                    state = "primary-down"
+                self.repl.row(round(now, 3), "" if lag is None else lag,
+                              "" if self.last_beat_lag_ms is None else self.last_beat_lag_ms,
+                              waiting, w, f, r, note, blag, state, int(self.replica_up))
             if self.cdc_on:
                 session = self._sample_cdc(session, now)
             next_t += 1.0
@@ -229,7 +235,8 @@ class LagMonitor:
         if session is None:
             session = requests.Session()
             session.trust_env = False
-            self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
+            self._redis = None if self.redis_url is None else \
+                redis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
         for group, (svc, source) in CONSUMERS.items():
             up = 1
             try:
@@ -255,7 +262,8 @@ class LagMonitor:
                 up = 0
             published = backlog = pending = ""
             try:
-                published, backlog, pending = cdc_backlog(self._redis, group, source)
+                if self._redis is not None:
+                    published, backlog, pending = cdc_backlog(self._redis, group, source)
             except redis.RedisError as e:
                 log.debug("cdc backlog of %s: %s", group, e)
             self.backlog_table.row(round(now, 3), group, source, published, backlog, pending, up)
@@ -264,7 +272,7 @@ class LagMonitor:
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
-        for fn in (self._writer, self._poller, self._sampler):
+        for fn in ((self._writer, self._poller) if self.repl_on else ()) + (self._sampler,):
             t = threading.Thread(target=fn, name=fn.__name__, daemon=True)
             t.start()
             self.threads.append(t)

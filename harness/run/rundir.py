@@ -99,11 +99,24 @@ class RunDir:
         self.path = path
 
     @classmethod
+    def check_out(cls, out: str | None, root: Path = Path("runs")) -> None:
+        """UsageError (exit 2) now, before a stack starts, if the run directory
+        could not be made there: not empty, or under a file."""
+        path = Path(out) if out else root
+        if out and path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UsageError(f"--out {out!r} exists and is not an empty directory")
+        for parent in (path, *path.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UsageError(f"--out {str(out or root)!r}: {str(parent)!r} is a file, not a "
+                                     f"directory")
+                break
+
+    @classmethod
     def create(cls, out: str | None, scenario: str, root: Path = Path("runs")) -> "RunDir":
+        cls.check_out(out, root)
         if out:
             path = Path(out)
-            if path.exists() and (not path.is_dir() or any(path.iterdir())):
-                raise UsageError(f"--out {out!r} exists and is not an empty directory")
         else:
             now = stamp()
             path = root / f"{now}-{scenario}"

@@ -13,6 +13,7 @@ import threading
 import time
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 import redis
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -126,7 +127,7 @@ class StoreSampler(_Periodic):
                  interval: float | None = None):
         super().__init__(pg_table, interval)
         self.instances = {i.name: i.admin_dsn for i in info.instances}
-        self.redis_url = info.redis.url
+        self.redis_url = info.redis.url if info.redis is not None else None
         self.redis_table = redis_table
         self._conns: dict = {}
         self._redis = None
@@ -165,6 +166,8 @@ class StoreSampler(_Periodic):
             except psycopg.Error:
                 self._conns.pop(name, None)
                 row(ts, name, "up", "", 0)
+        if self.redis_url is None:
+            return      # a targets file without Redis
         try:
             if self._redis is None:
                 self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
@@ -188,7 +191,7 @@ class StoreSampler(_Periodic):
                     dbs = [r[0] for r in c.execute(
                         "SELECT datname FROM pg_database WHERE datname LIKE '%%_service_db'").fetchall()]
                 for db in dbs:
-                    with psycopg.connect(dsn.rsplit("/", 1)[0] + f"/{db}", autocommit=True,
+                    with psycopg.connect(make_conninfo(dsn, dbname=db), autocommit=True,
                                          connect_timeout=2) as c:
                         for qid, q, calls, ms, rows in c.execute(
                                 "SELECT queryid, query, calls, total_exec_time, rows FROM pg_stat_statements "

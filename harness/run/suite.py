@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -51,6 +52,35 @@ def load_suite(name: str, path: str | None = None) -> list[dict]:
         except registry.UnknownScenario as err:
             raise ConfigError(f"{p}: {name}[{i}].scenario: {err}") from None
     return entries
+
+
+def check_target_suite(target: str, entries: list[dict]) -> None:
+    """Before any run: every scenario of the suite can run against the targets
+    file (exit 2 listing those that cannot, and the key each lacks)."""
+    from ..stack.target import TargetBackend, missing_for
+    backend = TargetBackend.open(target)
+    try:
+        info = backend.info()
+        problems = []
+        for e in entries:
+            sc = registry.get(e["scenario"])
+            if sc.matrix:
+                problems.append(f"{sc.name}: compares topologies on fresh stacks of msdb's own")
+                continue
+            raw = list(sc.faults)
+            if "faults" in e:
+                raw = read_yaml(e["faults"], f"{e['scenario']} faults")
+                raw = raw.get("faults", raw) if isinstance(raw, dict) else raw
+            why = missing_for(info, raw if isinstance(raw, list) else [], sc.stack_needs(),
+                              sc.service_env)
+            if why:
+                problems.append(f"{sc.name}: {why}")
+    finally:
+        backend.down()
+    if problems:
+        raise ConfigError(f"--target {target!r}: {len(problems)} scenario(s) of this suite cannot run "
+                          f"against it (give --suites FILE with the ones it can):\n  "
+                          + "\n  ".join(problems))
 
 
 def _argv(entry: dict) -> list[str]:
@@ -95,19 +125,25 @@ def run_suite(args) -> int:
     entries = load_suite(args.suite, args.suites)
     if args.quick and args.suite == "nightly":
         entries = load_suite("quick", args.suites)
+    if args.target:
+        check_target_suite(args.target, entries)
     title = f"msdb suite {args.suite}{' (quick)' if args.quick else ''}"
     out = Path(args.out or f"runs/suite-{args.suite}{'-quick' if args.quick else ''}-{stamp()}")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {str(out)!r} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "harness.cli"]
-    state = ["--state-dir", args.state_dir]
-    print(f"{title}: {len(entries)} scenarios, fresh stack in {args.state_dir}, results in {out}",
-          flush=True)
+    if args.target:
+        state = ["--target", args.target]
+        where = f"the deployment of {args.target}"
+    else:
+        state = ["--state-dir", args.state_dir]
+        where = f"fresh stack in {args.state_dir}"
+    print(f"{title}: {len(entries)} scenarios, {where}, results in {out}", flush=True)
     runs = []
     t_suite = time.monotonic()
     opts = StackOptions(state_dir=Path(args.state_dir), topology=args.topology, base_port=args.base_port)
-    with fresh_stack(opts, keep=args.keep_stack):
+    with (nullcontext() if args.target else fresh_stack(opts, keep=args.keep_stack)):
         for i, e in enumerate(entries, start=1):
             label = f"{i:02d}-{e['scenario']}"
             run_dir = out / label

@@ -10,8 +10,9 @@
                      stopped and purged on every way out
     heal()           make a stack whole whatever a fault left behind
 
-Today's embedded stack (harness.stack.embedded) is the first backend; a
-docker-compose backend and a user's own deployment come next.  Nothing
+Backends: the embedded stack (harness.stack.embedded_backend), the seed's
+engines in docker-compose (harness.stack.compose), and a user's own
+deployment described by a targets file (harness.stack.target).  Nothing
 outside a backend reads stack.json as a dict or signals a PID.
 """
 
@@ -59,10 +60,16 @@ class StackBackend(Protocol):
 def open_backend(state_dir: str | Path) -> StackBackend:
     """The backend of the stack recorded in state_dir (NoStackError if none)."""
     info = StackInfo.load(state_dir)
-    if info.backend != "embedded":
-        raise UsageError(f"{state_dir}/stack.json: backend {info.backend!r} is not one this msdb "
-                         f"knows (embedded)")
-    return EmbeddedBackend(StackOptions.of(info))
+    if info.backend == "embedded":
+        return EmbeddedBackend(StackOptions.of(info))
+    if info.backend == "target":
+        from .target import TargetBackend
+        return TargetBackend(state_dir)
+    if info.backend == "compose":
+        from .compose import ComposeBackend
+        return ComposeBackend(Path(state_dir), topology=info.topology)
+    raise UsageError(f"{state_dir}/stack.json: backend {info.backend!r} is not one this msdb "
+                     f"knows (embedded, compose, target)")
 
 
 def _claim(state_dir: Path) -> None:

@@ -13,14 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from chaos.client import ToxiproxyServer
-
 from ..errors import InfraError, NoStackError, UsageError
 from . import procs
 from .actions import EmbeddedActions
 from .embedded import EmbeddedStack, StackOptions, stop_parts
 from .info import StackInfo
 from .pg import PgRuntime
+from .proxies import repoint_proxy
 from .status import PartStatus, StatusProbe, status
 
 __all__ = ["EmbeddedBackend"]
@@ -121,12 +120,7 @@ class EmbeddedBackend:
                                starter=lambda part: EmbeddedStack.attach(self.state_dir).start_part(part))
 
     def repoint(self, link: str, upstream: str) -> None:
-        try:
-            got = ToxiproxyServer.at(self.info().proxy.api, timeout=10).set_upstream(link, upstream)
-        except Exception as e:  # the client's errors are all plain Exceptions
-            raise InfraError(f"could not repoint proxy {link} to {upstream}: {e}") from None
-        if got.get("upstream") != upstream:
-            raise InfraError(f"could not repoint proxy {link} to {upstream}: it answered {got}")
+        repoint_proxy(self.info().proxy.api, link, upstream)
 
     def set_overrides(self, overrides: dict[str, dict[str, str]]) -> list[str]:
         return EmbeddedStack.attach(self.state_dir).set_overrides(overrides)

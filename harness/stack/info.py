@@ -58,8 +58,8 @@ class Database:
     database: str
     role: str
     dsn: str                       # direct
-    link: str                      # the fault proxy the service reaches it through
-    dsn_via_proxy: str
+    link: str | None = None        # the fault proxy the service reaches it through
+    dsn_via_proxy: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +110,10 @@ class Part:
     kind: str                      # postgres | redis | service | proxy | process
     endpoint: str
     proc: dict | None = None
+    # A targets file's process actions: argument lists run without a shell
+    # (kill, pause, resume, stop, start, restart, running).
+    actions: dict[str, tuple[str, ...]] | None = None
+    action_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,7 +132,7 @@ class Engine:
 class StackInfo:
     __pydantic_config__ = _STRICT
     schema: int
-    backend: str                   # embedded (compose and targets files follow)
+    backend: str                   # embedded | compose | target
     state: str                     # starting | running
     state_dir: str
     topology: str
@@ -138,7 +142,7 @@ class StackInfo:
     instances: tuple[Instance, ...]
     databases: dict[str, Database]
     replica: Replica | None
-    redis: RedisInfo
+    redis: RedisInfo | None        # None: a targets file without one
     proxy: ProxyApi
     parts: tuple[Part, ...]
     engines: tuple[Engine, ...]
@@ -147,6 +151,7 @@ class StackInfo:
     archive_timeout_s: int | None = None
     run_as: str | None = None
     analytics_db: str | None = None
+    target_file: str | None = None   # backend target: the targets file it was read from
     # Service settings a scenario changed for its run (services.yaml variables).
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
 

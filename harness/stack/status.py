@@ -182,17 +182,8 @@ def status_of(info: StackInfo, probe: StatusProbe) -> list[PartStatus]:
             detail = str(e)[:120]
     out.append(PartStatus("proxy", "proxy", info.proxy.api, pid, ok, detail))
 
-    pid, alive = proc_ok("redis")
-    ok, detail = False, "process not running"
-    if alive:
-        try:
-            r = probe.redis(info.redis.url)
-            ok = bool(r.ping())
-            detail = f"redis {r.info('server')['redis_version']}"
-        except redis.RedisError as e:
-            detail = str(e)[:120]
-    endpoint = by_name["redis"].endpoint if "redis" in by_name else info.redis.url.rsplit("@", 1)[-1]
-    out.append(PartStatus("redis", "redis", endpoint, pid, ok, detail))
+    if info.redis is not None:      # a targets file may have none
+        out.append(_redis_status(info, probe, by_name, proc_ok))
 
     for name, svc in info.services.items():
         pid, alive = proc_ok(name)
@@ -209,3 +200,18 @@ def status_of(info: StackInfo, probe: StatusProbe) -> list[PartStatus]:
                 detail = str(e)[:120]
         out.append(PartStatus(name, "service", svc.url, pid, ok, detail))
     return out
+
+
+def _redis_status(info: StackInfo, probe: StatusProbe, by_name: dict, proc_ok) -> PartStatus:
+    pid, alive = proc_ok("redis")
+    ok, detail = False, "process not running"
+    if alive:
+        try:
+            r = probe.redis(info.redis.url)
+            ok = bool(r.ping())
+            detail = f"redis {r.info('server')['redis_version']}"
+        except redis.RedisError as e:
+            detail = str(e)[:120]
+    endpoint = by_name["redis"].endpoint if "redis" in by_name else info.redis.url.rsplit("@", 1)[-1]
+    return PartStatus("redis", "redis", endpoint, pid, ok, detail)
+

@@ -37,11 +37,6 @@ def _no_docker_reason() -> str | None:
 NO_DOCKER = _no_docker_reason()
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "docker: needs a Docker engine with Compose v2 "
-                                       "(tests/docker); skipped where there is none")
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
