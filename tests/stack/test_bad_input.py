@@ -192,3 +192,37 @@ def test_unknown_ids_are_404_naming_the_id(urls, http):
     assert r.status_code == 404 and "no route" in r.json()["message"]
     r = http.delete(f"{urls['orders']}/orders")
     assert r.status_code == 405
+
+
+def test_openapi_documents_the_error_body_and_real_statuses(specs, urls, http):
+    cdc = http.get(f"{urls['cdc']}/openapi.json").json()
+    for svc, spec in {**specs, "cdc": cdc}.items():
+        schemas = spec["components"]["schemas"]
+        assert "HTTPValidationError" not in schemas and "ErrorBody" in schemas, svc
+        for path, method, op in _ops(spec):
+            for code, resp in op["responses"].items():
+                if code.startswith("4") or (code == "503" and path != "/health"):
+                    ref = resp["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/ErrorBody"), (svc, method, path, code)
+            if "requestBody" in op:
+                assert {"400", "413", "422"} <= set(op["responses"]), (svc, method, path)
+        assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    assert {"201", "200", "402", "409"} <= set(specs["orders"]["paths"]["/orders"]["post"]["responses"])
+    assert {"201", "200", "402", "409"} <= set(specs["payments"]["paths"]["/payments"]["post"]["responses"])
+    assert "401" in specs["users"]["paths"]["/sessions"]["post"]["responses"]
+    assert "409" in specs["users"]["paths"]["/users"]["post"]["responses"]
+    email = specs["users"]["components"]["schemas"]["RegisterUser"]["properties"]["email"]
+    assert email["format"] == "email" and email["pattern"]
+    price = specs["catalog"]["components"]["schemas"]["NewProduct"]["properties"]["price"]
+    assert {b["type"] for b in price["anyOf"]} == {"number", "string"} and \
+        all(("maximum" in b) or ("pattern" in b) for b in price["anyOf"])
+
+
+def test_405_allows_every_method_of_the_path_and_typed_ids_are_named(urls, http):
+    r = http.options(f"{urls['catalog']}/products")
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) >= {"GET", "POST"}, r.headers
+    r = http.get(f"{urls['catalog']}/inventory/reservations")     # not a product id
+    assert r.status_code == 405 and r.headers["allow"] == "POST", (r.status_code, r.text)
+    r = http.get(f"{urls['catalog']}/inventory/not-a-uuid")
+    _assert_4xx_naming(r, "product_id")
+    assert r.status_code == 422
