@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="health of each part; exit 1 if any part is unhealthy")
     _add_state(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_target(s)
 
     sub.add_parser("scenarios", help="list the scenarios `msdb run` knows")
 
@@ -278,7 +279,8 @@ def _up_compose(args) -> int:
                          f"({DEFAULT_BASE_PORT}) and runs detached; drop --base-port, --fresh "
                          "and --foreground (`msdb down --purge` removes its volumes)")
     print(f"msdb up: compose, {args.topology} topology, state in {args.state_dir}")
-    info = ComposeBackend(Path(args.state_dir), topology=args.topology).up()
+    # The first start builds the image and waits for Elasticsearch: minutes, not seconds.
+    info = ComposeBackend(Path(args.state_dir), topology=args.topology).up(timeout_s=900)
     print_endpoints(info)
     return 0
 
@@ -304,7 +306,15 @@ def cmd_down(args) -> int:
 def cmd_status(args) -> int:
     import json
     from .stack.backend import open_backend
-    parts = open_backend(args.state_dir).status()
+    if args.target:
+        from .stack.target import TargetBackend
+        backend = TargetBackend.open(args.target)
+        try:
+            parts = backend.status()
+        finally:
+            backend.down()      # its scratch dir only
+    else:
+        parts = open_backend(args.state_dir).status()
     if args.json:
         print(json.dumps([p.__dict__ for p in parts], indent=2))
     else:

@@ -104,8 +104,11 @@ def _allowed_methods(app: FastAPI, path: str) -> str:
     return ", ".join(sorted(methods))
 
 
-def _bad_typed_segment(app: FastAPI, method: str, path: str) -> tuple[str, str] | None:
-    """(parameter, value) when `path` misses a route only because a typed path
+_CONVERTOR_KINDS = {"UUIDConvertor": "UUID", "IntegerConvertor": "integer", "FloatConvertor": "number"}
+
+
+def _bad_typed_segment(app: FastAPI, method: str, path: str) -> tuple[str, str, str] | None:
+    """(parameter, expected kind, value) when `path` misses a route only because a typed path
     parameter ({product_id:uuid}) does not parse: that is bad input, a 422
     naming the parameter, not an unknown route."""
     for route in app.routes:
@@ -119,7 +122,7 @@ def _bad_typed_segment(app: FastAPI, method: str, path: str) -> tuple[str, str] 
             continue
         for name, conv in typed.items():
             if not re.fullmatch(conv.regex, m[name]):
-                return name, m[name]
+                return name, _CONVERTOR_KINDS.get(type(conv).__name__, "value"), m[name]
     return None
 
 
@@ -303,8 +306,8 @@ class Service:
             if exc.status_code == 404 and message == "Not Found":
                 bad = _bad_typed_segment(app, request.method, path)
                 if bad is not None:
-                    name, value = bad
-                    msg = f"{name}: not a valid UUID: {_printable(value)[:100]!r}"
+                    name, kind, value = bad
+                    msg = f"{name}: not a valid {kind}: {_printable(value)[:100]!r}"
                     return JSON({"error": "invalid_request", "field": name, "message": msg,
                                  "errors": [{"field": name, "message": msg}]}, status_code=422)
                 message = f"no route {request.method} {path}"
