@@ -15,7 +15,9 @@
     msdb drill restore|pitr|masked [--db orders] [--wal archive|stream|stream-sync|all] ...
 
 Exit codes: 0 every check passed, 1 a check failed (or a part is
-unhealthy), 2 usage or configuration error, 3 infrastructure error.
+unhealthy), 2 usage or configuration error, 3 infrastructure error, 130
+interrupted by Ctrl-C, 143 by SIGTERM (what was recorded is still judged
+and reported).
 
 `run` drives Locust in-process, so gevent must patch the standard library
 before anything else imports sockets or ssl: that is why this module imports
@@ -57,7 +59,7 @@ def _add_layout(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="msdb", description="Load and resilience verification for microservice "
                 "databases.  Exit codes: 0 pass, 1 check failed, 2 usage/config error, "
-                "3 infrastructure error.")
+                "3 infrastructure error, 130/143 interrupted (SIGINT/SIGTERM).")
     p.add_argument("--version", action="version", version="msdb 0.1.0")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -436,15 +438,21 @@ def main(argv: list[str] | None = None) -> int:
         monkey.patch_all()
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .errors import MsdbError
+    from .errors import Interrupted, MsdbError
+
+    def on_sigterm(signum, frame):
+        raise Interrupted(signum)     # like Ctrl-C: every finally runs, then exit 143
+    signal.signal(signal.SIGTERM, on_sigterm)   # `run` and `up --foreground` install their own
     try:
         return COMMANDS[args.command](args)
     except MsdbError as e:
         print(f"msdb {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"msdb {args.command}: interrupted", file=sys.stderr)
-        return 3
+    except KeyboardInterrupt as e:
+        code = getattr(e, "exit_code", 130)
+        print(f"msdb {args.command}: interrupted ({'SIGTERM' if code == 143 else 'Ctrl-C'}); "
+              f"exit {code}", file=sys.stderr)
+        return code
     except Exception:  # a bug of ours: report it, but never as "a check failed" (1)
         import traceback
         traceback.print_exc()

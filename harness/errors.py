@@ -9,15 +9,18 @@
         └── NoStackError
 
 Exit codes (PRODUCT.md): 0 every check passed, 1 a check failed, 2 usage or
-configuration error, 3 infrastructure error.
+configuration error, 3 infrastructure error; and as shells report them, 130
+after Ctrl-C (SIGINT) and 143 after SIGTERM (`Interrupted`).
 """
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
     "EXIT_PASS", "EXIT_FAIL", "EXIT_USAGE", "EXIT_INFRA",
     "MsdbError", "UsageError", "ConfigError", "InfraError",
-    "PortInUseError", "StartupError", "NoStackError",
+    "PortInUseError", "StartupError", "NoStackError", "Interrupted",
 ]
 
 EXIT_PASS = 0
@@ -56,3 +59,16 @@ class StartupError(InfraError):
 
 class NoStackError(InfraError):
     pass
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, raised where the work can clean up (every `finally`
+    runs).  Exit 128 + the signal's number, as shells do: 130, 143."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        self.signum = int(signum)
+        super().__init__(f"signal {signal.Signals(self.signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

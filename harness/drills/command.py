@@ -13,7 +13,6 @@ what happened in its run directory, and is judged from it
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -117,12 +116,7 @@ def _common(args) -> tuple[float, int]:
     return after, int(at)
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt   # the same clean-up path as Ctrl-C: every finally runs
-
-
 def drill_command(args) -> int:
-    signal.signal(signal.SIGTERM, _sigterm)
     if args.base_port is None:
         args.base_port = DEFAULT_DRILL_PORT
     if args.db is None:

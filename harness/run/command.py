@@ -23,7 +23,7 @@ from scenarios.registry import Scenario, StepLoad
 
 from ..checks.slo import load_slo
 from ..durations import parse_duration
-from ..errors import ConfigError, NoStackError, UsageError
+from ..errors import ConfigError, Interrupted, NoStackError, UsageError
 from ..files import read_yaml
 from ..stack.backend import StackBackend, fresh_stack, open_backend
 from ..stack.embedded import StackOptions
@@ -160,7 +160,7 @@ def _interrupts() -> list:
     the hub's parent (the main greenlet) is how gevent itself delivers Ctrl-C.
     """
     def interrupt(signum: int) -> None:
-        gevent.get_hub().parent.throw(KeyboardInterrupt(f"signal {signal.Signals(signum).name}"))
+        gevent.get_hub().parent.throw(Interrupted(signum))
     return [gevent.signal_handler(s, interrupt, s) for s in (signal.SIGINT, signal.SIGTERM)]
 
 
