@@ -6,7 +6,7 @@
     msdb status
     msdb scenarios
     msdb proxy [--host 127.0.0.1] [--port 8474] [--config FILE]
-    msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR] [--target FILE]
+    msdb run SCENARIO [--duration 30s] [--users 20] [--out DIR] [--target FILE] [--workers N] [--quiet]
     msdb check RUN_DIR [--slo FILE] [--json]
     msdb report RUN_DIR... [--index DIR]
     msdb suite nightly [--quick] [--out DIR] [--target FILE]
@@ -39,7 +39,12 @@ LOAD_COMMANDS = ("run",)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on usage errors, as our contract wants; keep its message."""
+    """argparse exits 2 on usage errors, as our contract wants; keep its message.
+    Help is wrapped to the terminal, at most 80 columns (harness.term)."""
+
+    def _get_formatter(self):
+        from .term import width
+        return self.formatter_class(prog=self.prog, width=width())
 
 
 def _add_state(p: argparse.ArgumentParser) -> None:
@@ -79,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state(s)
     s.add_argument("--purge", action="store_true", help="also delete the state dir and all data")
 
-    s = sub.add_parser("status", help="health of each part; exit 1 if any part is unhealthy")
+    s = sub.add_parser("status", help="health of each part; exit 1 if any part is unhealthy, "
+                       "3 if no stack runs")
     _add_state(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_target(s)
@@ -98,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port block of the suite's stack (default: 15500)")
     s.add_argument("--topology", default="single", choices=("single", "grouped", "dedicated"))
     s.add_argument("--keep-stack", action="store_true", help="leave the suite's stack running")
+    _add_quiet(s)
     _add_target(s)
 
     s = sub.add_parser("drill", help="backup/restore drills on a fresh stack of their own: achieved "
@@ -135,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="state dir of the drill's own fresh stack, purged afterwards (default: .msdb-drill)")
     s.add_argument("--base-port", type=int, default=15700, metavar="N",
                    help="port block of the drill's stack (default: 15700)")
+    _add_quiet(s)
 
     s = sub.add_parser("check", help="judge a run directory again (the same checks as its run; "
                        "exit 1 if a check fails)")
@@ -159,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="seed for toxicity rolls and jitter")
 
     s = sub.add_parser("run", help="run a scenario against the stack and print a verdict")
-    s.add_argument("scenario", help="scenario name (see `msdb scenarios`)")
+    s.format_help = _with_scenarios(s.format_help)
+    s.add_argument("scenario", help="scenario name (listed below, and by `msdb scenarios`)")
     _add_state(s)
     _add_layout(s, defaults=False)
     s.add_argument("--duration", default=None, metavar="DURATION", help="load duration (e.g. 30s)")
@@ -176,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-products", type=int, default=None, metavar="M", help="products to seed")
     s.add_argument("--keep-stack", action="store_true",
                    help="leave a stack this run started running afterwards")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run the users in N Locust worker processes under a Locust master "
+                        "(Locust's distributed mode; default: in the msdb process)")
+    _add_quiet(s)
     _add_target(s)
 
     s = sub.add_parser("target", help="targets files: `msdb target export` writes one for the "
@@ -194,19 +207,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _with_scenarios(format_help):
+    """`msdb run --help` ends with the scenarios and their defaults.  The
+    registry is imported only when help is printed: it pulls in the checks."""
+    def formatted() -> str:
+        from scenarios import registry
+        lines = ["", "scenarios (default time, users):"]
+        for sc in registry.all():
+            own = f"; starts {len(sc.matrix)} stacks of its own" if sc.matrix else ""
+            lines.append(f"  {sc.name:<20} {sc.default_duration_s():>4g}s  {sc.users:>3} users{own}")
+        return format_help() + "\n".join(lines) + "\n"
+    return formatted
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="no live progress (on a terminal a line redrawn each second, "
+                        "otherwise a line every 10 s)")
+
+
 def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, metavar="FILE",
                    help="run against your own deployment, described by a targets file "
                         "(docs/targets.md); msdb starts nothing of its own")
 
 
-def _print_table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(fmt.format(*headers))
-    print(fmt.format(*["-" * w for w in widths]))
-    for r in rows:
-        print(fmt.format(*[str(x) for x in r]))
+def _print_table(rows: list[list], headers: list[str], right: tuple[int, ...] = ()) -> None:
+    from .term import table
+    print("\n".join(table(rows, headers, right=right)))
+
+
+def _short(url: str) -> str:
+    return url.removeprefix("http://")
 
 
 def print_endpoints(info) -> None:
@@ -220,11 +252,12 @@ def print_endpoints(info) -> None:
         elif part.kind == "proxy":
             px = info.proxy.proxies
             what = "fault proxy API"
-            endpoint = f"{info.proxy.api} ({len(px)} links: {px[0].listen}..{px[-1].listen.rsplit(':', 1)[1]})"
+            endpoint = (f"{_short(info.proxy.api)} ({len(px)} links: {px[0].listen}.."
+                        f"{px[-1].listen.rsplit(':', 1)[1]})")
         else:
-            what, endpoint = part.kind, part.endpoint
-        rows.append([part.name, what, endpoint, pid])
-    _print_table(rows, ["part", "kind", "endpoint", "pid"])
+            what, endpoint = part.kind, _short(part.endpoint)
+        rows.append([part.name, what, pid, endpoint])
+    _print_table(rows, ["part", "kind", "pid", "endpoint"], right=(2,))
     print(f"\nstack.json: {Path(info.state_dir) / 'stack.json'}  (topology {info.topology})")
 
 
@@ -316,12 +349,23 @@ def cmd_status(args) -> int:
         finally:
             backend.down()      # its scratch dir only
     else:
-        parts = open_backend(args.state_dir).status()
+        from .errors import NoStackError
+        try:
+            parts = open_backend(args.state_dir).status()
+        except NoStackError as e:
+            # Not an error of the command: the answer is "nothing runs" (exit 3).
+            if args.json:
+                print(json.dumps({"stack": None, "state_dir": args.state_dir, "message": str(e)}))
+            else:
+                print(f"no stack is running in {args.state_dir}: start one with `msdb up`, or "
+                      f"give --state-dir DIR or --target FILE")
+            return 3
     if args.json:
         print(json.dumps([p.__dict__ for p in parts], indent=2))
     else:
-        _print_table([[p.name, p.kind, p.endpoint, p.pid or "-", "healthy" if p.healthy else "UNHEALTHY",
-                       p.detail] for p in parts], ["part", "kind", "endpoint", "pid", "health", "detail"])
+        _print_table([[p.name, _short(p.endpoint), p.pid or "-", "healthy" if p.healthy else "UNHEALTHY",
+                       p.detail] for p in parts], ["part", "endpoint", "pid", "health", "detail"],
+                     right=(2,))
     bad = [p.name for p in parts if not p.healthy]
     if bad:
         print(f"\nunhealthy: {', '.join(bad)}", file=sys.stderr)
@@ -331,7 +375,13 @@ def cmd_status(args) -> int:
 
 def cmd_scenarios(args) -> int:
     from scenarios import registry
-    _print_table([[s.name, s.summary] for s in registry.all()], ["scenario", "what it does"])
+    _print_table([[s.name, f"{s.default_duration_s():g}s", s.users, s.summary + (
+        f" [starts {len(s.matrix)} stacks of its own]" if s.matrix else "")]
+        for s in registry.all()], ["scenario", "time", "users", "what it does"], right=(1, 2))
+    from .term import wrap
+    print("\n" + "\n".join(wrap("time and users are the defaults (--duration, --users). A run uses "
+                                "the running stack, or starts one for itself and removes it "
+                                "afterwards.")))
     return 0
 
 
@@ -431,13 +481,37 @@ COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "scenarios": c
             "suite": cmd_suite, "drill": cmd_drill}
 
 
+def _values_like_options(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`--duration -5s` as `--duration=-5s`: argparse takes a value that starts
+    with '-' for an option and says only "expected one argument"; joined,
+    the value reaches its own check, whose message names it."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    cmd = sub.choices.get(argv[0]) if sub and argv else None
+    if cmd is None:
+        return argv
+    takes_value = {o for a in cmd._actions if isinstance(a, argparse._StoreAction) and a.nargs is None
+                   for o in a.option_strings}
+    known = {o for a in cmd._actions for o in a.option_strings}
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in takes_value and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and argv[i + 1].split("=")[0] not in known:
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(tok)
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LOAD_COMMANDS:
         from gevent import monkey
         monkey.patch_all()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_values_like_options(parser, argv))
     from .errors import Interrupted, MsdbError
 
     def on_sigterm(signum, frame):
@@ -448,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     except MsdbError as e:
         print(f"msdb {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:     # `msdb scenarios | head`: the reader left; so do we, quietly
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", 130)
         print(f"msdb {args.command}: interrupted ({'SIGTERM' if code == 143 else 'Ctrl-C'}); "

@@ -67,6 +67,8 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if not self.path.exists():
+            raise NotARunDir(f"{str(path)!r} does not exist")
         if not self.path.is_dir():
             raise NotARunDir(f"{str(path)!r} is not a directory")
         if not (self.path / "run.json").is_file():

@@ -26,45 +26,68 @@ def format_summary(run_dir: Path) -> str:
     return format_results(Run(run_dir), results, written=True)
 
 
+def _with_unit(v, unit: str | None) -> str:
+    text = _fmt(v)
+    return f"{text} {unit}" if unit and v is not None and not isinstance(v, str) else text
+
+
+def _when(start: str | None, end: str | None) -> str:
+    """`2026-12-01 22:39:12-22:39:40 UTC` from two ISO times."""
+    if not start:
+        return ""
+    day, t0 = start[:10], start[11:19]
+    t1 = (end or "")[11:19] if end and end[:10] == day else (end or "?")
+    return f"{day} {t0}-{t1} UTC"
+
+
 def format_results(run: Run, results: dict, *, written: bool = False) -> str:
-    """The checks, key figures, endpoints and faults of one verdict."""
+    """The checks, key figures, endpoints and faults of one verdict, in lines
+    that fit the terminal (80 columns at most)."""
+    from harness.term import table, wrap, wrap_items
     run_dir = run.path
     run = run.info
-    lines = ["", f"scenario {results['scenario']}  topology {run.get('topology')}  "
-             f"{run.get('start')} -> {run.get('end')}", ""]
-    rows = [(c["name"], _MARK[c["verdict"]], _fmt(c["measured"]), _fmt(c["threshold"]))
-            for c in results["checks"]]
-    head = ("check", "verdict", "measured", "threshold")
-    w = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
-    lines.append("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
-    lines.append("  ".join("-" * w[i] for i in range(4)))
-    for r in rows:
-        lines.append("  ".join(r[i].ljust(w[i]) for i in range(4)))
+    lines = [""] + wrap(f"scenario {results['scenario']}  topology {run.get('topology')}  "
+                        f"{_when(run.get('start'), run.get('end'))}") + [""]
+    rows = []
+    for c in results["checks"]:
+        unit = (c.get("details") or {}).get("unit")
+        rows.append([c["name"], _MARK[c["verdict"]], _with_unit(c["measured"], unit),
+                     _with_unit(c["threshold"], unit)])
+    lines += table(rows, ["check", "verdict", "measured", "threshold"], right=(2,))
     m = results.get("metrics", {})
+    worst = next((c["details"]["worst_endpoint"] for c in results["checks"]
+                  if c["name"] == "p95-latency" and (c.get("details") or {}).get("worst_endpoint")), None)
+    if worst:
+        lines += [""] + wrap(f"p95-latency is the slowest endpoint's p95 ({worst}); the figures "
+                             f"below are over all requests.")
     if m:
         lines.append("")
-        keys = ["requests_total", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "failures_total",
-                "server_errors", "orders_ok", "orders_fail", "orders_info", "recovery_s"]
-        lines.append("  ".join(f"{k}={_fmt(m[k])}" for k in keys if k in m))
+        figures = [("requests", m.get("requests_total"), ""), ("per s", m.get("throughput_rps"), ""),
+                   ("p50", m.get("p50_ms"), " ms"), ("p95", m.get("p95_ms"), " ms"),
+                   ("p99", m.get("p99_ms"), " ms"), ("failures", m.get("failures_total"), ""),
+                   ("5xx", m.get("server_errors"), ""), ("orders ok", m.get("orders_ok"), ""),
+                   ("orders failed", m.get("orders_fail"), ""),
+                   ("orders unknown", m.get("orders_info"), ""), ("recovery", m.get("recovery_s"), " s")]
+        lines += wrap_items([f"{k} {_fmt(v)}{u}" for k, v, u in figures if v is not None],
+                            first="all requests: ")
         eps = m.get("endpoints") or {}
         if eps:
             lines.append("")
-            nw = max(len(n) for n in eps)
-            lines.append(f"{'endpoint'.ljust(nw)}  {'count':>7}  {'p50 ms':>8}  {'p95 ms':>8}  {'p99 ms':>8}")
-            for n, e in eps.items():
-                lines.append(f"{n.ljust(nw)}  {e['requests']:>7}  {_fmt(e['p50_ms']):>8}  "
-                             f"{_fmt(e['p95_ms']):>8}  {_fmt(e['p99_ms']):>8}")
+            lines += table([[n, e["requests"], _fmt(e["p50_ms"]), _fmt(e["p95_ms"]), _fmt(e["p99_ms"])]
+                            for n, e in eps.items()],
+                           ["endpoint", "count", "p50 ms", "p95 ms", "p99 ms"], right=(1, 2, 3, 4))
     faults = (m or {}).get("fault_windows") or []
     if faults:
         lines.append("")
-        lines.append("faults: " + "; ".join(f"{f['kind']} on {f['target']} {f['start']} -> {f['end']}"
-                                             for f in faults))
+        for f in faults:
+            lines += wrap(f"fault: {f['kind']} on {f['target']}, {_when(f['start'], f['end'])}",
+                          indent="  ")
     stand_ins = [e for e in (run.get("stack") or {}).get("engines", []) if e.get("stand_in")]
     if stand_ins:
         lines.append("")
-        lines.append("measured on stand-ins: " + ", ".join(
-            f"{e['name']} on {e['kind']} (for {e['stands_in_for']})" for e in stand_ins))
+        lines += wrap("measured on stand-ins: " + ", ".join(
+            f"{e['name']} on {e['kind']} (for {e['stands_in_for']})" for e in stand_ins), indent="  ")
     lines.append("")
-    lines.append(f"VERDICT: {_MARK[results['verdict']]}   "
-                 + (f"({run_dir / 'results.json'})" if written else "(re-judged; results.json unchanged)"))
+    where = f"({run_dir / 'results.json'})" if written else "(re-judged; results.json unchanged)"
+    lines += wrap(f"VERDICT: {_MARK[results['verdict']]}   {where}", indent="  ")
     return "\n".join(lines)

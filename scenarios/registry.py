@@ -82,6 +82,12 @@ class Scenario:
     def slo_keys(self, *, has_faults: bool) -> tuple[str, ...]:
         return keys_of(self.check_groups(has_faults=has_faults))
 
+    def default_duration_s(self) -> float:
+        """How long its load runs without --duration (a stepped load: every step)."""
+        if isinstance(self.shape, StepLoad):
+            return len(self.shape.steps) * self.shape.step_s
+        return self.duration_s
+
     def stack_needs(self) -> set[str]:
         """What the stack must offer beyond services and proxies (replica,
         redis, cdc): a targets file that lacks it cannot run this scenario."""

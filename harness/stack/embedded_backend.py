@@ -102,9 +102,11 @@ class EmbeddedBackend:
         if purge and not left:
             # Also when the state dir is already gone: as root the data lives
             # elsewhere (/var/lib/msdb/<id of the state dir's path>).
-            PgRuntime.for_state_dir(state_dir).purge()
+            gone = PgRuntime.for_state_dir(state_dir).purge()
             if state_dir.exists():
                 shutil.rmtree(state_dir)
+                gone.append(str(state_dir))
+            log(f"deleted {', '.join(gone)}" if gone else f"nothing to delete for {state_dir}")
         return left
 
     # -- what a run needs ---------------------------------------------------------------

@@ -128,13 +128,16 @@ class PgRuntime:
                              f"{(r.stderr or r.stdout).strip()[-2000:]}")
         return r
 
-    def purge(self) -> None:
-        """Remove all PostgreSQL data of this state dir."""
+    def purge(self) -> list[str]:
+        """Remove all PostgreSQL data of this state dir; returns what it deleted."""
+        gone = []
         if self.data_root.exists():
             shutil.rmtree(self.data_root)
+            gone.append(str(self.data_root))
         link = self.state_dir / "pg"
         if link.is_symlink():
             link.unlink()
+        return gone
 
 
 def _reachable_bin(user: str) -> Path:

@@ -137,9 +137,15 @@ def status_of(info: StackInfo, probe: StatusProbe) -> list[PartStatus]:
                         detail = "hot standby" if in_rec else "NOT in recovery"
                     else:
                         ok = not in_rec
-                        n = c.execute("SELECT count(*) FROM pg_stat_replication").fetchone()[0]
+                        # Logical walsenders (the CDC relay's slots) are not replicas.
+                        n, cdc = c.execute(
+                            "SELECT count(*) FILTER (WHERE s.slot_type IS DISTINCT FROM 'logical'), "
+                            "count(*) FILTER (WHERE s.slot_type = 'logical') "
+                            "FROM pg_stat_replication r "
+                            "LEFT JOIN pg_replication_slots s ON s.active_pid = r.pid").fetchone()
                         detail = f"primary ({', '.join(inst.services)})" + \
-                            (f", {n} replica(s)" if n else "")
+                            (f", {n} replica{'s' if n != 1 else ''}" if n else "") + \
+                            (f", {cdc} CDC stream{'s' if cdc != 1 else ''}" if cdc else "")
             except psycopg.Error as e:
                 detail = str(e).strip().splitlines()[0][:120]
         endpoint = by_name[inst.name].endpoint if inst.name in by_name else ""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+
 import socket
 
 import pytest
 
-from fix_cli import msdb
+from fix_cli import MSDB, msdb
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -29,9 +33,12 @@ def test_usage_errors_exit_2_and_name_the_value(args, needle, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_status_without_a_stack_is_an_infrastructure_error(tmp_path):
+def test_status_without_a_stack_says_so_on_stdout_and_exits_3(tmp_path):
     r = msdb("status", "--state-dir", str(tmp_path / "none"))
-    assert r.returncode == 3 and "msdb up" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 3 and "no stack is running" in r.stdout and "msdb up" in r.stdout
+    assert "Traceback" not in r.stderr
+    r = msdb("status", "--state-dir", str(tmp_path / "none"), "--json")
+    assert r.returncode == 3 and json.loads(r.stdout)["stack"] is None
 
 
 def test_down_without_a_stack_is_fine(tmp_path):
@@ -59,3 +66,42 @@ def test_taken_port_is_named(tmp_path):
         r = msdb("up", "--state-dir", str(tmp_path), "--base-port", str(port - 10))
     assert r.returncode == 3, r.stderr
     assert f"port {port}" in r.stderr and "Redis" in r.stderr
+
+
+def widest(text: str) -> int:
+    return max((len(line) for line in text.splitlines()), default=0)
+
+
+def test_terminal_output_fits_80_columns_even_on_a_wide_terminal():
+    for argv in (["scenarios"], ["run", "--help"]):
+        r = msdb(*argv, env={**os.environ, "COLUMNS": "250"})
+        assert r.returncode == 0 and widest(r.stdout) <= 80, (argv, widest(r.stdout))
+    r = msdb("scenarios")
+    assert "noisy-neighbour" in r.stdout and "starts 3 stacks of its own" in r.stdout
+
+
+def test_term_table_wraps_the_last_column_or_puts_it_under_the_row():
+    from harness.term import table
+    long = "word " * 40
+    lines = table([["a", "b", long]], ["x", "y", "detail"], cols=80)
+    assert all(len(line) <= 80 for line in lines) and len(lines) > 3
+    lines = table([["x" * 70, long]], ["wide", "detail"], cols=80)
+    assert all(len(line) <= 80 for line in lines) and lines[3].startswith("    word")
+    assert table([["a", "1"]], ["name", "n"], right=(1,))[2] == "a     1"
+
+
+def test_a_value_that_looks_like_an_option_is_named():
+    r = msdb("run", "smoke", "--duration", "-5s")
+    assert r.returncode == 2 and "--duration '-5s'" in r.stderr
+
+
+def test_report_of_a_missing_directory_says_it_does_not_exist(tmp_path):
+    r = msdb("report", tmp_path / "nope")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    p = subprocess.Popen([*MSDB, "scenarios"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()       # the reader left before msdb wrote
+    err = p.stderr.read().decode()
+    assert p.wait(30) == 0 and "Traceback" not in err
