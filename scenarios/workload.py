@@ -16,6 +16,7 @@ class attributes or module globals, so two Environments in one process
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
@@ -40,11 +41,26 @@ class _NoHistory:
 
 @dataclass
 class WorkloadContext:
-    """Test data and recorder of one Locust Environment."""
+    """Test data and recorder of one Locust Environment.
+
+    `process_prefix` keeps history process ids unique across the Locust
+    workers of one distributed run (each worker gets its own, e.g. `w1-`);
+    within a process, ids come from a counter, so no two users share one."""
     urls: dict[str, str] = field(default_factory=dict)     # service -> base URL
     products: list[str] = field(default_factory=list)
     seeded_users: int = 0
     history: object = field(default_factory=_NoHistory)   # invoke/ok/fail/info(process, f, value)
+    process_prefix: str = ""
+    _ids: itertools.count = field(default_factory=itertools.count, repr=False, compare=False)
+
+    def process_id(self, kind: str) -> str:
+        """A history process id no other user of this run has (`w1-u000003`)."""
+        return f"{self.process_prefix}{kind}{next(self._ids):06d}"
+
+    def shareable(self) -> dict:
+        """What a Locust worker needs to rebuild this context (sent by the master)."""
+        return {"urls": dict(self.urls), "products": list(self.products),
+                "seeded_users": self.seeded_users}
 
 
 def context(environment) -> WorkloadContext:
@@ -73,7 +89,7 @@ class ShopUser(FastHttpUser):
         self.urls = self.ctx.urls
         self.user_id = None
         self.token = None
-        self.process = f"u{id(self) & 0xffffff:06x}"
+        self.process = self.ctx.process_id("u")
         if self.ctx.seeded_users:
             self.login()
 
@@ -203,7 +219,7 @@ class _Base(FastHttpUser):
         self.ctx = context(self.environment)
         self.urls = self.ctx.urls
         self.user_id = None
-        self.process = f"{type(self).__name__[0].lower()}{id(self) & 0xffffff:06x}"
+        self.process = self.ctx.process_id(type(self).__name__[0].lower())
         if self.ctx.seeded_users:
             cred = user_credentials(random.randrange(self.ctx.seeded_users))
             r = self.client.post(self.urls["users"] + "/sessions", name="users POST /sessions",

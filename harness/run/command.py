@@ -34,7 +34,9 @@ from .execute import RunParams, execute
 from .matrix import run_matrix
 from .rundir import RunDir
 
-__all__ = ["run_command", "run_params", "stack_for_run"]
+__all__ = ["run_command", "run_params", "stack_for_run", "MAX_WORKERS"]
+
+MAX_WORKERS = 64     # Locust workers on this machine; more belong on other machines (docs/distributed.md)
 
 
 def run_params(args, sc: Scenario) -> tuple[RunParams, Scenario]:
@@ -70,11 +72,19 @@ def run_params(args, sc: Scenario) -> tuple[RunParams, Scenario]:
         raise UsageError(f"--seed-users {su} must be at least 1")
     if sp < 3:
         raise UsageError(f"--seed-products {sp} must be at least 3 (orders take up to 3 products)")
+    workers = getattr(args, "workers", None) or 0
+    if not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers {workers} must be between 1 and {MAX_WORKERS} (omit it to run "
+                         f"the users in the msdb process)")
+    if workers and sc.matrix:
+        raise UsageError(f"--workers: scenario {sc.name!r} runs one child run per topology; run "
+                         f"{sc.matrix_of!r} with --workers instead")
     return RunParams(scenario=sc.name, duration_s=duration, users=users, spawn_rate=rate,
                      seed_users=su, seed_products=sp, state_dir=args.state_dir,
                      topology=args.topology, base_port=args.base_port,
                      faults_file=getattr(args, "faults", None),
-                     target_file=getattr(args, "target", None)), sc
+                     target_file=getattr(args, "target", None), workers=workers,
+                     quiet=bool(getattr(args, "quiet", False))), sc
 
 
 def raw_schedule(p: RunParams, sc: Scenario) -> list:

@@ -43,7 +43,7 @@ from ..stack.status import StatusProbe
 from ..utc import utc_now
 from . import endstate
 from .children import start_lagmon, start_nemesis
-from .locust_driver import run_locust, user_classes
+from .locust_driver import run_locust
 from .rundir import RunDir
 from .samplers import HealthSampler, MetricsSampler, StoreSampler, write_statement_deltas
 
@@ -63,6 +63,8 @@ class RunParams:
     base_port: int | None
     faults_file: str | None = None
     target_file: str | None = None
+    workers: int = 0          # Locust workers (0: the users run in this process)
+    quiet: bool = False       # no live progress line
 
 
 def versions(info) -> dict:
@@ -177,12 +179,7 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
     nemesis = lagmon = None
     req_table = tables["requests.csv"]
 
-    def on_request(request_type, name, response_time, response_length, response=None,
-                   exception=None, start_time=None, **kw):
-        r = Request(round(start_time or time.time(), 4), name, request_type,
-                    getattr(response, "status_code", 0) or 0, round(response_time, 3),
-                    response_length or 0, exception is None,
-                    "" if exception is None else f"{type(exception).__name__}: {exception}"[:200])
+    def on_sample(r: Request) -> None:
         samples.append(r)
         req_table.row(r.time, r.name, r.method, r.status, r.response_ms, r.bytes, int(r.ok), r.error)
 
@@ -195,6 +192,7 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
         statements_before = stores.statements()   # after seeding: the run's queries only
         print(f"seeded {len(data['users'])} users, {len(data['products'])} products; running "
               f"{sc.name} with {p.users} users for {p.duration_s:g} s"
+              + (f" on {p.workers} Locust workers" if p.workers else "")
               + (f", {len(schedule)} fault(s)" if schedule else "") + " ...", flush=True)
         for s in (sampler, health, stores):
             s.start()
@@ -210,10 +208,11 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
         t0 = time.monotonic()
         nemesis = start_nemesis(rd.path, state_dir, schedule)
         try:
-            totals = run_locust(classes=user_classes(sc.user_classes), ctx=ctx, host=info.urls["users"],
+            totals = run_locust(classes=sc.user_classes, ctx=ctx, host=info.urls["users"],
                                 users=p.users, spawn_rate=p.spawn_rate, duration_s=p.duration_s,
-                                on_request=on_request, shape=shape, enough=enough,
-                                max_extra_s=max(p.duration_s, 60.0) if enough else 0.0)
+                                on_sample=on_sample, shape=shape, enough=enough,
+                                max_extra_s=max(p.duration_s, 60.0) if enough else 0.0,
+                                workers=p.workers, log_dir=rd.path)
             load.update(totals)
             if totals["extended_s"]:
                 print(f"load extended by {totals['extended_s']:g} s to reach {slo['min_sagas']} sagas")

@@ -4,12 +4,24 @@ The Environment gets its own `Events` (so listeners that a module registered
 on Locust's global events, e.g. locustfile.py's, do not fire inside a
 harness run), the workload's `WorkloadContext` (service URLs, seeded data,
 the history recorder), the host, and the load shape as an instance.
+
+With `workers=N` the run is Locust's own master/worker mode: this process
+is the master (`create_master_runner`, the shape runs here), and N
+`python -m harness.run.worker` processes on 127.0.0.1 run the users.  The
+workers ship their samples and history in Locust's worker reports
+(`report_to_master` / `worker_report`); `WorkerSink` writes them through the
+same callbacks a local run uses, so the run directory is the same either way.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import random
+import socket
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import gevent
@@ -17,9 +29,16 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import STATE_STOPPED, STATE_STOPPING
 
+from reports.rundata import Request
 from scenarios.workload import WorkloadContext
 
-__all__ = ["run_locust", "user_classes"]
+from ..errors import InfraError
+
+__all__ = ["run_locust", "user_classes", "sample", "WorkerSink", "free_port", "CONTEXT_MESSAGE",
+           "HELLO_MESSAGE"]
+
+CONTEXT_MESSAGE = "msdb_context"      # master -> worker: the WorkloadContext and a process prefix
+HELLO_MESSAGE = "msdb_hello"          # worker -> master: ready for the context
 
 
 def user_classes(specs: tuple[str, ...]) -> list:
@@ -31,9 +50,158 @@ def user_classes(specs: tuple[str, ...]) -> list:
     return out
 
 
-def run_locust(*, classes: list, ctx: WorkloadContext, host: str, users: int, spawn_rate: float,
-               duration_s: float, on_request: Callable, shape=None,
-               enough: Callable[[], bool] | None = None, max_extra_s: float = 0.0) -> dict:
+def sample(request_type, name, response_time, response_length, response=None, exception=None,
+           start_time=None, **kw) -> Request:
+    """Locust's request event -> one requests.csv row (local runs and workers alike)."""
+    return Request(round(start_time or time.time(), 4), name, request_type,
+                   getattr(response, "status_code", 0) or 0, round(response_time, 3),
+                   response_length or 0, exception is None,
+                   "" if exception is None else f"{type(exception).__name__}: {exception}"[:200])
+
+
+def free_port(lo: int = 24000, hi: int = 32000) -> int:
+    """A free TCP port on 127.0.0.1 below 32768 (the ephemeral range is not ours)."""
+    for _ in range(200):
+        port = random.randrange(lo, hi)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise InfraError(f"no free port for the Locust master between {lo} and {hi}")
+
+
+class WorkerSink:
+    """The master's side of the workers' reports.
+
+    A worker asks for the WorkloadContext once it listens for it (a message
+    sent on Locust's connect could arrive before the worker registered its
+    handler); the answer carries its history prefix (`w1-`, `w2-`: process
+    ids stay unique across workers).  The load starts only when every worker
+    was answered.  Every report
+    carries a batch of samples and history entries, which go to `on_sample`
+    and to the context's history recorder, plus the worker's cumulative
+    counts; `complete()` is true once every worker reported after its users
+    stopped, and `summary()` says per worker what arrived and what was sent."""
+
+    def __init__(self, env: Environment, ctx: WorkloadContext, on_sample: Callable[[Request], None]):
+        self.env, self.ctx, self.on_sample = env, ctx, on_sample
+        self.workers: dict[str, dict] = {}
+        env.runner.register_message(HELLO_MESSAGE, self.on_hello)
+        env.events.worker_report.add_listener(self.on_report)
+
+    def _worker(self, client_id: str) -> dict:
+        if client_id not in self.workers:
+            wid = f"w{self.env.runner.get_worker_index(client_id) + 1}"
+            self.workers[client_id] = {"id": wid, "client_id": client_id, "pid": None, "requests": 0,
+                                       "history": 0, "sent_requests": 0, "sent_history": 0,
+                                       "stopped": False}
+        return self.workers[client_id]
+
+    def on_hello(self, environment, msg, **kw) -> None:
+        w = self._worker(msg.node_id)
+        # Sent before the master's first spawn message to this worker, and
+        # ZeroMQ keeps one peer's messages in order: no user starts without it.
+        environment.runner.send_message(CONTEXT_MESSAGE, {**self.ctx.shareable(),
+                                                          "process_prefix": f"{w['id']}-"},
+                                        client_id=msg.node_id)
+        w["context"] = True
+
+    def ready(self) -> int:
+        """Workers that have their context."""
+        return sum(1 for w in self.workers.values() if w.get("context"))
+
+    def on_report(self, client_id, data, **kw) -> None:
+        m = data.get("msdb")
+        if not m:
+            return
+        w = self._worker(client_id)
+        for row in m["requests"]:
+            self.on_sample(Request(*row))
+        history = self.ctx.history
+        for kind, process, f, value in m["history"]:
+            getattr(history, kind)(process, f, value)
+        w["requests"] += len(m["requests"])
+        w["history"] += len(m["history"])
+        w.update(pid=m["pid"], sent_requests=m["sent_requests"], sent_history=m["sent_history"],
+                 started=m["started"], stopped=m["stopped"])
+
+    def complete(self, *, started_only: bool = False) -> bool:
+        """Every worker reported after its users stopped (started_only: or it
+        never started any, which only an interrupted run can see)."""
+        return bool(self.workers) and all(w["stopped"] or (started_only and not w["started"])
+                                          for w in self.workers.values())
+
+    def summary(self) -> list[dict]:
+        out = []
+        for w in sorted(self.workers.values(), key=lambda w: int(w["id"][1:])):
+            row = {"id": w["id"], "pid": w["pid"], "requests": w["requests"], "history": w["history"],
+                   "complete": w["stopped"]}
+            lost = (w["sent_requests"] - w["requests"], w["sent_history"] - w["history"])
+            if any(lost):
+                row.update(lost_requests=lost[0], lost_history=lost[1])
+            out.append(row)
+        return out
+
+
+class _Workers:
+    """N worker processes of this run, known by PID; stopped on every way out."""
+
+    START_TIMEOUT_S = 60.0
+    STOP_TIMEOUT_S = 15.0
+
+    def __init__(self, n: int, classes: tuple[str, ...], port: int, log_dir: Path):
+        from .children import Child
+        self.children = []
+        for i in range(1, n + 1):
+            self.children.append(Child(
+                [sys.executable, "-m", "harness.run.worker", "--master-port", str(port),
+                 "--classes", ",".join(classes), "--parent", str(os.getpid())],
+                log_dir / f"worker-{i}.log", stop_timeout_s=self.STOP_TIMEOUT_S))
+        self.log_dir = log_dir
+
+    def wait_connected(self, runner, sink: WorkerSink, n: int) -> None:
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        while runner.worker_count < n or sink.ready() < n:
+            dead = [i for i, c in enumerate(self.children, start=1) if not c.running()]
+            if dead or time.monotonic() > deadline:
+                why = (f"worker(s) {', '.join(map(str, dead))} exited" if dead
+                       else f"only {runner.worker_count} of {n} connected in {self.START_TIMEOUT_S:g} s")
+                raise InfraError(f"Locust workers did not start: {why} (see "
+                                 f"{self.log_dir}/worker-N.log)")
+            gevent.sleep(0.1)
+
+    def stop(self) -> dict[int, int]:
+        """Stop every worker by PID (SIGTERM, then SIGKILL); PID -> exit code."""
+        return {c.proc.pid: c.stop() for c in self.children}
+
+
+def _drive(runner, *, users, spawn_rate, duration_s, shape, enough, max_extra_s) -> float:
+    """Start the load, hold it for duration_s (or until the shape stops), stop it."""
+    if shape is not None:
+        runner.start_shape()
+    else:
+        runner.start(users, spawn_rate=spawn_rate)
+    t0 = time.monotonic()
+    deadline = t0 + duration_s
+    while time.monotonic() < deadline:
+        gevent.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        if shape is not None and runner.state in (STATE_STOPPING, STATE_STOPPED) \
+                and time.monotonic() > t0 + 1:
+            break
+    end = deadline + max_extra_s
+    while enough is not None and not enough() and time.monotonic() < end:
+        gevent.sleep(0.25)
+    extended_s = max(0.0, time.monotonic() - deadline)
+    runner.stop()
+    return extended_s
+
+
+def run_locust(*, classes: tuple[str, ...], ctx: WorkloadContext, host: str, users: int,
+               spawn_rate: float, duration_s: float, on_sample: Callable[[Request], None], shape=None,
+               enough: Callable[[], bool] | None = None, max_extra_s: float = 0.0, workers: int = 0,
+               log_dir: Path | None = None, on_runner: Callable | None = None) -> dict:
     """Run the load for duration_s (or until the shape stops); returns Locust's
     own totals.
 
@@ -42,33 +210,68 @@ def run_locust(*, classes: list, ctx: WorkloadContext, host: str, users: int, sp
     True, for at most max_extra_s more; `extended_s` says how long that took.
     A count that depends on the machine's speed thus never turns a slow
     machine into a failed run, while a system that really cannot reach the
-    count still fails its check."""
-    env = Environment(user_classes=classes, events=Events(), host=host, stop_timeout=10,
+    count still fails its check.
+
+    workers: 0 runs the users in this process; N > 0 runs a Locust master
+    here and N worker processes (their logs in log_dir/worker-N.log).
+    on_runner(runner) is called once the runner exists (the progress line
+    reads its user count)."""
+    env = Environment(user_classes=user_classes(classes), events=Events(), host=host, stop_timeout=10,
                       shape_class=shape)
     env.msdb = ctx
-    runner = env.create_local_runner()
-    env.events.request.add_listener(on_request)
     extended_s = 0.0
+    sink = procs = None
+    if not workers:
+        runner = env.create_local_runner()
+        env.events.request.add_listener(lambda **kw: on_sample(sample(**kw)))
+    else:
+        runner = env.create_master_runner(master_bind_host="127.0.0.1", master_bind_port=free_port())
+        sink = WorkerSink(env, ctx, on_sample)
+    if on_runner is not None:
+        on_runner(runner)
+    stopped = False
     try:
-        if shape is not None:
-            runner.start_shape()
-        else:
-            runner.start(users, spawn_rate=spawn_rate)
-        t0 = time.monotonic()
-        deadline = t0 + duration_s
-        while time.monotonic() < deadline:
-            gevent.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-            if shape is not None and runner.state in (STATE_STOPPING, STATE_STOPPED) \
-                    and time.monotonic() > t0 + 1:
-                break
-        end = deadline + max_extra_s
-        while enough is not None and not enough() and time.monotonic() < end:
-            gevent.sleep(0.25)
-        extended_s = max(0.0, time.monotonic() - deadline)
-        runner.stop()
+        if workers:
+            procs = _Workers(workers, classes, runner.master_bind_port, Path(log_dir or "."))
+            procs.wait_connected(runner, sink, workers)
+        extended_s = _drive(runner, users=users, spawn_rate=spawn_rate, duration_s=duration_s,
+                            shape=shape, enough=enough, max_extra_s=max_extra_s)
+        stopped = True
     finally:
-        runner.quit()
+        try:
+            if sink is not None:
+                _drain(runner, sink, graceful=stopped)
+        finally:
+            try:
+                runner.quit()
+            finally:
+                worker_exits = procs.stop() if procs is not None else {}
     total = env.stats.total
-    return {"locust_requests": total.num_requests, "locust_failures": total.num_failures,
-            "extended_s": round(extended_s, 2) if enough is not None else 0.0,
-            "user_errors": {e["msg"][:200]: e["count"] for e in runner.exceptions.values()}}
+    out = {"locust_requests": total.num_requests, "locust_failures": total.num_failures,
+           "extended_s": round(extended_s, 2) if enough is not None else 0.0,
+           "user_errors": {e["msg"][:200]: e["count"] for e in runner.exceptions.values()}}
+    if sink is not None:
+        out["workers"] = sink.summary()
+        for w in out["workers"]:
+            w["exit"] = worker_exits.get(w["pid"])
+    return out
+
+
+DRAIN_TIMEOUT_S = 30.0
+
+
+def _drain(runner, sink: WorkerSink, *, graceful: bool) -> None:
+    """Wait until every worker's last report (sent after its users stopped)
+    is in: the run directory then holds every sample the workers took.
+    On an interrupted run, stop the workers' users first (bounded: a second
+    Ctrl-C or a hung worker must not keep the run from being judged)."""
+    try:
+        with gevent.Timeout(DRAIN_TIMEOUT_S):
+            if not graceful and runner.state not in (STATE_STOPPED,):
+                runner.stop()
+            # Locust's own stats ride in the same reports as the samples: once
+            # these are in, env.stats is final too.
+            while not sink.complete(started_only=not graceful):
+                gevent.sleep(0.1)
+    except gevent.Timeout:
+        pass   # summary() says which worker did not report its end

@@ -1,0 +1,157 @@
+"""`python -m harness.run.worker`: one Locust worker of a distributed `msdb run`.
+
+Locust's own worker (`Environment.create_worker_runner`), with msdb's two
+additions, both carried by Locust's own messaging:
+
+- once connected and listening, the worker asks (`msdb_hello`) and the
+  master answers with the `WorkloadContext` (service URLs, seeded products
+  and users, and this worker's history process prefix) in the custom
+  message `msdb_context`, before any spawn;
+- every request sample and history entry is buffered here and shipped to
+  the master in Locust's periodic worker report (`report_to_master`), where
+  `WorkerSink` writes them to the one run directory.  Each report carries
+  this worker's cumulative counts, and `stopped` once its users are gone, so
+  the master knows when it holds everything and can count what is missing.
+
+The same `WorkerSink`/`WorkerShipper` pair is all a worker on another
+machine needs (docs/distributed.md).  The worker exits when the master says
+quit, on SIGTERM, and when its parent process disappears (Locust's own
+check waits 60 s without a master heartbeat).  SIGINT is ignored: on
+Ctrl-C the terminal signals the whole process group, and the master, not
+the worker, decides how the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+import gevent
+import locust.runners
+from locust.env import Environment
+from locust.event import Events
+
+from scenarios.workload import WorkloadContext
+
+from ..stack import procs
+from .locust_driver import CONTEXT_MESSAGE, HELLO_MESSAGE, sample, user_classes
+
+__all__ = ["main", "WorkerShipper"]
+
+log = logging.getLogger("msdb.worker")
+
+
+class _BatchHistory:
+    """The workload's history recorder on a worker: entries wait for the next report."""
+
+    def __init__(self, shipper: "WorkerShipper"):
+        self._shipper = shipper
+
+    def _add(self, kind, process, f, value=None):
+        with self._shipper.lock:
+            self._shipper.history.append((kind, process, f, value))
+            self._shipper.sent_history += 1
+
+    def invoke(self, *a):
+        self._add("invoke", *a)
+
+    def ok(self, *a):
+        self._add("ok", *a)
+
+    def fail(self, *a):
+        self._add("fail", *a)
+
+    def info(self, *a):
+        self._add("info", *a)
+
+
+class WorkerShipper:
+    """Buffers a worker's samples and history and hands them to Locust's
+    report to the master (data["msdb"])."""
+
+    def __init__(self, environment: Environment):
+        self.env = environment
+        self.lock = threading.Lock()
+        self.requests: list[tuple] = []
+        self.history: list[tuple] = []
+        self.sent_requests = 0
+        self.sent_history = 0
+        self.stopped = False
+        self.started = False
+        ev = environment.events
+        ev.request.add_listener(self.on_request)
+        ev.report_to_master.add_listener(self.on_report)
+        ev.test_start.add_listener(lambda **kw: setattr(self, "started", True))
+        # test_stop fires on a worker after its users are stopped: nothing is
+        # recorded after it, so the next report is the last one with data.
+        ev.test_stop.add_listener(lambda **kw: setattr(self, "stopped", self.started))
+
+    def on_request(self, **kw):
+        row = tuple(sample(**kw))
+        with self.lock:
+            self.requests.append(row)
+            self.sent_requests += 1
+
+    def on_report(self, client_id, data, **kw):
+        with self.lock:
+            data["msdb"] = {"requests": self.requests, "history": self.history,
+                            "sent_requests": self.sent_requests, "sent_history": self.sent_history,
+                            "started": self.started, "stopped": self.stopped, "pid": os.getpid()}
+            self.requests, self.history = [], []
+
+    def on_context(self, environment, msg, **kw):
+        d = msg.data
+        if getattr(environment.msdb, "process_prefix", ""):
+            return    # sent again after a reconnect: keep the counter of process ids
+        environment.msdb = WorkloadContext(urls=d["urls"], products=list(d["products"]),
+                                           seeded_users=d["seeded_users"],
+                                           history=_BatchHistory(self),
+                                           process_prefix=d["process_prefix"])
+        log.info("context received: %d products, %d users, prefix %s", len(d["products"]),
+                 d["seeded_users"], d["process_prefix"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.run.worker")
+    p.add_argument("--master-host", default="127.0.0.1")
+    p.add_argument("--master-port", type=int, required=True)
+    p.add_argument("--classes", required=True, help="comma list of module:Class user classes")
+    p.add_argument("--parent", type=int, default=None, help="exit when this PID is gone")
+    p.add_argument("--report-interval", type=float, default=1.0,
+                   help="seconds between reports to the master (Locust's default: 3)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Locust reads this module constant at every report: samples reach the
+    # run directory (and the live shape judge, and the progress line) within 1 s.
+    locust.runners.WORKER_REPORT_INTERVAL = args.report_interval
+    env = Environment(user_classes=user_classes(tuple(args.classes.split(","))), events=Events())
+    shipper = WorkerShipper(env)
+    env.msdb = WorkloadContext()      # replaced by the master's before any user starts
+    runner = env.create_worker_runner(args.master_host, args.master_port)
+    runner.register_message(CONTEXT_MESSAGE, shipper.on_context)
+    runner.send_message(HELLO_MESSAGE)
+
+    def shutdown(why: str) -> None:
+        log.warning("%s: exiting", why)
+        runner.greenlet.kill(block=False)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(shutdown, "SIGTERM"))
+    if args.parent:
+        born = procs.start_ticks(args.parent)     # a reused PID is another process
+
+        def watch() -> None:
+            while born is not None and procs.start_ticks(args.parent) == born:
+                gevent.sleep(0.5)
+            shutdown(f"parent {args.parent} is gone")
+        gevent.spawn(watch)
+    runner.greenlet.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
