@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,16 +21,31 @@ from chaos.client import ToxiproxyServer
 from chaos.faults import FaultSpec, Journal
 from chaos.nemesis import Nemesis
 
-from ..stack import procs
 from ..stack.backend import open_backend
 
-__all__ = ["main", "load_schedule"]
+__all__ = ["main", "load_schedule", "parent_gone"]
 
 log = logging.getLogger("msdb.nemesis")
 
 
 def load_schedule(path: Path) -> list[FaultSpec]:
     return [FaultSpec(**d) for d in json.loads(Path(path).read_text())]
+
+
+def parent_gone(parent: int, our_parent: int) -> bool:
+    """Whether the run process `parent` has died.
+
+    A dead parent that nobody has reaped yet is a zombie whose /proc entry is
+    still there (a Locust killed with SIGKILL under a shell or a test that
+    waits later); but its children are given to another parent the moment it
+    dies, so when `parent` was ours, a changed parent PID says it at once."""
+    if parent == our_parent and os.getppid() != our_parent:
+        return True
+    try:
+        stat = Path(f"/proc/{parent}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2:].split()[0] in ("Z", "X")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(s, lambda signum, frame: nemesis.stop())
 
     if args.parent:
+        our_parent = os.getppid()
+
         def watch() -> None:
-            while procs.start_ticks(args.parent) is not None:
+            while not parent_gone(args.parent, our_parent):
                 time.sleep(0.5)
             log.warning("parent %d is gone: healing and exiting", args.parent)
             nemesis.stop()
