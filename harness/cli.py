@@ -455,7 +455,11 @@ def cmd_target(args) -> int:
     if out.is_dir():
         from .errors import UsageError
         raise UsageError(f"--out {args.out!r} is a directory; give a file name")
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it holds passwords
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it holds passwords
+    except OSError as e:
+        from .errors import UsageError
+        raise UsageError(f"--out {args.out!r}: cannot be written ({e.strerror})") from None
     with os.fdopen(fd, "w") as f:
         os.fchmod(f.fileno(), 0o600)
         f.write(text)

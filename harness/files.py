@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
-__all__ = ["read_yaml"]
+__all__ = ["read_yaml", "make_dir"]
 
 
 def read_yaml(path: str | Path, option: str) -> Any:
@@ -28,3 +28,21 @@ def read_yaml(path: str | Path, option: str) -> Any:
         raise ConfigError(f"{option} {str(path)!r}: permission denied") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{option} {str(path)!r}: not valid YAML: {e}") from None
+
+
+def make_dir(path: str | Path, option: str) -> Path:
+    """mkdir -p, or a UsageError naming the option when the path cannot be a
+    directory (a file on the way, no permission)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{option} {str(path)!r}: exists and is not a directory") from None
+    except NotADirectoryError:
+        parent = next((q for q in p.parents if q.exists() and not q.is_dir()), p.parent)
+        raise UsageError(f"{option} {str(path)!r}: {str(parent)!r} is a file, not a directory") from None
+    except PermissionError:
+        raise UsageError(f"{option} {str(path)!r}: permission denied") from None
+    except OSError as e:
+        raise UsageError(f"{option} {str(path)!r}: cannot be created ({e.strerror})") from None
+    return p

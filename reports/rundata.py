@@ -28,6 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from harness.errors import UsageError
 from harness.utc import epoch
 
 __all__ = ["Run", "Request", "NotARunDir", "REQUEST_COLUMNS", "METRICS_COLUMNS", "HEALTH_COLUMNS",
@@ -42,8 +43,9 @@ STATEMENT_COLUMNS = ["instance", "database", "queryid", "query", "calls", "total
                      "mean_exec_ms", "rows"]
 
 
-class NotARunDir(ValueError):
-    """The path is not a run directory; the message names what is missing."""
+class NotARunDir(UsageError):
+    """The path is not a run directory, or one of its files cannot be read
+    (exit 2); the message names the directory and the file."""
 
 
 class Request(NamedTuple):
@@ -73,6 +75,8 @@ class Run:
             raise NotARunDir(f"{str(path)!r} is not a directory")
         if not (self.path / "run.json").is_file():
             raise NotARunDir(f"{str(path)!r} is not a run directory (no run.json)")
+        if not isinstance(self.info, dict):
+            raise NotARunDir(f"{str(path)!r}: run.json is not a JSON object")
         self.children: dict[str, dict] = {}    # a matrix run's children, as just judged
         self._rows: dict[str, list[dict]] = {}
 
@@ -86,6 +90,9 @@ class Run:
             return json.loads((self.path / name).read_text())
         except FileNotFoundError:
             return default
+        except (ValueError, OSError) as e:     # not JSON, not UTF-8, unreadable
+            raise NotARunDir(f"{str(self.path)!r}: {name} cannot be read ({type(e).__name__}: "
+                             f"{str(e)[:120]}); rerun, or remove the damaged file") from None
 
     def rows(self, name: str) -> list[dict]:
         """A CSV file as dicts of strings, read once; [] if the run did not write it."""
@@ -95,14 +102,32 @@ class Run:
                     self._rows[name] = list(csv.DictReader(f))
             except FileNotFoundError:
                 self._rows[name] = []
+            except (ValueError, OSError, csv.Error) as e:
+                raise NotARunDir(f"{str(self.path)!r}: {name} cannot be read ({type(e).__name__}: "
+                                 f"{str(e)[:120]})") from None
         return self._rows[name]
 
     def jsonl(self, name: str) -> list[dict]:
+        """One JSON value per line; a last line cut short (a writer killed
+        mid-line) is left out, any other bad line is an error naming it."""
         try:
             text = (self.path / name).read_text()
         except FileNotFoundError:
             return []
-        return [json.loads(x) for x in text.splitlines() if x.strip()]
+        except (ValueError, OSError) as e:
+            raise NotARunDir(f"{str(self.path)!r}: {name} cannot be read ({type(e).__name__})") from None
+        lines = text.splitlines()
+        out = []
+        for i, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                if i == len(lines) and not text.endswith("\n"):
+                    break
+                raise NotARunDir(f"{str(self.path)!r}: {name} line {i} is not JSON") from None
+        return out
 
     # -- the contract's files ----------------------------------------------------------
 

@@ -21,7 +21,7 @@ from scenarios import registry
 
 from ..checks.core import exit_code, worst
 from ..errors import ConfigError, UsageError
-from ..files import read_yaml
+from ..files import make_dir, read_yaml
 from ..stack.backend import fresh_stack
 from ..stack.embedded import StackOptions
 from ..utc import stamp
@@ -131,7 +131,7 @@ def run_suite(args) -> int:
     out = Path(args.out or f"runs/suite-{args.suite}{'-quick' if args.quick else ''}-{stamp()}")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {str(out)!r} exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out")
     cli = [sys.executable, "-m", "harness.cli"]
     if args.target:
         state = ["--target", args.target]

@@ -105,3 +105,24 @@ def test_a_closed_pipe_is_not_a_traceback():
     p.stdout.close()       # the reader left before msdb wrote
     err = p.stderr.read().decode()
     assert p.wait(30) == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["suite", "quick", "--out", "{file}/x"],
+    ["run", "smoke", "--out", "{file}/x"],
+    ["drill", "restore", "--out", "{file}/x"],
+    ["run", "smoke", "--slo", "{file}"],
+    ["run", "smoke", "--faults", "{file}"],
+    ["check", "{dir}"],
+    ["report", "{dir}"],
+])
+def test_unreadable_files_and_impossible_paths_are_exit_2(tmp_path, argv):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01 caf\xe9")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("{not json")
+    r = msdb(*[a.format(file=binary, dir=run_dir) for a in argv], cwd=tmp_path, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and (str(binary) in r.stderr or str(run_dir) in r.stderr)
+    assert not (tmp_path / "runs").exists()
