@@ -57,13 +57,32 @@ def test_scenarios_lists_smoke():
     assert r.returncode == 0 and "smoke" in r.stdout
 
 
+def free_block(n: int = 70) -> int:
+    """A base port whose whole block is free now (below the ephemeral range,
+    so that no client connection lands in it meanwhile)."""
+    for base in range(31000, 32700 - n, 100):
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    pytest.skip("no free 70-port block between 31000 and 32700")
+
+
 def test_taken_port_is_named(tmp_path):
+    base = free_block()
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", base + 10))     # the Redis port of the block
         s.listen()
-        port = s.getsockname()[1]
-        # the port is the Redis port (base + 10) of a block starting 10 below it
-        r = msdb("up", "--state-dir", str(tmp_path), "--base-port", str(port - 10))
+        port = base + 10
+        r = msdb("up", "--state-dir", str(tmp_path), "--base-port", str(base))
     assert r.returncode == 3, r.stderr
     assert f"port {port}" in r.stderr and "Redis" in r.stderr
 
