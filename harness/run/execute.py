@@ -44,6 +44,7 @@ from ..utc import utc_now
 from . import endstate
 from .children import start_lagmon, start_nemesis
 from .locust_driver import run_locust
+from .progress import RunProgress, Ticker
 from .rundir import RunDir
 from .samplers import HealthSampler, MetricsSampler, StoreSampler, write_statement_deltas
 
@@ -207,16 +208,23 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
         load = {"start": utc_now()}
         t0 = time.monotonic()
         nemesis = start_nemesis(rd.path, state_dir, schedule)
+        progress = RunProgress(sc.name, samples, total_s=p.duration_s,
+                               faults_path=rd.path / "faults.jsonl")
+        ticker = Ticker(progress, quiet=p.quiet, greenlet=True).start()
+
+        def on_runner(runner) -> None:
+            progress.users = lambda: runner.user_count
         try:
             totals = run_locust(classes=sc.user_classes, ctx=ctx, host=info.urls["users"],
                                 users=p.users, spawn_rate=p.spawn_rate, duration_s=p.duration_s,
                                 on_sample=on_sample, shape=shape, enough=enough,
                                 max_extra_s=max(p.duration_s, 60.0) if enough else 0.0,
-                                workers=p.workers, log_dir=rd.path)
+                                workers=p.workers, log_dir=rd.path, on_runner=on_runner)
             load.update(totals)
             if totals["extended_s"]:
                 print(f"load extended by {totals['extended_s']:g} s to reach {slo['min_sagas']} sagas")
         finally:
+            ticker.stop()
             load.update(end=utc_now(), duration_s=round(time.monotonic() - t0, 2))
             run_info["load"] = load
             history.close()     # complete on disk before anything reads it
