@@ -23,6 +23,7 @@ from ..checks.judge import judge
 from ..checks.slo import load_slo
 from ..durations import parse_duration
 from ..errors import UsageError
+from ..run.progress import Snapshot, Ticker
 from ..run.rundir import RunDir
 from ..utc import epoch, utc_now
 from .backup import Retention
@@ -126,7 +127,17 @@ def drill_command(args) -> int:
                          f"({args.drill} restores from this region's backups)")
     keys = RECOVERY_KEYS if args.drill == "restore" else ()
     slo = load_slo(args.slo, "drill", keys, endpoints=False)
-    return {"restore": cmd_restore, "pitr": cmd_pitr, "masked": cmd_masked}[args.drill](args, slo)
+    with _progress(args):
+        return {"restore": cmd_restore, "pitr": cmd_pitr, "masked": cmd_masked}[args.drill](args, slo)
+
+
+def _progress(args) -> Ticker:
+    """The drill's live progress: elapsed time and its phase, which is the
+    last line the drill printed (each step prints one as it starts or ends)."""
+    t0 = time.monotonic()
+    ticker = Ticker(lambda: Snapshot(label=f"drill {args.drill}", elapsed_s=time.monotonic() - t0,
+                                     phase=ticker.last_line), quiet=getattr(args, "quiet", False))
+    return ticker
 
 
 def cmd_pitr(args, slo: dict) -> int:

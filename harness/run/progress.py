@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 from chaos.faults import Journal
 from reports.measures import percentile
 
-__all__ = ["Snapshot", "render", "mode_for", "Ticker", "RunProgress", "INTERVAL_S"]
+__all__ = ["Snapshot", "render", "clock", "mode_for", "Ticker", "RunProgress", "INTERVAL_S"]
 
 INTERVAL_S = {"tty": 1.0, "plain": 10.0}
 CLEAR = "\r\x1b[K"          # to the line's start, erase it
@@ -47,7 +47,8 @@ class Snapshot:
     phase: str | None = None
 
 
-def _clock(s: float) -> str:
+def clock(s: float) -> str:
+    """Seconds as m:ss (h:mm:ss from an hour on)."""
     s = max(0, int(s))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
@@ -59,7 +60,7 @@ def _num(v: float) -> str:
 def render(s: Snapshot, *, width: int | None = None) -> str:
     """The progress line.  width: at most width - 1 characters (a line that
     fills the last column makes some terminals wrap); None: no limit."""
-    parts = [s.label, _clock(s.elapsed_s) + (f"/{_clock(s.total_s)}" if s.total_s else "")]
+    parts = [s.label, clock(s.elapsed_s) + (f"/{clock(s.total_s)}" if s.total_s else "")]
     if s.users is not None:
         parts.append(f"{s.users} users")
     if s.rps is not None:

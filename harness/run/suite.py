@@ -25,6 +25,7 @@ from ..files import make_dir, read_yaml
 from ..stack.backend import fresh_stack
 from ..stack.embedded import StackOptions
 from ..utc import stamp
+from .progress import Snapshot, Ticker, clock
 
 __all__ = ["run_suite", "write_junit", "load_suite", "SUITES_PATH"]
 
@@ -143,15 +144,22 @@ def run_suite(args) -> int:
     runs = []
     t_suite = time.monotonic()
     opts = StackOptions(state_dir=Path(args.state_dir), topology=args.topology, base_port=args.base_port)
-    with (nullcontext() if args.target else fresh_stack(opts, keep=args.keep_stack)):
+    now = {"label": f"suite {args.suite}", "t0": time.monotonic()}
+    # The children's output goes to their logs: the suite shows its own
+    # progress (which scenario, for how long), and the children run --quiet.
+    ticker = Ticker(lambda: Snapshot(label=now["label"], elapsed_s=time.monotonic() - now["t0"],
+                                     phase=f"suite {clock(time.monotonic() - t_suite)}"),
+                    quiet=getattr(args, "quiet", False))
+    with (nullcontext() if args.target else fresh_stack(opts, keep=args.keep_stack)), ticker:
         for i, e in enumerate(entries, start=1):
             label = f"{i:02d}-{e['scenario']}"
             run_dir = out / label
             t0 = time.monotonic()
-            argv = [*cli, "run", e["scenario"], *state, "--out", str(run_dir), *_argv(e)]
+            argv = [*cli, "run", e["scenario"], *state, "--out", str(run_dir), "--quiet", *_argv(e)]
             if args.slo:
                 argv += ["--slo", args.slo]
             print(f"[{i}/{len(entries)}] {e['scenario']} ...", flush=True)
+            now.update(label=f"[{i}/{len(entries)}] {e['scenario']}", t0=t0)
             r = subprocess.run(argv, capture_output=True, text=True)
             (out / f"{label}.log").write_text(r.stdout + r.stderr)
             results = None
