@@ -21,7 +21,7 @@ from chaos.client import ToxiproxyServer
 from harness.stack.backend import heal
 from reports.rundata import REQUEST_COLUMNS
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 LOCUST = str(Path(sys.executable).parent / "locust")
@@ -116,6 +116,7 @@ def nemesis_pids(run_dir: Path) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_a_latency_fault_in_a_ui_test_is_seen_journalled_judged_and_reported(locust_ui, stack):
     ui = locust_ui()
     st = ui.start_test()
@@ -164,6 +165,7 @@ def test_a_latency_fault_in_a_ui_test_is_seen_journalled_judged_and_reported(loc
     assert requests.get(ui.url + "/msdb/runs/latest/report", timeout=30).url.endswith("/report.html")
 
 
+@pytest.mark.slow
 def test_sigkill_of_locust_mid_fault_heals_every_proxy(locust_ui, stack):
     api = ToxiproxyServer.at(stack.proxy.api)
     ui = locust_ui(89)
@@ -199,6 +201,7 @@ def test_sigkill_of_locust_mid_fault_heals_every_proxy(locust_ui, stack):
     assert not nemesis_pids(run_dir)
 
 
+@pytest.mark.slow
 def test_the_browser_drives_a_ui_test_with_a_fault_to_its_report(locust_ui, stack, tmp_path):
     if CHROMIUM is None:
         pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
@@ -250,3 +253,103 @@ def test_the_browser_drives_a_ui_test_with_a_fault_to_its_report(locust_ui, stac
             expect(report.locator("body")).to_contain_text("catalog-db")
         finally:
             browser.close()
+
+
+# -- the API's errors and heals -------------------------------------------------------------
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"kind": "bogus", "target": "users-db", "for": 5}, 400, "kind"),
+    ({"kind": "latency", "target": "no-such-link", "for": 5, "latency": 10}, 400, "target"),
+    ({"kind": "kill", "target": "users-db", "for": 5}, 400, "target"),        # a link is not a part
+    ({"kind": "kill", "target": "proxy", "for": 5}, 400, "target"),           # every heal needs it
+    ({"kind": "latency", "target": "users-db", "latency": 10}, 400, "for"),
+    ({"kind": "latency", "target": "users-db", "for": "soon"}, 400, "for"),
+    ({"kind": "latency", "target": "users-db", "for": 0}, 400, "for"),
+    ({"kind": "latency", "target": "users-db", "for": "25%"}, 400, "for"),
+    ({"kind": "latency", "target": "users-db", "for": 5, "latency": -1}, 400, "latency"),
+    ({"kind": "latency", "target": "users-db", "for": 5, "latency": "200"}, 400, "latency"),
+    ({"kind": "latency", "target": "users-db", "for": 5, "rate": 10}, 400, "rate"),
+    ({"kind": "latency", "target": "users-db", "for": 5, "stream": "sideways"}, 400, "stream"),
+    ({"kind": "down", "target": "users-db", "for": 5, "name": "../x"}, 400, "name"),
+    ([{"kind": "down"}], 400, "body"),
+])
+def test_a_bad_fault_is_a_400_naming_the_field(backend, tmp_path, body, status, field):
+    from harness.cockpit.desk import FaultDesk
+    from harness.cockpit.errors import ApiError
+    desk = FaultDesk(tmp_path, backend, t0=time.time())
+    with pytest.raises(ApiError) as e:
+        desk.parse(body)
+    assert (e.value.status, e.value.field) == (status, field), e.value.message
+    assert e.value.body() == {"error": "bad-request", "field": field, "message": e.value.message}
+
+
+@pytest.mark.slow
+def test_the_api_answers_json_errors_and_never_a_traceback(locust_ui):
+    ui = locust_ui(86)
+    st = ui.get("/msdb/status")
+    assert st["healthy"] is True and st["test"]["run_dir"] is None and st["test"]["state"] == "ready"
+    r = requests.post(ui.url + "/msdb/faults", json={"kind": "latency", "target": "users-db", "for": 5})
+    assert (r.status_code, r.json()["field"], r.json()["error"]) == (409, "state", "conflict")
+    for method, path, status, field in (("POST", "/msdb/faults", 400, "body"),
+                                        ("PUT", "/msdb/faults", 405, "method"),
+                                        ("GET", "/msdb/nothing-here", 404, "path"),
+                                        ("DELETE", "/msdb/faults/nope", 404, "id"),
+                                        ("GET", "/msdb/runs/latest/report", 404, "run"),
+                                        ("GET", "/msdb/runs/..%2f..%2fetc/report.html", 404, None)):
+        r = requests.request(method, ui.url + path, data="not json", timeout=30,
+                             headers={"Content-Type": "text/plain"})
+        assert r.status_code == status, (method, path, r.status_code, r.text[:300])
+        doc = r.json()
+        assert set(doc) == {"error", "field", "message"} and (field is None or doc["field"] == field), doc
+    assert ui.get("/msdb/runs/latest")["state"] == "none"
+    page = requests.get(ui.url + "/msdb/", timeout=30)
+    assert page.status_code == 200 and 'id="fault-form"' in page.text
+    faults = ui.get("/msdb/faults")
+    assert {"catalog-db", "orders-replication"} <= {x["name"] for x in faults["targets"]["links"]}
+    assert "proxy" not in faults["targets"]["parts"] and "pg-main" in faults["targets"]["parts"]
+    assert faults["kinds"]["network"]["latency"] == ["latency", "jitter"]
+    # Locust's own page: the class picker, the extended tabs, the link to the cockpit.
+    index = requests.get(ui.url + "/", timeout=30).text
+    assert "msdb-cockpit-link" in index and "msdb-faults" in index
+    assert '"show_userclass_picker": true' in index and '"SagaUser"' in index
+
+
+@pytest.mark.slow
+def test_faults_heal_one_by_one_and_all_at_once(locust_ui, stack):
+    api = ToxiproxyServer.at(stack.proxy.api)
+    ui = locust_ui(85)
+    run_dir = Path(ui.start_test(users=2)["test"]["run_dir"])
+    ids = []
+    for body in ({"kind": "latency", "target": "users-db", "for": "1min", "latency": 5},
+                 {"kind": "slow_close", "target": "orders-db", "for": 60, "delay": 10},
+                 {"kind": "down", "target": "search-db", "for": "1min", "name": "search-down"}):
+        r = requests.post(ui.url + "/msdb/faults", json=body, timeout=60)
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    assert ids[2] == "search-down"
+    r = requests.post(ui.url + "/msdb/faults", timeout=60,
+                      json={"kind": "down", "target": "search-db", "for": 5, "name": "search-down"})
+    assert (r.status_code, r.json()["field"]) == (409, "name")
+    assert [f["id"] for f in ui.get("/msdb/status")["faults"]] == ids
+    r = requests.delete(ui.url + f"/msdb/faults/{ids[0]}", timeout=60)
+    assert r.status_code == 200 and r.json()["status"] == "healed" and r.json()["end"].endswith("Z")
+    assert not api.toxics("users-db") and api.toxics("orders-db")
+    r = requests.delete(ui.url + "/msdb/faults", timeout=60)
+    assert r.status_code == 200 and sorted(f["status"] for f in r.json()["healed"]) == ["healed"] * 3
+    assert not api.toxics("orders-db") and api.proxies()["search-db"].enabled
+    faults = ui.get("/msdb/faults")
+    assert faults["active"] == [] and [f["id"] for f in faults["past"]] == ids
+    schedule = json.loads((run_dir / "faults.schedule.json").read_text())
+    assert [f["name"] for f in schedule] == ids and all(f["at_s"] >= 0 for f in schedule)
+    # Ctrl-C of Locust mid-test: the test is stopped, judged and reported before it exits.
+    r = requests.post(ui.url + "/msdb/faults", json={"kind": "latency", "target": "users-db", "for": "1min",
+                                                     "latency": 5}, timeout=60)
+    assert r.status_code == 201
+    ui.proc.send_signal(signal.SIGINT)
+    assert ui.proc.wait(180) is not None
+    assert not api.toxics("users-db")
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "completed" and run["end"].endswith("Z")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {c["name"]: c["verdict"] for c in results["checks"]}["faults-healed"] == "pass"
+    assert (run_dir / "report.html").exists()
