@@ -147,21 +147,26 @@ def step_rows(requests: Sequence, steps: Sequence[dict], *, settle_s: float, p99
     return rows
 
 
-def knee(rows: Sequence[dict]) -> dict[str, dict]:
+def knee(rows: Sequence[dict], *, min_requests: int = 0) -> dict[str, dict]:
     """Per endpoint: the last step before its first breach (`knee`, None if the
-    first step already broke the SLO) and that breach (None if none did)."""
+    first step already broke the SLO) and that breach (None if none did).
+    A step with fewer than min_requests requests judges nothing: the search
+    stops there, and `undersampled` names that step."""
     out: dict[str, dict] = {}
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["endpoint"], []).append(r)
     for name, rs in by.items():
-        best = first = None
+        best = first = thin = None
         for r in sorted(rs, key=lambda r: r["users"]):
+            if min_requests and r.get("requests", 0) < min_requests:
+                thin = r
+                break
             if r["breach"]:
                 first = r
                 break
             best = r
-        out[name] = {"knee": best, "breach": first}
+        out[name] = {"knee": best, "breach": first, "undersampled": thin}
     return out
 
 

@@ -8,10 +8,11 @@ from reports.measures import ALL, knee, percentile, step_rows
 from reports.rundata import Run
 
 from .core import Check, at_least, at_most
+from .slo import BUILT_IN
 
 __all__ = ["Capacity", "Neighbour", "CAPACITY_KEYS", "NEIGHBOUR_KEYS", "PROBE"]
 
-CAPACITY_KEYS = ("p99_ms_max", "error_rate_max", "knee_min_rps")
+CAPACITY_KEYS = ("p99_ms_max", "error_rate_max", "knee_min_rps", "min_samples_step")
 NEIGHBOUR_KEYS = ("neighbour_p95_ratio_max",)
 PROBE = "users GET /users/{id}"
 
@@ -29,14 +30,20 @@ class Capacity:
         settle = (run.info.get("parameters") or {}).get("settle_s", 0) or 0
         rows = step_rows(run.requests, steps, settle_s=settle, p99_ms=slo["p99_ms_max"],
                          error_rate=slo["error_rate_max"])
-        knees = knee(rows)
+        need = slo.get("min_samples_step", BUILT_IN["min_samples_step"])
+        knees = knee(rows, min_requests=need)
         overall = [r for r in rows if r["endpoint"] == ALL]
-        k = knees.get(ALL, {"knee": None, "breach": None})
+        k = knees.get(ALL, {"knee": None, "breach": None, "undersampled": None})
+        thin = k.get("undersampled")
         crashed = [st["breach"] for st in steps if st.get("judge_error")]
         stopped = next((f"{st['users']} users: {st['breach']}" for st in steps if st.get("breach")), None)
         checks = [
             Check("load-stepped", "unknown" if crashed or not overall else "pass", len(overall), None,
                   {"steps": len(steps), **({"error": crashed[0]} if crashed else {})}),
+            Check("knee-throughput", "unknown", None, slo["knee_min_rps"],
+                  {"reason": f"the step at {thin['users']} users had only {thin['requests']} requests; "
+                             f"a knee needs at least {need} per step (min_samples_step)",
+                   "unit": "req/s"}) if thin else
             at_least("knee-throughput", k["knee"]["throughput"] if k["knee"] else (0.0 if overall else None),
                      slo["knee_min_rps"], unit="req/s", knee_users=k["knee"] and k["knee"]["users"],
                      first_breach=k["breach"] and f"{k['breach']['users']} users: {k['breach']['breach']}",
@@ -46,7 +53,10 @@ class Capacity:
                       "knee_throughput": v["knee"] and v["knee"]["throughput"],
                       "knee_p99_ms": v["knee"] and v["knee"]["p99_ms"],
                       "breach_users": v["breach"] and v["breach"]["users"],
-                      "breach_reason": v["breach"] and v["breach"]["breach"]} for ep, v in knees.items()]
+                      "breach_reason": (v["breach"] and v["breach"]["breach"]) or (
+                          v["undersampled"] and f"too few samples from {v['undersampled']['users']} users "
+                                                f"({v['undersampled']['requests']} < {need})")}
+                     for ep, v in knees.items()]
         metrics = {"knee_rps": k["knee"]["throughput"] if k["knee"] else None,
                    "knee_users": k["knee"]["users"] if k["knee"] else None,
                    "knee_p99_ms": k["knee"]["p99_ms"] if k["knee"] else None,

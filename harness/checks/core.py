@@ -12,7 +12,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Check", "worst", "at_most", "at_least", "guarded", "keys_of", "results_doc", "exit_code"]
+__all__ = ["Check", "worst", "at_most", "at_least", "too_few", "guarded", "keys_of", "results_doc", "exit_code"]
 
 _RANK = {"pass": 0, "unknown": 1, "fail": 2}
 
@@ -50,6 +50,16 @@ def at_least(name: str, measured, threshold, **details) -> Check:
     if measured is None:
         return Check(name, "unknown", None, threshold, {"reason": "not measured", **details})
     return Check(name, "pass" if measured >= threshold else "fail", measured, threshold, details)
+
+
+def too_few(name: str, n: int, need: int, key: str, threshold=None, **details) -> Check | None:
+    """`unknown` when a figure rests on fewer than `need` samples (SLO `key`),
+    else None: a percentile of a handful of requests is not a measurement."""
+    if n >= need:
+        return None
+    return Check(name, "unknown", None, threshold,
+                 {"reason": f"only {n} samples; judging this needs at least {need} ({key})",
+                  "samples": n, **details})
 
 
 def guarded(name: str, fn: Callable[[], Check], threshold=None) -> Check:

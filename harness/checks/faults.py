@@ -13,9 +13,12 @@ from statistics import median
 from reports.measures import Window, fault_windows, healthy_since, overlaps
 from reports.rundata import Run
 
+from chaos.faults import ScheduleError, parse_schedule
+
+from ..errors import ConfigError
 from .core import Check, at_most
 
-__all__ = ["FaultChecks", "Latency", "Slower", "AcquireTimeouts", "Errors", "FAULT_KEYS",
+__all__ = ["check_schedule", "MIN_AFTER_HEAL_S", "FaultChecks", "Latency", "Slower", "AcquireTimeouts", "Errors", "FAULT_KEYS",
            "pools_after", "pool_min"]
 
 FAULT_KEYS = ("healthy_after_s", "recovery_s", "heal_grace_s", "errors_after_heal_max",
@@ -231,3 +234,32 @@ class FaultChecks:
                    "requests_after_heal": len(after), "failures_after_heal": len(errs_after),
                    "recovery_s": recovery}
         return out, metrics
+
+
+MIN_AFTER_HEAL_S = 2.0
+
+
+def check_schedule(raw: list, duration_s: float, slo: dict, where: str) -> list:
+    """Before any stack starts: the schedule parses (its targets are checked
+    against the stack later), and its last heal plus the heal grace leaves
+    room in the run for `no-errors-after-heal` to measure something."""
+    try:
+        specs = parse_schedule(raw, duration_s=duration_s)
+    except ScheduleError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if not specs or "heal_grace_s" not in slo:
+        return specs
+    grace = slo["heal_grace_s"]
+
+    def room(d: float) -> float:
+        return d - max(f.at_s + f.for_s for f in parse_schedule(raw, duration_s=d)) - grace
+    if room(duration_s) >= MIN_AFTER_HEAL_S:
+        return specs
+    need = next((d for d in range(int(duration_s) + 1, int(duration_s) * 10 + 600)
+                 if room(d) >= MIN_AFTER_HEAL_S), None)
+    last = max(f.at_s + f.for_s for f in specs)
+    raise ConfigError(
+        f"{where}: the last fault heals at {last:g} s and the heal grace is {grace:g} s, which "
+        f"leaves {max(room(duration_s), 0):g} s of the {duration_s:g} s run to check that errors "
+        f"stopped (no-errors-after-heal needs {MIN_AFTER_HEAL_S:g} s)"
+        + (f"; give --duration {need}s or more" if need else "; shorten the faults"))

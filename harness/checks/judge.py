@@ -26,7 +26,7 @@ from ..errors import UsageError
 from .core import Check, keys_of, results_doc
 from .drill import DRILL_CHECKS
 from .lag import lag_metrics
-from .slo import load_slo
+from .slo import BUILT_IN, load_slo
 
 __all__ = ["judge", "groups_for", "open_run"]
 
@@ -83,7 +83,8 @@ def judge(run_dir: str | Path, *, slo_path: str | None = None, write: bool = Tru
             run.children[topo] = judge(run.path / topo, slo_path=slo_path, write=write)
     keys = keys_of(groups)
     section = "drill" if run.scenario.startswith("drill-") else run.scenario
-    slo = load_slo(slo_path, section, keys) if slo_path else (run.info.get("slo") or {})
+    # A run recorded before a built-in key existed is judged with its value.
+    slo = load_slo(slo_path, section, keys) if slo_path else {**BUILT_IN, **(run.info.get("slo") or {})}
     missing = [k for k in keys if k not in slo]
     if missing:
         raise UsageError(f"RUN_DIR {str(run.path)!r}: its SLO lacks {', '.join(missing)}; "

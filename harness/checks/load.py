@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from reports.measures import endpoint_stats, fault_windows, percentile
 from reports.rundata import Run
 
-from .core import Check, at_least, at_most
+from .core import Check, at_least, at_most, too_few
+from .slo import BUILT_IN
 
 __all__ = ["LoadChecks", "stopped_by_faults"]
 
-STRICT_KEYS = ("error_rate_max", "server_errors_max", "p95_ms_max", "healthy_after_s")
+STRICT_KEYS = ("error_rate_max", "server_errors_max", "p95_ms_max", "healthy_after_s",
+               "min_samples_p95", "min_samples_p99")
 
 
 def stopped_by_faults(run: Run) -> dict[str, float]:
@@ -61,7 +63,7 @@ class LoadChecks:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        return STRICT_KEYS if self.strict else ("healthy_after_s",)
+        return STRICT_KEYS if self.strict else ("healthy_after_s", "min_samples_p95", "min_samples_p99")
 
     def _judged(self, run: Run, slo: dict) -> tuple[list, dict]:
         """The requests the strict checks judge, and a note saying which."""
@@ -80,7 +82,17 @@ class LoadChecks:
         failures = sum(1 for r in judged if not r.ok)
         by_endpoint = endpoint_stats(judged)
         if self.strict:
-            worst_ep = max(by_endpoint, key=lambda k: by_endpoint[k]["p95_ms"]) if by_endpoint else None
+            # The slowest endpoint among those with enough samples for a p95;
+            # the others are named, and if none qualifies the check is unknown.
+            need95 = slo.get("min_samples_p95", BUILT_IN["min_samples_p95"])
+            sized = {k: v for k, v in by_endpoint.items() if v["requests"] >= need95}
+            worst_ep = max(sized, key=lambda k: sized[k]["p95_ms"]) if sized else None
+            few = {k: v["requests"] for k, v in by_endpoint.items() if k not in sized}
+            p95 = (at_most("p95-latency", by_endpoint[worst_ep]["p95_ms"], slo["p95_ms_max"],
+                           worst_endpoint=worst_ep, unit="ms", **where,
+                           **({"too_few_samples": few} if few else {})) if worst_ep else
+                   too_few("p95-latency", max(few.values(), default=0), need95, "min_samples_p95",
+                           slo["p95_ms_max"], unit="ms", **where))
             out += [
                 at_most("no-server-errors", sum(1 for r in judged if r.server_error) if total else None,
                         slo["server_errors_max"], **where,
@@ -88,17 +100,18 @@ class LoadChecks:
                                      for n in by_endpoint}),
                 at_most("error-rate", round(failures / total, 5) if total else None,
                         slo["error_rate_max"], failures=failures, requests=total, **where),
-                at_most("p95-latency", by_endpoint[worst_ep]["p95_ms"] if worst_ep else None,
-                        slo["p95_ms_max"], worst_endpoint=worst_ep, unit="ms", **where),
+                p95,
             ]
         for ep, th in sorted((slo.get("endpoints") or {}).items()):
             st = by_endpoint.get(ep)
-            if "p95_ms_max" in th:
-                out.append(at_most(f"p95[{ep}]", st["p95_ms"] if st else None, th["p95_ms_max"], unit="ms",
-                                   **where))
-            if "p99_ms_max" in th:
-                out.append(at_most(f"p99[{ep}]", st["p99_ms"] if st else None, th["p99_ms_max"], unit="ms",
-                                   **where))
+            n = st["requests"] if st else 0
+            for q in ("p95", "p99"):
+                if f"{q}_ms_max" in th:
+                    key = f"min_samples_{q}"
+                    out.append(too_few(f"{q}[{ep}]", n, slo.get(key, BUILT_IN[key]), key, th[f"{q}_ms_max"], unit="ms",
+                                       **where)
+                               or at_most(f"{q}[{ep}]", st[f"{q}_ms"], th[f"{q}_ms_max"], unit="ms",
+                                          **where))
             if "error_rate_max" in th:
                 out.append(at_most(f"error-rate[{ep}]", st["error_rate"] if st else None,
                                    th["error_rate_max"], requests=st["requests"] if st else 0, **where))

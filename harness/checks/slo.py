@@ -17,7 +17,7 @@ from scenarios.data import ENDPOINTS
 from ..errors import ConfigError
 from ..files import read_yaml
 
-__all__ = ["load_slo", "SLO_PATH", "KNOWN_KEYS", "ENDPOINT_KEYS"]
+__all__ = ["load_slo", "SLO_PATH", "KNOWN_KEYS", "ENDPOINT_KEYS", "BUILT_IN"]
 
 SLO_PATH = Path(__file__).resolve().parent.parent.parent / "scenarios" / "slo.yaml"
 
@@ -33,7 +33,12 @@ KNOWN_KEYS = {
     "replica_caught_up_ms": float, "replica_catch_up_s_max": float,
     "replica_lag_effect_min_ratio": float, "stale_reads_ryw_max": int,
     "cdc_catch_up_s_max": float, "cdc_quiesce_s": float, "cdc_mismatches_max": int,
+    # minimum sample sizes: below them a percentile or a knee is `unknown`, not judged
+    "min_samples_p95": int, "min_samples_p99": int, "min_samples_step": int,
 }
+# Keys with a built-in value, used when neither `defaults` nor the scenario's
+# section gives one (an SLO file of your own need not repeat them).
+BUILT_IN = {"min_samples_p95": 20, "min_samples_p99": 100, "min_samples_step": 100}
 ENDPOINT_KEYS = {"p95_ms_max": float, "p99_ms_max": float, "error_rate_max": float}
 
 
@@ -97,6 +102,8 @@ def load_slo(path: str | Path | None, scenario: str, keys: tuple[str, ...], *,
                 raise ConfigError(f"{at}: scenario {scenario!r} does not check this threshold "
                                   f"(its checks use: {', '.join(keys) or 'none'})")
             out[k] = _value(at, v, KNOWN_KEYS[k])
+    for k, v in BUILT_IN.items():
+        out.setdefault(k, v)
     missing = [k for k in keys if k not in out]
     if missing:
         raise ConfigError(f"{where}: {scenario}.{missing[0]}: missing key"

@@ -21,6 +21,7 @@ from chaos.faults import ScheduleError, parse_schedule
 from scenarios import registry
 from scenarios.registry import Scenario, StepLoad
 
+from ..checks.faults import check_schedule
 from ..checks.slo import load_slo
 from ..durations import parse_duration
 from ..errors import ConfigError, Interrupted, NoStackError, UsageError
@@ -190,6 +191,7 @@ def run_command(args) -> int:
         return run_matrix(p, sc, slo, RunDir.create(args.out, sc.name), slo_path=args.slo)
     raw = raw_schedule(p, sc)
     slo = load_slo(args.slo, sc.name, sc.slo_keys(has_faults=bool(raw)))
+    check_schedule(raw, p.duration_s, slo, p.faults_file or f"scenario {sc.name}")
     RunDir.check_out(args.out)
     handlers = _interrupts()
     try:

@@ -139,7 +139,7 @@ def test_saga_run_is_valid_under_faults_and_a_kill(stack, tmp_path):
 
 def test_replica_lag_scenario_lines_up_lag_with_its_faults(stack, tmp_path):
     out = tmp_path / "run"
-    r = msdb("run", "replica-lag", "--duration", "30s", "--state-dir", stack.state_dir,
+    r = msdb("run", "replica-lag", "--duration", "35s", "--state-dir", stack.state_dir,
              "--out", str(out), *SMALL)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     res = json.loads((out / "results.json").read_text())

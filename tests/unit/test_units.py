@@ -238,3 +238,30 @@ def test_the_shipped_slo_file_judges_every_scenario(name):
     without a fault file: no missing key, no key its checks do not use."""
     assert load_slo(None, name, keys(name)) is not None
     assert load_slo(None, name, keys(name, faults=True)) is not None
+
+
+def test_a_percentile_of_a_handful_of_requests_is_unknown_not_a_pass(tmp_path):
+    """Minimum sample sizes (min_samples_p95/p99): below them the check says
+    why it cannot judge; above them the same requests are judged."""
+    from harness.checks.load import LoadChecks
+    slo = load_slo(None, "smoke", keys("smoke"))
+    few = [req(1000.0 + i * 0.1, 10, name="orders POST /orders") for i in range(12)]
+    checks = {c.name: c for c in LoadChecks()(make_run(tmp_path / "few", requests=few), slo)[0]}
+    assert checks["p95-latency"].verdict == "unknown"
+    assert "only 12 samples" in checks["p95-latency"].details["reason"]
+    assert checks["p99[orders POST /orders]"].verdict == "unknown"
+    many = few + [req(1002.0 + i * 0.01, 10, name="orders POST /orders") for i in range(100)]
+    many += [req(1003.0, 10, name="users POST /users")]       # too few of its own: left out, named
+    checks = {c.name: c for c in LoadChecks()(make_run(tmp_path / "many", requests=many), slo)[0]}
+    assert checks["p95-latency"].verdict == "pass" and checks["p99[orders POST /orders]"].verdict == "pass"
+    assert checks["p95-latency"].details["too_few_samples"] == {"users POST /users": 1}
+
+
+def test_a_knee_resting_on_a_thin_step_is_unknown():
+    from reports.measures import knee
+    rows = [{"endpoint": "ALL", "users": 5, "requests": 500, "breach": None},
+            {"endpoint": "ALL", "users": 10, "requests": 40, "breach": None},
+            {"endpoint": "ALL", "users": 20, "requests": 900, "breach": "p99 400 ms > 300 ms"}]
+    k = knee(rows, min_requests=100)["ALL"]
+    assert k["knee"]["users"] == 5 and k["breach"] is None and k["undersampled"]["users"] == 10
+    assert knee(rows)["ALL"]["breach"]["users"] == 20       # without a minimum, as before
