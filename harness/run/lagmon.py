@@ -101,6 +101,10 @@ class LagMonitor:
         self.lock = threading.Lock()
         self.committed: dict[int, float] = {}   # seq -> commit returned (epoch s)
         self.seen_seq = 0                        # newest seq visible on the replica
+        # When the first poll that reached the replica began: a beat committed
+        # before it was not watched on time (the monitor was still connecting),
+        # so its apparent lag is the monitor's start-up, not the replica's.
+        self.watching_since: float | None = None
         self.last_beat_lag_ms: float | None = None
         self.replica_up = False
         self.beats = CsvTable(out / "heartbeats.csv", HEARTBEAT_COLUMNS)
@@ -149,9 +153,13 @@ class LagMonitor:
             try:
                 if conn is None or conn.closed:
                     conn = self._connect(self.replica_dsn)
+                started = time.time()
                 row = conn.execute("SELECT seq FROM msdb_heartbeat WHERE id = 1").fetchone()
                 now = time.time()
                 self.replica_up = True
+                if self.watching_since is None:
+                    with self.lock:
+                        self.watching_since = started
                 if row and row[0] > self.seen_seq:
                     self._visible(row[0], now)
             except psycopg.Error as e:
@@ -169,6 +177,8 @@ class LagMonitor:
             self.seen_seq = seq
             for s in newly:
                 c = self.committed.pop(s)
+                if self.watching_since is None or c < self.watching_since:
+                    continue        # committed before anyone watched: not a measurement
                 lag = max(0.0, (now - c) * 1000)
                 self.beats.row(s, round(c, 4), round(now, 4), round(lag, 2))
                 self.last_beat_lag_ms = round(lag, 2)   # the newest visible beat's, in the end
@@ -180,7 +190,10 @@ class LagMonitor:
         measured lag and the age of the oldest committed beat not yet visible
         (which keeps growing while the replica is stopped)."""
         with self.lock:
-            waiting = [c for s, c in self.committed.items() if s > self.seen_seq]
+            if self.watching_since is None:
+                return None, 0      # not watching the replica yet: nothing measured
+            waiting = [c for s, c in self.committed.items()
+                       if s > self.seen_seq and c >= self.watching_since]
             age = round((now - min(waiting)) * 1000, 2) if waiting else None
             known = [v for v in (age, self.last_beat_lag_ms) if v is not None]
             return (max(known) if known else None), len(waiting)

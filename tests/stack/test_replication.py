@@ -259,3 +259,23 @@ def test_a_consumer_without_its_lsn_guard_is_caught(cdc_stack, tmp_path):
     c = _cdc_checks(tmp_path, got["end"])["analytics-totals-exactly-once"]
     assert c.verdict == "fail", c
     assert c.details["got"]["orders"] > c.details["expected"]["orders"]
+
+
+def test_no_start_up_artefact_in_the_replica_lag(stack, tmp_path):
+    """Calibration with no fault: beats written while the monitor was still
+    connecting to the replica are not lag.  The first measured beats and the
+    samples stay within a few poll intervals of the idle lag."""
+    m = LagMonitor(stack, tmp_path)
+    # Beats committed before the poller can watch: connect the writer first.
+    m.committed[10**9] = time.time() - 5.0     # a beat "committed" 5 s before the start
+    m.start()
+    try:
+        time.sleep(2.0)
+    finally:
+        m.stop()
+    lags = [float(r.split(",")[3]) for r in (tmp_path / "heartbeats.csv").read_text().splitlines()[1:]]
+    samples = [r.split(",")[1] for r in (tmp_path / "replication.csv").read_text().splitlines()[1:]]
+    assert len(lags) >= 10
+    # idle lag is a few ms; "a few poll intervals" is generous on a busy CI machine
+    assert max(lags) < 100, sorted(lags)[-5:]
+    assert max(float(v) for v in samples if v) < 100, samples
