@@ -10,6 +10,7 @@ there and only the drills use them).  Per-endpoint thresholds go under
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from scenarios.data import ENDPOINTS
@@ -79,6 +80,14 @@ def load_slo(path: str | Path | None, scenario: str, keys: tuple[str, ...], *,
     raw = read_yaml(p, "--slo")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of scenario sections")
+    from scenarios import registry      # here, not at the top: the registry imports the checks
+    known = ["defaults", "drill", *(sc.name for sc in registry.all())]
+    for section in raw:
+        if section not in known:
+            near = difflib.get_close_matches(str(section), known, n=1)
+            raise ConfigError(f"{where}: {section}: unknown section"
+                              + (f" (did you mean {near[0]!r}?)" if near else "")
+                              + f"; sections are defaults, drill and the scenarios")
     if scenario not in raw:
         raise ConfigError(f"{where}: no section for scenario {scenario!r}")
     out: dict = {}

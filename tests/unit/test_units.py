@@ -95,7 +95,12 @@ def test_slo_file_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"smoke.p99: unknown key"):
         load_slo(str(f), "smoke", keys("smoke"))
     with pytest.raises(ConfigError, match=r"no section for scenario 'smoke'"):
-        f.write_text("other: {}\n")
+        f.write_text("db-latency: {}\n")
+        load_slo(str(f), "smoke", keys("smoke"))
+    # a misspelt section beside a valid one is not ignored
+    f.write_text("smoke: {error_rate_max: 0.01, p95_ms_max: 1, healthy_after_s: 1, server_errors_max: 0}\n"
+                 "smok: {p95_ms_max: 1}\n")
+    with pytest.raises(ConfigError, match=r"smok: unknown section \(did you mean 'smoke'\?\)"):
         load_slo(str(f), "smoke", keys("smoke"))
 
 
