@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from reports.measures import ALL, knee, percentile, step_rows
 from reports.rundata import Run
 
-from .core import Check, at_least, at_most
-from .slo import BUILT_IN
+from .core import BUILT_IN, Check, at_least, at_most
 
 __all__ = ["Capacity", "Neighbour", "CAPACITY_KEYS", "NEIGHBOUR_KEYS", "PROBE"]
 

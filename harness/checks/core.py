@@ -12,9 +12,13 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Check", "worst", "at_most", "at_least", "too_few", "guarded", "keys_of", "results_doc", "exit_code"]
+__all__ = ["BUILT_IN", "Check", "worst", "at_most", "at_least", "too_few", "guarded", "keys_of", "results_doc", "exit_code"]
 
 _RANK = {"pass": 0, "unknown": 1, "fail": 2}
+
+# SLO keys with a built-in value, used when neither the SLO file's `defaults`
+# nor the scenario's section gives one (a file of your own need not repeat them).
+BUILT_IN = {"min_samples_p95": 20, "min_samples_p99": 100, "min_samples_step": 100}
 
 
 @dataclass

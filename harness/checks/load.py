@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from reports.measures import endpoint_stats, fault_windows, percentile
 from reports.rundata import Run
 
-from .core import Check, at_least, at_most, too_few
-from .slo import BUILT_IN
+from .core import BUILT_IN, Check, at_least, at_most, too_few
 
 __all__ = ["LoadChecks", "stopped_by_faults"]
 

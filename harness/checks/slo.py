@@ -17,6 +17,7 @@ from scenarios.data import ENDPOINTS
 
 from ..errors import ConfigError
 from ..files import read_yaml
+from .core import BUILT_IN
 
 __all__ = ["load_slo", "SLO_PATH", "KNOWN_KEYS", "ENDPOINT_KEYS", "BUILT_IN"]
 
@@ -37,9 +38,7 @@ KNOWN_KEYS = {
     # minimum sample sizes: below them a percentile or a knee is `unknown`, not judged
     "min_samples_p95": int, "min_samples_p99": int, "min_samples_step": int,
 }
-# Keys with a built-in value, used when neither `defaults` nor the scenario's
-# section gives one (an SLO file of your own need not repeat them).
-BUILT_IN = {"min_samples_p95": 20, "min_samples_p99": 100, "min_samples_step": 100}
+
 ENDPOINT_KEYS = {"p95_ms_max": float, "p99_ms_max": float, "error_rate_max": float}
 
 
