@@ -30,7 +30,11 @@ DEFAULT_CONFIG_PATH = Path(__file__).with_name("services.yaml")
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECTIONS = ("database", "replica", "redis", "peers", "http", "warehouse")
+_SECTIONS = ("database", "replica", "redis", "peers", "http", "warehouse", "engines")
+# Which engine serves each store (issue: the seed's engines).  The defaults are
+# the embedded path's: the catalog and search on PostgreSQL, the bus on Redis.
+ENGINE_CHOICES = {"catalog": ("postgres", "mongodb"), "search": ("postgres", "elasticsearch"),
+                  "bus": ("redis", "kafka")}
 
 
 class ConfigError(ValueError):
@@ -87,6 +91,19 @@ class ServiceConfig:
     peers: Mapping[str, str] = field(default_factory=dict)
     peer_timeout_ms: int = 5000
     warehouse_path: str | None = None
+    engines: "EnginesConfig" = field(default_factory=lambda: EnginesConfig())
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnginesConfig:
+    """The engine behind the catalog, search and the CDC bus, and where it is.
+    A URL is required only for an engine that is chosen."""
+    catalog: str = "postgres"
+    search: str = "postgres"
+    bus: str = "redis"
+    mongodb_url: str | None = field(default=None, repr=False)    # mongodb://user:pw@host:port/db?...
+    elasticsearch_url: str | None = field(default=None, repr=False)   # http://user:pw@host:port
+    kafka_bootstrap: str | None = None                          # host:port[,host:port]
 
 
 def _interpolate(value: Any, key: str, env: Mapping[str, str]) -> Any:
@@ -229,7 +246,29 @@ def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None
         r = _mapping(r, "warehouse", ("path",), required=("path",))
         return _str(_interpolate(r["path"], "warehouse.path", env), "warehouse.path")
 
+    def engines(r):
+        keys = ("catalog", "search", "bus", "mongodb_url", "elasticsearch_url", "kafka_bootstrap")
+        r = _mapping(r, "engines", keys)
+        v = {k: _interpolate(r.get(k), f"engines.{k}", env) for k in keys}
+        for store, choices in ENGINE_CHOICES.items():
+            v[store] = v[store] or choices[0]
+            if v[store] not in choices:
+                raise ConfigError(f"engines.{store}: expected one of {', '.join(choices)}, "
+                                  f"got {v[store]!r}")
+        for store, engine, key, schemes in (("catalog", "mongodb", "mongodb_url", ("mongodb://",)),
+                                            ("search", "elasticsearch", "elasticsearch_url",
+                                             ("http://", "https://")),
+                                            ("bus", "kafka", "kafka_bootstrap", ("",))):
+            if v[store] == engine:
+                url = _str(v[key], f"engines.{key}")
+                if not url.startswith(schemes):
+                    raise ConfigError(f"engines.{key}: expected a {' or '.join(schemes)} URL, "
+                                      f"got {url!r}")
+        return EnginesConfig(**{k: (v[k] or None) if k.endswith(("_url", "_bootstrap")) else v[k]
+                                for k in keys})
+
     return ServiceConfig(
+        engines=optional("engines", engines) or EnginesConfig(),
         warehouse_path=optional("warehouse", warehouse),
         database=database,
         replica=optional("replica", replica),
