@@ -15,18 +15,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["throughput_chart", "latency_chart", "capacity_chart", "pool_chart", "db_chart",
-           "redis_chart", "tps_chart", "shade", "png", "legend", "FAULT_COLOR"]
+__all__ = ["throughput_chart", "latency_chart", "endpoint_chart", "capacity_chart", "pool_chart",
+           "pool_figure", "db_chart", "redis_chart", "tps_chart", "shade", "png", "legend",
+           "nonnegative", "FAULT_COLOR"]
 
 FAULT_COLOR = "#e4572e"
 plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
                      "axes.spines.top": False, "axes.spines.right": False})
 
 
-def png(fig) -> str:
+def png(fig, *, layout: bool = True) -> str:
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
+    if layout:
+        fig.tight_layout()
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
@@ -38,10 +40,20 @@ def shade(ax, windows: list[dict], t_max: float | None = None) -> None:
                    label=f"fault: {w['kind']} on {w['target']}" if i < 3 else None)
 
 
-def legend(ax) -> None:
+def legend(ax, *, outside: str | bool = False) -> None:
+    """A legend that does not sit on the data: beside the axes (`outside`
+    True or "right"), under them ("below"), or where it covers least, on a
+    mostly opaque box."""
     handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(loc="upper left", fontsize=7, frameon=False)
+    if not handles:
+        return
+    if outside == "below":
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=7, frameon=False)
+    elif outside:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
+                  borderaxespad=0)
+    else:
+        ax.legend(loc="best", fontsize=7, frameon=True, framealpha=0.85, edgecolor="#ddd")
 
 
 def throughput_chart(sec: pd.DataFrame, windows: list[dict]) -> str | None:
@@ -73,6 +85,44 @@ def latency_chart(sec: pd.DataFrame, windows: list[dict]) -> str | None:
     return png(fig)
 
 
+def endpoint_chart(sec: pd.DataFrame, endpoint: str, windows: list[dict], *,
+                   before_ms: float | None = None, injected_ms: float | None = None) -> str | None:
+    """Where the fault was aimed: one endpoint's median and p95 per second,
+    its failures, the baseline before the fault and the latency expected
+    during it (baseline + injected)."""
+    if sec.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.plot(sec["second"], sec["p50"], lw=1.6, color="#1f77b4", marker=".", ms=4, label="median")
+    ax.plot(sec["second"], sec["p95"], lw=0.9, color="#9467bd", label="p95")
+    if before_ms is not None:
+        ax.axhline(before_ms, color="#3bb273", lw=0.9, ls="--",
+                   label=f"median before the fault: {before_ms:.3g} ms")
+        if injected_ms:
+            ax.axhline(before_ms + injected_ms, color=FAULT_COLOR, lw=0.9, ls="--",
+                       label=f"expected during it: + {injected_ms:g} ms injected")
+    shade(ax, windows, sec["second"].max())
+    top = max(float(sec["p95"].max()), (before_ms or 0) + (injected_ms or 0))
+    ax.set_ylim(0, max(top * 1.1, 1.0))
+    if sec["errors"].sum() > 0:
+        ax2 = ax.twinx()
+        ax2.bar(sec["second"], sec["errors"], width=0.8, color=FAULT_COLOR, alpha=0.5, label="failed/s")
+        nonnegative(ax2, sec["errors"], min_top=1.0)
+        ax2.set_ylabel("failed requests/s", fontsize=7)
+        ax2.grid(False)
+        ax2.spines["right"].set_visible(True)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=7,
+                  frameon=False, borderaxespad=0)
+    else:
+        legend(ax, outside=True)
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel("latency, ms")
+    ax.set_title(f"{endpoint}: the endpoint the fault check judges")
+    return png(fig)
+
+
 def capacity_chart(sec: pd.DataFrame, steps: list[dict], knee_rps: float | None,
                    p99_slo: float | None) -> str | None:
     """steps: the per-step rows of every endpoint together (results.json)."""
@@ -99,33 +149,61 @@ def capacity_chart(sec: pd.DataFrame, steps: list[dict], knee_rps: float | None,
     return png(fig)
 
 
-def pool_chart(pools: pd.DataFrame, windows: list[dict]) -> str | None:
+def nonnegative(ax, values, *, min_top: float = 1.0) -> None:
+    """Counts, sizes and waits are never negative: the y axis starts at 0 and
+    spans at least `min_top` (a series flat at zero keeps a readable axis)."""
+    vals = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
+    top = float(vals.max()) if not vals.empty else 0.0
+    ax.set_ylim(0, max(top * 1.08, min_top))
+
+
+def pool_figure(pools: pd.DataFrame, windows: list[dict]):
+    """The pool chart's figure (tests read its axes); None without pool samples."""
     if pools.empty:
         return None
     prim = pools[pools["pool"] == "primary"]
     services = sorted(prim["service"].unique())
     if not services:
         return None
-    fig, axes = plt.subplots(len(services), 1, figsize=(9, 1.6 * len(services) + 0.6), sharex=True)
+    fig, axes = plt.subplots(len(services), 1, figsize=(9, 1.5 * len(services) + 0.9), sharex=True)
     axes = axes if len(services) > 1 else [axes]
+    twins = []
     for ax, svc in zip(axes, services):
         g = prim[prim["service"] == svc]
-        ax.plot(g["t"], g["pool_size"], lw=1.2, label="size")
-        ax.plot(g["t"], g["pool_available"], lw=1.0, label="available")
+        # size as a wide pale band, available as a thin dashed line on top:
+        # when they coincide (an idle pool) both stay visible
+        ax.plot(g["t"], g["pool_size"], lw=4, alpha=0.35, color="#1f77b4", label="size")
+        ax.plot(g["t"], g["pool_available"], lw=1.1, ls="--", color="#1f4e79", marker=".", ms=3,
+                label="available")
         ax.plot(g["t"], g["requests_waiting"], lw=1.2, color=FAULT_COLOR, label="waiting")
+        nonnegative(ax, pd.concat([g["pool_size"], g["pool_available"], g["requests_waiting"]]))
         if "requests_wait_ms_per_s" in g:
             ax2 = ax.twinx()
-            ax2.plot(g["t"], g["requests_wait_ms_per_s"], lw=0.8, color="#888", ls="--",
-                     label="wait ms/s")
-            ax2.set_ylabel("wait ms/s", fontsize=7)
+            twins.append(ax2)
+            ax2.plot(g["t"], g["requests_wait_ms_per_s"], lw=0.8, color="#888", ls=":",
+                     label="wait, ms/s")
+            nonnegative(ax2, g["requests_wait_ms_per_s"], min_top=10.0)
+            ax2.set_ylabel("wait, ms/s", fontsize=7)
             ax2.grid(False)
+            ax2.spines["right"].set_visible(True)
         shade(ax, windows, g["t"].max())
         ax.set_ylabel(svc)
-        if ax is axes[0]:
-            legend(ax)
-    axes[0].set_title("Connection pools (psycopg_pool): size, available, waiting; dashed: wait time")
+    seen: dict = {}
+    for a in [axes[0], *twins[:1]]:
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=len(seen), fontsize=7,
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
+    axes[0].set_title("Connection pools (psycopg_pool, primary): size, available and waiting "
+                      "connections; dotted: time spent waiting")
     axes[-1].set_xlabel("seconds since the first request")
-    return png(fig)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def pool_chart(pools: pd.DataFrame, windows: list[dict]) -> str | None:
+    fig = pool_figure(pools, windows)
+    return png(fig, layout=False) if fig is not None else None
 
 
 def _lines(df: pd.DataFrame, group: str | None, y: str, windows: list[dict], *, title: str,

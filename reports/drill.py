@@ -16,6 +16,7 @@ from pathlib import Path
 from . import charts as Ch
 from .output import write_html_pdf
 from .templating import env
+from .verdicts import verdict_rows
 
 __all__ = ["build_drill_report", "drill_context"]
 
@@ -75,7 +76,8 @@ def drill_context(run_dir: str | Path) -> dict:
             strategies = {m.get("wal", "restore"): m}
             projections = {m.get("wal", "restore"): m.get("projection")}
     return {"run": run, "results": results, "verdict": results.get("verdict", "unknown"),
-            "checks": results.get("checks", []), "metrics": m, "slo": slo, "name": run_dir.name,
+            "checks": results.get("checks", []), "verdict_rows": verdict_rows(results.get("checks", [])),
+            "metrics": m, "slo": slo, "name": run_dir.name,
             "strategies": strategies, "projections": projections, "rto_parts": RTO_PARTS,
             "rto_chart": _rto_chart(strategies),
             "projection_chart": _projection_chart(projections, slo.get("rto_seconds_max", 7200)),

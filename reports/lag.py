@@ -8,9 +8,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .charts import FAULT_COLOR, legend, png, shade
+from .charts import FAULT_COLOR, legend, nonnegative, png, shade
+from .verdicts import with_unit
 
 __all__ = ["lag_section"]
+
+
+REPLICA_FIGURES = (("heartbeats", "heartbeats", None), ("replica_lag_p50_ms", "lag p50", "ms"),
+                   ("replica_lag_p99_ms", "lag p99", "ms"), ("replica_lag_peak_ms", "lag peak", "ms"),
+                   ("replica_catch_up_s", "catch-up after the heal", "s"),
+                   ("replica_lag_p99_outside_faults_ms", "lag p99 outside the faults", "ms"))
 
 
 def _csv(path: Path) -> pd.DataFrame:
@@ -43,7 +50,7 @@ def replica_chart(beats: pd.DataFrame, repl: pd.DataFrame, windows: list[dict], 
     ax.set_xlabel("seconds since the first request")
     ax.set_ylabel("lag, ms (symlog)")
     ax.set_title("Streaming replica lag")
-    legend(ax)
+    legend(ax, outside="below")
     return png(fig)
 
 
@@ -57,14 +64,16 @@ def cdc_chart(lag: pd.DataFrame, backlog: pd.DataFrame, windows: list[dict], t0:
     a1.set_ylabel("CDC lag, ms (symlog)")
     a1.set_title("CDC lag per consumer (commit at the source → visible in the target), by commit time")
     shade(a1, windows)
-    legend(a1)
+    legend(a1, outside=True)
     for name, g in backlog.groupby("consumer"):
         a2.plot(g["time"] - t0, g["backlog"], lw=1.1, label=name)
     shade(a2, windows)
+    if not backlog.empty:
+        nonnegative(a2, backlog["backlog"])
     a2.set_ylabel("backlog, events")
     a2.set_xlabel("seconds since the first request")
     a2.set_title("Events published and not yet applied, per consumer group")
-    legend(a2)
+    legend(a2, outside=True)
     return png(fig)
 
 
@@ -82,6 +91,7 @@ def lag_section(run_dir: Path, t0: float, windows: list[dict], metrics: dict, sl
         "replica": {k: metrics.get(k) for k in ("heartbeats", "replica_lag_p50_ms", "replica_lag_p99_ms",
                                                  "replica_lag_peak_ms", "replica_catch_up_s",
                                                  "replica_lag_p99_outside_faults_ms")},
+        "replica_rows": [(label, with_unit(metrics.get(k), unit)) for k, label, unit in REPLICA_FIGURES],
         "replica_faults": metrics.get("replica_faults") or [],
         "stale": [{"routing": k, **v} for k, v in stale.items()],
         "consumers": [{"consumer": k, **v} for k, v in (metrics.get("cdc_consumers") or {}).items()],

@@ -9,6 +9,7 @@ charts as data URIs) that opens offline.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import analysis as A
@@ -18,6 +19,7 @@ from .measures import fault_windows
 from .output import write_html_pdf
 from .rundata import Run
 from .templating import env
+from .verdicts import verdict_rows, with_unit
 
 __all__ = ["report_context", "build_scenario_report"]
 
@@ -52,6 +54,40 @@ def _pool_findings(little: list[dict], pool_cfg: dict, slo: dict) -> list[str]:
     return out
 
 
+# the checks that judge a fault's effect on one endpoint (details.endpoint)
+EFFECT_CHECKS = ("injected-latency-observed", "fault-slowed-requests", "pool-timeouts-clean",
+                 "fault-had-effect")
+KEY_FIGURES = (("requests_total", "requests", None), ("throughput_rps", "throughput", "req/s"),
+               ("p50_ms", "p50", "ms"), ("p95_ms", "p95", "ms"), ("p99_ms", "p99", "ms"),
+               ("failures_total", "failed requests", None), ("server_errors", "5xx responses", None),
+               ("recovery_s", "healthy again after the heal", "s"))
+
+
+def _fault_focus(checks: list[dict], requests, t0: float, windows: list[dict]) -> dict | None:
+    """The view where the fault was aimed: the endpoint its effect check
+    judged, charted per second, with the check's own figures."""
+    c = next((c for c in checks if c["name"] in EFFECT_CHECKS and (c.get("details") or {}).get("endpoint")),
+             None)
+    if c is None or requests.empty:
+        return None
+    d = c["details"]
+    mine = requests[requests["name"] == d["endpoint"]]
+    injected = c.get("threshold") if c["name"] == "injected-latency-observed" else None
+    chart = Ch.endpoint_chart(A.per_second(mine, t0), d["endpoint"], windows,
+                              before_ms=d.get("median_before_ms"), injected_ms=injected)
+    return {"endpoint": d["endpoint"], "check": c["name"], "chart": chart,
+            "verdict": c["verdict"]} if chart else None
+
+
+def _settings(d: dict) -> list[tuple[str, str]]:
+    """A flat mapping as (key, value) rows, every key shown in full."""
+    def text(v) -> str:
+        if v is None:
+            return "–"
+        return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return [(k, text(v)) for k, v in (d or {}).items()]
+
+
 def report_context(run_dir: str | Path) -> dict:
     run = Run(run_dir)
     info = run.info
@@ -66,11 +102,15 @@ def report_context(run_dir: str | Path) -> dict:
     p99_slo = slo.get("p99_ms_max") or slo.get("p95_ms_max")
     pool_cfg = (info.get("stack") or {}).get("pool", {}) or {}
     stmts = run.df("statements.csv")
+    checks = results.get("checks", [])
+    # A capacity curve is a stepped load's: a fault run's scatter mixes the
+    # fault's seconds with the rest and says nothing about capacity.
+    capacity = metrics.get("steps") and not windows
     charts = [c for c in (
         ("Throughput", Ch.throughput_chart(sec, windows)),
         ("Latency", Ch.latency_chart(sec, windows)),
         ("Capacity", Ch.capacity_chart(sec, metrics.get("steps") or [], metrics.get("knee_rps"), p99_slo)
-         if metrics.get("steps") else None),
+         if capacity else None),
         ("Connection pools", Ch.pool_chart(A.pool_series(metrics_df, t0), windows)),
         ("Database query latency", Ch.db_chart(A.db_latency(metrics_df, t0), windows)),
         ("PostgreSQL transactions", Ch.tps_chart(A.pg_tps(run.df("postgres.csv", keep_default_na=False), t0),
@@ -80,7 +120,11 @@ def report_context(run_dir: str | Path) -> dict:
     little = metrics.get("pools") or []
     return {
         "run": info, "results": results, "verdict": results.get("verdict", "unknown"),
-        "checks": results.get("checks", []), "metrics": metrics,
+        "checks": checks, "metrics": metrics, "verdict_rows": verdict_rows(checks),
+        "fault_focus": _fault_focus(checks, requests, t0, windows) if windows else None,
+        "key_figures": [(label, with_unit(metrics[k], unit)) for k, label, unit in KEY_FIGURES
+                        if k in metrics],
+        "parameters": _settings(info.get("parameters") or {}), "slo_rows": _settings(slo),
         "windows": windows, "charts": charts,
         "endpoints": [{"endpoint": k, **v} for k, v in (metrics.get("endpoints") or {}).items()],
         "steps": metrics.get("steps") or [], "knees": metrics.get("knees") or [],

@@ -13,6 +13,7 @@ import pytest
 
 from fix_cli import msdb
 from reports.build import build_index, build_report
+from reports.templating import fmt
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -99,7 +100,7 @@ def test_capacity_report_shows_the_knee_and_its_steps(tmp_path):
     doc = json.loads((run / "results.json").read_text())
     assert 'id="knee-table"' in html and 'id="steps-table"' in html
     for s in doc["metrics"]["steps"]:
-        assert f"{s['p99_ms']:.4g}" in html           # the same figure the verdict judged
+        assert f">{fmt(s['p99_ms'])}<" in html        # the same figure the verdict judged, rounded
 
 
 def test_a_matrix_parent_gets_its_comparison_report(tmp_path):
