@@ -73,8 +73,8 @@ def run_params(args, sc: Scenario) -> tuple[RunParams, Scenario]:
         raise UsageError(f"--seed-users {su} must be at least 1")
     if sp < 3:
         raise UsageError(f"--seed-products {sp} must be at least 3 (orders take up to 3 products)")
-    workers = getattr(args, "workers", None) or 0
-    if not 0 <= workers <= MAX_WORKERS:
+    workers = getattr(args, "workers", None)
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
         raise UsageError(f"--workers {workers} must be between 1 and {MAX_WORKERS} (omit it to run "
                          f"the users in the msdb process)")
     if workers and sc.matrix:
@@ -84,7 +84,7 @@ def run_params(args, sc: Scenario) -> tuple[RunParams, Scenario]:
                      seed_users=su, seed_products=sp, state_dir=args.state_dir,
                      topology=args.topology, base_port=args.base_port,
                      faults_file=getattr(args, "faults", None),
-                     target_file=getattr(args, "target", None), workers=workers,
+                     target_file=getattr(args, "target", None), workers=workers or 0,
                      quiet=bool(getattr(args, "quiet", False))), sc
 
 

@@ -34,7 +34,7 @@ from scenarios.workload import WorkloadContext
 
 from ..errors import InfraError
 
-__all__ = ["run_locust", "user_classes", "sample", "WorkerSink", "free_port", "CONTEXT_MESSAGE",
+__all__ = ["run_locust", "user_classes", "raw_sample", "to_request", "WorkerSink", "free_port", "CONTEXT_MESSAGE",
            "HELLO_MESSAGE"]
 
 CONTEXT_MESSAGE = "msdb_context"      # master -> worker: the WorkloadContext and a process prefix
@@ -50,17 +50,25 @@ def user_classes(specs: tuple[str, ...]) -> list:
     return out
 
 
-def sample(request_type, name, response_time, response_length, response=None, exception=None,
-           start_time=None, **kw) -> Request:
-    """Locust's request event -> one requests.csv row (local runs and workers alike)."""
-    return Request(round(start_time or time.time(), 4), name, request_type,
-                   getattr(response, "status_code", 0) or 0, round(response_time, 3),
-                   response_length or 0, exception is None,
-                   "" if exception is None else f"{type(exception).__name__}: {exception}"[:200])
+def raw_sample(request_type, name, response_time, response_length, response=None, exception=None,
+               start_time=None, **kw) -> tuple:
+    """Locust's request event -> the fields of one requests.csv row, as cheaply
+    as possible (it runs once per request on the load generator's core;
+    `to_request` rounds them where they are written)."""
+    return (start_time or time.time(), name, request_type, getattr(response, "status_code", 0) or 0,
+            response_time, response_length or 0, exception is None,
+            "" if exception is None else f"{type(exception).__name__}: {exception}"[:200])
 
 
-def free_port(lo: int = 24000, hi: int = 32000) -> int:
-    """A free TCP port on 127.0.0.1 below 32768 (the ephemeral range is not ours)."""
+def to_request(raw) -> Request:
+    """A raw sample (from this process or a worker's report) -> a requests.csv row."""
+    t, name, method, status, ms, size, ok, error = raw
+    return Request(round(t, 4), name, method, status, round(ms, 3), size, ok, error)
+
+
+def free_port(lo: int = 21000, hi: int = 24000) -> int:
+    """A free TCP port on 127.0.0.1 below 32768 (the ephemeral range is not
+    ours), away from the port blocks msdb's stacks and tests default to."""
     for _ in range(200):
         port = random.randrange(lo, hi)
         with socket.socket() as s:
@@ -117,8 +125,8 @@ class WorkerSink:
         if not m:
             return
         w = self._worker(client_id)
-        for row in m["requests"]:
-            self.on_sample(Request(*row))
+        for raw in m["requests"]:
+            self.on_sample(to_request(raw))
         history = self.ctx.history
         for kind, process, f, value in m["history"]:
             getattr(history, kind)(process, f, value)
@@ -223,7 +231,7 @@ def run_locust(*, classes: tuple[str, ...], ctx: WorkloadContext, host: str, use
     sink = procs = None
     if not workers:
         runner = env.create_local_runner()
-        env.events.request.add_listener(lambda **kw: on_sample(sample(**kw)))
+        env.events.request.add_listener(lambda **kw: on_sample(to_request(raw_sample(**kw))))
     else:
         runner = env.create_master_runner(master_bind_host="127.0.0.1", master_bind_port=free_port())
         sink = WorkerSink(env, ctx, on_sample)

@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 
 import gevent
 import locust.runners
@@ -38,7 +37,7 @@ from locust.event import Events
 from scenarios.workload import WorkloadContext
 
 from ..stack import procs
-from .locust_driver import CONTEXT_MESSAGE, HELLO_MESSAGE, sample, user_classes
+from .locust_driver import CONTEXT_MESSAGE, HELLO_MESSAGE, raw_sample, user_classes
 
 __all__ = ["main", "WorkerShipper"]
 
@@ -49,33 +48,32 @@ class _BatchHistory:
     """The workload's history recorder on a worker: entries wait for the next report."""
 
     def __init__(self, shipper: "WorkerShipper"):
-        self._shipper = shipper
+        self._out = shipper.history
 
-    def _add(self, kind, process, f, value=None):
-        with self._shipper.lock:
-            self._shipper.history.append((kind, process, f, value))
-            self._shipper.sent_history += 1
+    def invoke(self, process, f, value=None):
+        self._out.append(("invoke", process, f, value))
 
-    def invoke(self, *a):
-        self._add("invoke", *a)
+    def ok(self, process, f, value=None):
+        self._out.append(("ok", process, f, value))
 
-    def ok(self, *a):
-        self._add("ok", *a)
+    def fail(self, process, f, value=None):
+        self._out.append(("fail", process, f, value))
 
-    def fail(self, *a):
-        self._add("fail", *a)
-
-    def info(self, *a):
-        self._add("info", *a)
+    def info(self, process, f, value=None):
+        self._out.append(("info", process, f, value))
 
 
 class WorkerShipper:
     """Buffers a worker's samples and history and hands them to Locust's
-    report to the master (data["msdb"])."""
+    report to the master (data["msdb"]).
+
+    No lock: Locust's users, its reporter and these listeners are greenlets
+    of one thread, and nothing here yields, so an append and the swap in
+    `on_report` never interleave.  `on_report` empties the lists in place,
+    so `_BatchHistory` keeps appending to the same list object."""
 
     def __init__(self, environment: Environment):
         self.env = environment
-        self.lock = threading.Lock()
         self.requests: list[tuple] = []
         self.history: list[tuple] = []
         self.sent_requests = 0
@@ -91,17 +89,16 @@ class WorkerShipper:
         ev.test_stop.add_listener(lambda **kw: setattr(self, "stopped", self.started))
 
     def on_request(self, **kw):
-        row = tuple(sample(**kw))
-        with self.lock:
-            self.requests.append(row)
-            self.sent_requests += 1
+        self.requests.append(raw_sample(**kw))
 
     def on_report(self, client_id, data, **kw):
-        with self.lock:
-            data["msdb"] = {"requests": self.requests, "history": self.history,
-                            "sent_requests": self.sent_requests, "sent_history": self.sent_history,
-                            "started": self.started, "stopped": self.stopped, "pid": os.getpid()}
-            self.requests, self.history = [], []
+        requests, history = self.requests[:], self.history[:]
+        del self.requests[:], self.history[:]
+        self.sent_requests += len(requests)
+        self.sent_history += len(history)
+        data["msdb"] = {"requests": requests, "history": history,
+                        "sent_requests": self.sent_requests, "sent_history": self.sent_history,
+                        "started": self.started, "stopped": self.stopped, "pid": os.getpid()}
 
     def on_context(self, environment, msg, **kw):
         d = msg.data
