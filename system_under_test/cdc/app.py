@@ -5,6 +5,11 @@ Sources come from CDC_SOURCES, a JSON object
 `{"users": {"dsn": "...", "slot": "cdc_users"}, ...}`: the relay's own
 role (REPLICATION, CONNECT to those databases only), reached through its
 proxies.  GET /admin/cdc shows each source's position and errors.
+
+The bus is the one `engines.bus` names (strictly read: a bad BUS_ENGINE stops
+the relay at start-up): Redis Streams, or Kafka at KAFKA_BOOTSTRAP with one
+topic per table as Debezium names them.  In compose, Debezium Connect
+produces those topics and this relay stays off.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import json
 import os
 import threading
 
+from .. import config as config_mod
 from ..common.app import Service
-from .relay import SlotRelay, SourceConfig
+from .relay import KafkaSink, SlotRelay, SourceConfig
 
 service = Service("cdc", database=False, description="CDC relay: logical decoding -> bus")
 app = service.app
@@ -41,7 +47,13 @@ def _sources() -> list[SourceConfig]:
 
 @service.on_startup
 async def _relays():
-    relays.extend(SlotRelay(src, service.cfg.redis_url) for src in _sources())
+    engines = config_mod.load(os.environ.get("MSDB_CONFIG"), requires=("engines",)).engines
+    if engines.bus == "kafka":
+        def sink():
+            return KafkaSink(engines.kafka_bootstrap)
+        relays.extend(SlotRelay(src, sink_factory=sink) for src in _sources())
+    else:
+        relays.extend(SlotRelay(src, service.cfg.redis_url) for src in _sources())
 
 
 @service.background

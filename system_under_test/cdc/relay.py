@@ -22,6 +22,12 @@ carried it):
      "source": {"db", "schema", "table", "lsn", "commit_lsn", "txId", "ts_ms"},
      "ts_ms": <relay time>, "seq": <per-topic sequence number>}
 
+Where envelopes go is a `RelaySink`: `RedisStreamSink` (the stream
+`bus:cdc.<source>`, numbered in `cdc:seq:<source>`) or `KafkaSink` (one topic
+per table as Debezium names it, `msdb.<source>.public.<table>`; acknowledged
+by the broker before the position is confirmed; `seq` counts from the relay
+process's start there, since the offsets are Kafka's sequence).
+
 `source.lsn` is the LSN of the row change's WAL record: for one row, later
 changes always have larger LSNs (a second writer waits for the row lock of
 the first to be released at its commit), which is what the consumers' guard
@@ -35,6 +41,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import orjson
 import psycopg2
@@ -45,7 +52,8 @@ from prometheus_client import Counter, Gauge
 from ..common.metrics import REGISTRY
 from .pgoutput import Begin, Change, Commit, Decoder
 
-__all__ = ["SlotRelay", "SourceConfig", "lsn_to_int", "int_to_lsn"]
+__all__ = ["SlotRelay", "SourceConfig", "RelaySink", "RedisStreamSink", "KafkaSink",
+           "lsn_to_int", "int_to_lsn"]
 
 log = logging.getLogger("msdb.cdc")
 
@@ -76,10 +84,54 @@ class SourceConfig:
     publication: str = "msdb_cdc"
 
 
+class RelaySink(Protocol):
+    """Publishes one source's batch durably, or raises (then nothing is confirmed)."""
+    def publish(self, source: str, events: list[dict]) -> None: ...
+    def close(self) -> None: ...
+
+
+class RedisStreamSink:
+    def __init__(self, redis_url: str):
+        self.r = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+    def publish(self, source: str, events: list[dict]) -> None:
+        end = self.r.incrby(f"cdc:seq:{source}", len(events))
+        now_ms = time.time() * 1000
+        pipe = self.r.pipeline(transaction=False)
+        for i, e in enumerate(events):
+            e["seq"] = end - len(events) + 1 + i
+            e["ts_ms"] = round(now_ms, 3)
+            pipe.xadd(f"bus:cdc.{source}", {"e": orjson.dumps(e)}, maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.execute()
+
+    def close(self) -> None:
+        self.r.close()
+
+
+class KafkaSink:
+    def __init__(self, bootstrap: str):
+        from ..common.bus_kafka import KafkaPublisher   # confluent-kafka only where chosen
+        self.p = KafkaPublisher(bootstrap)
+        self.seq: dict[str, int] = {}
+
+    def publish(self, source: str, events: list[dict]) -> None:
+        now_ms = time.time() * 1000
+        n = self.seq.get(source, 0)
+        for i, e in enumerate(events):
+            e["seq"] = n + 1 + i
+            e["ts_ms"] = round(now_ms, 3)
+        self.p.publish_batch(f"cdc.{source}", events)
+        self.seq[source] = n + len(events)
+
+    def close(self) -> None:
+        self.p.close()
+
+
 @dataclass
 class SlotRelay:
     src: SourceConfig
-    redis_url: str
+    redis_url: str | None = None
+    sink_factory: Callable[[], RelaySink] | None = None   # default: Redis Streams at redis_url
     published: int = 0
     last_lsn: int = 0
     last_error: str | None = None
@@ -93,20 +145,20 @@ class SlotRelay:
     def run(self, stop: threading.Event) -> None:
         """Stream until `stop` is set; reconnects after any error (the server
         resends everything after the last confirmed position)."""
-        r = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        sink = self.sink_factory() if self.sink_factory else RedisStreamSink(self.redis_url)
         try:
             while not stop.is_set():
                 try:
-                    self._stream(r, stop)
+                    self._stream(sink, stop)
                 except Exception as e:  # source or bus down: retry from the confirmed position
                     self.connected = False
                     self.last_error = f"{type(e).__name__}: {e}"[:300]
                     log.warning("cdc %s: %s; reconnecting", self.src.name, self.last_error)
                     stop.wait(0.5)
         finally:
-            r.close()
+            sink.close()
 
-    def _stream(self, r, stop: threading.Event) -> None:
+    def _stream(self, sink: RelaySink, stop: threading.Event) -> None:
         conn = psycopg2.connect(self.src.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
         try:
             cur = conn.cursor()
@@ -132,7 +184,7 @@ class SlotRelay:
                         continue
                     if batch or flush_to:
                         if batch:
-                            self._publish(r, batch)
+                            self._publish(sink, batch)
                             batch = []
                         cur.send_feedback(flush_lsn=flush_to, reply=False)
                         self.last_lsn, flush_to = max(self.last_lsn, flush_to), 0
@@ -151,7 +203,7 @@ class SlotRelay:
                     txn, begin = [], None
                     flush_to = out.end_lsn
                     if len(batch) >= BATCH_MAX:
-                        self._publish(r, batch)
+                        self._publish(sink, batch)
                         batch = []
                         cur.send_feedback(flush_lsn=flush_to, reply=False)
                         self.last_lsn, flush_to = max(self.last_lsn, flush_to), 0
@@ -178,15 +230,9 @@ class SlotRelay:
                 cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.src.slot,))
         c.close()
 
-    def _publish(self, r, events: list[dict]) -> None:
-        end = r.incrby(f"cdc:seq:{self.src.name}", len(events))
+    def _publish(self, sink: RelaySink, events: list[dict]) -> None:
+        sink.publish(self.src.name, events)
         now_ms = time.time() * 1000
-        pipe = r.pipeline(transaction=False)
-        for i, e in enumerate(events):
-            e["seq"] = end - len(events) + 1 + i
-            e["ts_ms"] = round(now_ms, 3)
-            pipe.xadd(f"bus:{self.topic}", {"e": orjson.dumps(e)}, maxlen=STREAM_MAXLEN, approximate=True)
-        pipe.execute()
         self.published += len(events)
         PUBLISHED.labels(self.src.name).inc(len(events))
         last_commit = events[-1]["source"]["ts_ms"]

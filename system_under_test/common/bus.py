@@ -1,17 +1,19 @@
 """The event bus behind a small interface.
 
-`EventBus.publish(topic, event)` and `EventBus.consume(topic, group, handler)`.
-The embedded stack uses Redis Streams with consumer groups
-(`RedisStreamBus`); a Kafka implementation can replace it without touching
-the services.  Events are JSON objects; a consumer acknowledges an event only
-after its handler returned, so a crash re-delivers (at-least-once) and
-handlers must be idempotent.
+`EventBus.publish(topic, event)`, `EventBus.consume_batches(topic, group,
+consumer, handler, stop)` and `EventBus.backlog(topic, group)`.  The embedded
+stack uses Redis Streams with consumer groups (`RedisStreamBus`); `engines.bus:
+kafka` selects `KafkaBus` (bus_kafka.py, Debezium's topic names) through
+`open_bus`, and the services do not change.  Events are JSON objects; a
+consumer acknowledges (commits) an event only after its handler returned, so a
+crash re-delivers (at-least-once) and handlers must be idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 import orjson
@@ -20,11 +22,27 @@ from redis.exceptions import RedisError, ResponseError
 
 from .metrics import EVENTS
 
-__all__ = ["EventBus", "RedisStreamBus", "Handler", "BatchHandler"]
+__all__ = ["EventBus", "RedisStreamBus", "Handler", "BatchHandler", "Backlog", "open_bus"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict], Awaitable[None]]
 BatchHandler = Callable[[list[dict]], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backlog:
+    """One consumer group's position on a topic.  `published`: events on the
+    topic (Redis: the relay's sequence; Kafka: the sum of end offsets);
+    `backlog`: published and not yet acknowledged by the group; `pending`: the
+    part of it delivered but not yet acknowledged.  None where unknown."""
+    published: int | None
+    backlog: int | None
+    pending: int | None
+    up: bool = True
+
+    def as_dict(self) -> dict:
+        return {"published": self.published, "backlog": self.backlog, "pending": self.pending,
+                "up": self.up}
 
 
 class EventBus(Protocol):
@@ -32,7 +50,19 @@ class EventBus(Protocol):
     async def consume(self, topic: str, group: str, consumer: str, handler: Handler,
                       stop: asyncio.Event) -> None: ...
     async def consume_batches(self, topic: str, group: str, consumer: str,
-                              handler: BatchHandler, stop: asyncio.Event) -> None: ...
+                              handler: BatchHandler, stop: asyncio.Event, *,
+                              linger_s: float = 0.0, batch: int | None = None) -> None: ...
+    async def backlog(self, topic: str, group: str) -> Backlog: ...
+
+
+def open_bus(engines, redis_client: aioredis.Redis | None) -> "EventBus":
+    """The bus `engines.bus` names (system_under_test.config.EnginesConfig)."""
+    if engines.bus == "kafka":
+        from .bus_kafka import KafkaBus   # confluent-kafka only where it is chosen
+        return KafkaBus(engines.kafka_bootstrap)
+    if redis_client is None:
+        raise ValueError("engines.bus: redis needs the redis section (REDIS_URL)")
+    return RedisStreamBus(redis_client)
 
 
 class RedisStreamBus:
@@ -121,3 +151,30 @@ class RedisStreamBus:
                 log.exception("bus %s: handler failed; will retry", stream)
                 pending_first = True
                 await asyncio.sleep(self.RETRY_S)
+
+    async def backlog(self, topic: str, group: str) -> Backlog:
+        """From Redis alone, as the lag monitor reads it: events the relay
+        numbered (`seq`) and the group has not yet been delivered, plus those
+        delivered but unacknowledged (pending)."""
+        stream = f"bus:{topic}"
+        source = topic.removeprefix("cdc.")
+        try:
+            published = int(await self.r.get(f"cdc:seq:{source}") or 0)
+            if not await self.r.exists(stream):
+                return Backlog(published=published, backlog=0, pending=0)
+            groups = await self.r.xinfo_groups(stream)
+            g = next((g for g in groups if g["name"] in (group, group.encode())), None)
+            if g is None:
+                return Backlog(published=published, backlog=published, pending=0)
+            pending = int(g["pending"])
+            last = g["last-delivered-id"]
+            delivered_seq = 0
+            if last not in (b"0-0", "0-0"):
+                entry = await self.r.xrange(stream, min=last, max=last, count=1)
+                if entry:
+                    raw = entry[0][1].get(b"e") or entry[0][1].get("e")
+                    delivered_seq = int(orjson.loads(raw).get("seq", 0))
+            return Backlog(published=published, backlog=max(0, published - delivered_seq) + pending,
+                           pending=pending)
+        except (RedisError, OSError, ValueError):
+            return Backlog(published=None, backlog=None, pending=None, up=False)

@@ -14,6 +14,12 @@ is kept (bounded ring) with a cursor, so the harness can read each one
 exactly: GET /admin/cdc/lag?since=N.  The boot id changes with the process,
 so a reader knows when a restart reset the cursor.
 
+The bus is the one `engines.bus` names (Redis Streams by default, Kafka with
+Debezium's topic names), read strictly: a bad BUS_ENGINE stops the service at
+start-up.  GET /admin/cdc/<name>/backlog gives the group's backlog from the
+bus itself (Redis: the relay's sequence and the group's pending entries;
+Kafka: end offset - committed offset), for the lag monitor.
+
 Test-only switch (honoured only with MSDB_ALLOW_MUTATIONS=1):
 MSDB_CDC_CRASH_AFTER_APPLY=<consumer>:<n> makes the process exit (as kill -9
 would: no clean-up) right after the n-th applied batch and before its
@@ -33,8 +39,11 @@ from typing import Annotated, Awaitable, Callable
 from fastapi import Query
 from prometheus_client import Counter, Histogram
 
+from .. import config as config_mod
+from .bus import EventBus, open_bus
 from .metrics import REGISTRY
 from .contract import NO_STORE
+from .errors import Unavailable
 
 __all__ = ["CdcConsumer"]
 
@@ -74,14 +83,25 @@ class CdcConsumer:
         self.skipped = 0
         self.batches = 0
         self._crash_after = _crash_switch(name)
+        self.bus: EventBus | None = None
+        service.on_startup(self._open_bus)
         service.background(self._run)
         self._route()
+
+    @property
+    def topic(self) -> str:
+        return f"cdc.{self.source}"
+
+    async def _open_bus(self) -> None:
+        engines = config_mod.load(os.environ.get("MSDB_CONFIG"), requires=("engines",)).engines
+        self.bus = self.service.bus if engines.bus == "redis" and self.service.bus is not None \
+            else open_bus(engines, self.service.redis)
 
     async def _run(self, stop: asyncio.Event) -> None:
         # A stable consumer name (not host-pid): Redis keeps a consumer's
         # delivered-but-unacknowledged events under its name, and a restarted
         # process re-reads them only under the same name.
-        await self.service.bus.consume_batches(
+        await self.bus.consume_batches(
             f"cdc.{self.source}", self.name, f"{self.name}-{os.environ.get('MSDB_CONSUMER_ID', '0')}",
             self._handle, stop, linger_s=self.linger_s, batch=self.batch)
 
@@ -121,3 +141,16 @@ class CdcConsumer:
                     "skipped": self.skipped, "last": self.count,
                     "items": [{"i": i, "applied_ms": a, "commit_ms": c, "lsn": lsn, "table": t}
                               for i, a, c, lsn, t in items]}
+
+        @app.get(f"/admin/cdc/{name}/backlog", tags=["admin"], name=f"cdc_backlog_{name}",
+                 openapi_extra=NO_STORE)
+        async def backlog():
+            """The group's backlog on its topic, from the bus (published, backlog, pending)."""
+            if self.bus is None:
+                return {"consumer": name, "topic": self.topic, "published": None, "backlog": None,
+                        "pending": None, "up": False}
+            try:
+                b = await asyncio.wait_for(self.bus.backlog(self.topic, name), 5)
+            except TimeoutError:
+                raise Unavailable(f"the bus did not answer for {name}'s backlog within 5 s") from None
+            return {"consumer": name, "topic": self.topic, "bus": type(self.bus).__name__, **b.as_dict()}

@@ -1,13 +1,17 @@
 """The search index behind a small interface.
 
 `SearchIndex.apply_changes(events)` (CDC events of the catalog's products,
-idempotent by LSN) and `SearchIndex.search(q)`.  The seed uses
-Elasticsearch 7; `PgFullTextIndex` uses PostgreSQL full-text search
-(tsvector + GIN) in `search_service_db`.
+idempotent by LSN) and `SearchIndex.search(q, limit, category, min_price,
+max_price)`: every word of `q` must match (name, category or description),
+and the filters narrow without scoring.  The seed uses Elasticsearch 7
+(`index_es.ElasticsearchIndex`, selected by `engines.search`);
+`PgFullTextIndex` uses PostgreSQL full-text search (tsvector + GIN) in
+`search_service_db`.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Protocol
 from uuid import UUID
 
@@ -18,9 +22,12 @@ __all__ = ["SearchIndex", "PgFullTextIndex"]
 
 class SearchIndex(Protocol):
     async def apply_changes(self, events: list[dict]) -> list[dict]: ...
-    async def search(self, q: str, *, limit: int) -> list[dict]: ...
+    async def search(self, q: str, *, limit: int, category: str | None = None,
+                     min_price: Decimal | None = None,
+                     max_price: Decimal | None = None) -> list[dict]: ...
     async def get(self, product_id: UUID) -> dict | None: ...
     async def count(self) -> int: ...
+    async def versions(self, *, limit: int, offset: int) -> list[dict]: ...
 
 
 _UPSERT = (
@@ -78,13 +85,20 @@ class PgFullTextIndex:
             "index_versions", "SELECT product_id, version, source_lsn FROM search_documents "
             "ORDER BY product_id LIMIT %s OFFSET %s", (limit, offset))
 
-    async def search(self, q: str, *, limit: int) -> list[dict]:
+    async def search(self, q: str, *, limit: int, category: str | None = None,
+                     min_price: Decimal | None = None, max_price: Decimal | None = None) -> list[dict]:
+        # Filters as `%s IS NULL OR ...`: one statement text for every
+        # combination, so it stays one prepared statement and one metric name.
         return await self.db.fetchall(
             "search",
             "SELECT product_id, name, category, price, version, "
             "ts_rank(tsv, query) AS score FROM search_documents, "
             "websearch_to_tsquery('english', %s) query WHERE tsv @@ query "
-            "ORDER BY score DESC, product_id LIMIT %s", (q, limit))
+            "AND (%s::text IS NULL OR category = %s::text) "
+            "AND (%s::numeric IS NULL OR price >= %s::numeric) "
+            "AND (%s::numeric IS NULL OR price <= %s::numeric) "
+            "ORDER BY score DESC, product_id LIMIT %s",
+            (q, category, category, min_price, min_price, max_price, max_price, limit))
 
     async def get(self, product_id: UUID) -> dict | None:
         return await self.db.fetchone(
