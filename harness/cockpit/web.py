@@ -17,8 +17,11 @@ Errors are JSON `{error, field, message}` naming the field (docs/cockpit.md).
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
+
+import gevent
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, send_from_directory
 from werkzeug.exceptions import HTTPException
@@ -69,9 +72,27 @@ def _params(p: dict) -> str:
                      or (k == "stream" and v != "downstream") or (k == "toxicity" and v != 1.0))
 
 
+def _ctrl_c_to_the_main_greenlet() -> None:
+    """Ctrl-C as a KeyboardInterrupt in Locust's main greenlet, where its
+    shutdown (and so the cockpit's heal and verdict) waits for it.
+
+    Python's own handler raises in whichever greenlet happens to run; with
+    the panels polling every second that is often a web request's greenlet,
+    which swallows it and leaves Locust running (or half shut down).  gevent
+    runs this callback in the hub, and throwing into the hub's parent is how
+    gevent itself delivers Ctrl-C (as harness/run/command.py does).  Left
+    alone where SIGINT is ignored (a background job of a shell)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+    hub = gevent.get_hub()
+    gevent.signal_handler(signal.SIGINT, lambda: hub.parent.throw(KeyboardInterrupt()))
+
+
 class Cockpit:
     """msdb's parts in one Locust process: the live panels, the current
     UI test (its run directory and fault desk), and the routes."""
+
+    RUN_OPEN_TIMEOUT_S = 120.0
 
     def __init__(self, environment, backend: StackBackend, *, runs_root: Path):
         self.environment = environment
@@ -86,6 +107,7 @@ class Cockpit:
         self.live.start()
         if environment.web_ui is not None:
             self._install_ui(environment.web_ui)
+            _ctrl_c_to_the_main_greenlet()
 
     # -- Locust's events -----------------------------------------------------------------
 
@@ -93,7 +115,11 @@ class Cockpit:
         if self.run is not None and self.run.state in ("running", "stopping"):
             return
         self.live.last_asked = time.monotonic()
-        self.run = UiRun(environment, self.backend, self.live, self.runs_root)
+        try:
+            self.run = UiRun(environment, self.backend, self.live, self.runs_root)
+        except Exception as e:  # the load runs anyway; the UI says why there is no run directory
+            print(f"msdb cockpit: no run directory for this test: {type(e).__name__}: {e}")
+            return
         print(f"msdb cockpit: run directory {self.run.path}")
 
     def on_test_stop(self, environment, **kw) -> None:
@@ -148,6 +174,12 @@ class Cockpit:
                 "targets": self.targets()}
 
     def desk(self):
+        # A test that was just started opens its run directory after seeding the
+        # stack: a fault asked for meanwhile waits for it rather than failing.
+        deadline = time.monotonic() + self.RUN_OPEN_TIMEOUT_S
+        while (self.run is None or self.run.state != "running") and time.monotonic() < deadline \
+                and getattr(self.environment.runner, "state", None) in ("spawning", "running"):
+            time.sleep(0.2)
         if self.run is None or self.run.state != "running":
             raise ApiError(409, "state", "no test is running: start a test in the Locust UI, then "
                                          "apply faults (they heal when it stops)")
