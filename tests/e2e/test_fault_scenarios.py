@@ -70,8 +70,9 @@ def test_custom_schedule_pause_and_down_heal(stack, tmp_path):
     sched.write_text("- {kind: pause, target: search, at: 2s, for: 3s}\n"
                      "- {kind: down, target: users-redis, at: 3s, for: 2s}\n")
     out = tmp_path / "run"
-    r = msdb("run", "smoke", "--duration", "12s", "--faults", str(sched),
-             "--state-dir", stack.state_dir, "--out", str(out), *SMALL)
+    r = msdb("run", "smoke", "--duration", "20s", "--faults", str(sched),
+             "--state-dir", stack.state_dir, "--out", str(out), *SMALL,
+             "--users", "20")     # enough orders outside the faults for their p99 (min_samples_p99)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert check(results, "no-errors-after-heal")["measured"] == 0

@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_smoke_run_passes_and_writes_the_run_directory(stack, state_dir, tmp_path):
     out = tmp_path / "run"
-    r = msdb("run", "smoke", "--duration", "15s", "--users", "10", "--state-dir", str(state_dir),
+    # 20 users for 20 s: enough orders (>= 100) for the p99 of POST /orders to be judged
+    r = msdb("run", "smoke", "--duration", "20s", "--users", "20", "--state-dir", str(state_dir),
              "--out", str(out), "--seed-users", "20", "--seed-products", "30")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "VERDICT: PASS" in r.stdout
@@ -72,7 +73,8 @@ def test_smoke_fails_when_the_slo_cannot_be_met(stack, state_dir, tmp_path):
     slo = tmp_path / "slo.yaml"
     slo.write_text("smoke: {error_rate_max: 0.01, server_errors_max: 0, p95_ms_max: 0, healthy_after_s: 5}\n")
     out = tmp_path / "run"
-    r = msdb("run", "smoke", "--duration", "3s", "--users", "2", "--state-dir", str(state_dir),
+    # enough requests (>= 20 on some endpoint) for a p95 to be judged at all
+    r = msdb("run", "smoke", "--duration", "6s", "--users", "5", "--state-dir", str(state_dir),
              "--out", str(out), "--slo", str(slo), "--seed-users", "5", "--seed-products", "10")
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())

@@ -18,7 +18,8 @@ SLO = ("smoke: {error_rate_max: %s, server_errors_max: 0, p95_ms_max: %s, health
 def suite(tmp_path, slo_text, port):
     tmp_path.mkdir(parents=True, exist_ok=True)
     suites = tmp_path / "suites.yaml"
-    suites.write_text("mini:\n  - {scenario: smoke, duration: 5s, users: 3}\n")
+    # 5 users for 8 s: enough requests on the busiest endpoints for a p95 (min_samples_p95)
+    suites.write_text("mini:\n  - {scenario: smoke, duration: 8s, users: 5}\n")
     slo = tmp_path / "slo.yaml"
     slo.write_text(slo_text)
     out = tmp_path / "out"

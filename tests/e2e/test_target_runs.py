@@ -24,9 +24,9 @@ def target(stack, tmp_path_factory):
     return path
 
 
-def run(scenario, target, cwd, duration):
+def run(scenario, target, cwd, duration, *extra):
     r = msdb("run", scenario, "--target", target, "--duration", duration, "--out", cwd / "run", *SMALL,
-             cwd=cwd, timeout=300)
+             *extra, cwd=cwd, timeout=300)
     assert "starting a fresh embedded stack" not in r.stdout
     assert not (cwd / ".msdb").exists(), "a --target run made a stack dir of its own"
     results = json.loads((cwd / "run" / "results.json").read_text())
@@ -38,7 +38,8 @@ def run(scenario, target, cwd, duration):
 
 def test_smoke_and_db_latency_through_a_targets_file(target, tmp_path):
     (tmp_path / "smoke").mkdir()
-    r, checks = run("smoke", target, tmp_path / "smoke", "8s")
+    # 20 users for 20 s: enough orders for smoke's p99 of POST /orders (min_samples_p99)
+    r, checks = run("smoke", target, tmp_path / "smoke", "20s", "--users", "20")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     (tmp_path / "latency").mkdir()
     r, checks = run("db-latency", target, tmp_path / "latency", "20s")
