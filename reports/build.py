@@ -26,7 +26,7 @@ def build_index(root: str | Path, *, title: str = "msdb runs") -> Path:
     """index.html linking every run directory under root (newest first)."""
     root = Path(root)
     rows = []
-    for rj in sorted(root.glob("*/run.json"), reverse=True):
+    for rj in root.glob("*/run.json"):
         run = json.loads(rj.read_text())
         res_p = rj.parent / "results.json"
         res = json.loads(res_p.read_text()) if res_p.exists() else {}
@@ -36,6 +36,9 @@ def build_index(root: str | Path, *, title: str = "msdb runs") -> Path:
                      "failed": [c["name"] for c in checks if c["verdict"] != "pass"],
                      "has_report": (rj.parent / "report.html").exists(),
                      "has_pdf": (rj.parent / "report.pdf").exists()})
+    # newest first, by when the run started (UTC, one format: it sorts as text);
+    # a run without a start time goes last
+    rows.sort(key=lambda r: (str(r["start"] or ""), r["dir"]), reverse=True)
     out = root / "index.html"
     out.write_text(env.get_template("index.html.j2").render(rows=rows, title=html.escape(title)))
     return out

@@ -92,7 +92,7 @@ def endpoint_chart(sec: pd.DataFrame, endpoint: str, windows: list[dict], *,
     during it (baseline + injected)."""
     if sec.empty:
         return None
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig, ax = plt.subplots(figsize=(9, 2.7))
     ax.plot(sec["second"], sec["p50"], lw=1.6, color="#1f77b4", marker=".", ms=4, label="median")
     ax.plot(sec["second"], sec["p95"], lw=0.9, color="#9467bd", label="p95")
     if before_ms is not None:
@@ -102,8 +102,12 @@ def endpoint_chart(sec: pd.DataFrame, endpoint: str, windows: list[dict], *,
             ax.axhline(before_ms + injected_ms, color=FAULT_COLOR, lw=0.9, ls="--",
                        label=f"expected during it: + {injected_ms:g} ms injected")
     shade(ax, windows, sec["second"].max())
-    top = max(float(sec["p95"].max()), (before_ms or 0) + (injected_ms or 0))
-    ax.set_ylim(0, max(top * 1.1, 1.0))
+    if injected_ms:
+        # linear: the added milliseconds are what the check judges
+        top = max(float(sec["p95"].max()), (before_ms or 0) + injected_ms)
+        ax.set_ylim(0, max(top * 1.1, 1.0))
+    else:
+        ax.set_yscale("log")
     if sec["errors"].sum() > 0:
         ax2 = ax.twinx()
         ax2.bar(sec["second"], sec["errors"], width=0.8, color=FAULT_COLOR, alpha=0.5, label="failed/s")
@@ -118,7 +122,7 @@ def endpoint_chart(sec: pd.DataFrame, endpoint: str, windows: list[dict], *,
     else:
         legend(ax, outside=True)
     ax.set_xlabel("seconds since the first request")
-    ax.set_ylabel("latency, ms")
+    ax.set_ylabel("latency, ms" + ("" if injected_ms else " (log)"))
     ax.set_title(f"{endpoint}: the endpoint the fault check judges")
     return png(fig)
 

@@ -46,10 +46,11 @@ def with_unit(v, unit: str | None, digits: int = 3) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if unit == "%" and isinstance(v, (int, float)):
-        return f"{fmt(float(v) * 100, digits)} %"
+        return f"{fmt(float(v) * 100, digits)}\u00a0%"
     if unit == "×":
         return f"{fmt(v, digits)}×"
-    return f"{fmt(v, digits)} {unit}" if unit and isinstance(v, (int, float)) else fmt(v, digits)
+    # a non-breaking space: a figure and its unit never wrap apart
+    return f"{fmt(v, digits)}\u00a0{unit}" if unit and isinstance(v, (int, float)) else fmt(v, digits)
 
 
 def _n(x) -> str:
@@ -383,7 +384,7 @@ def _threshold(spec: _Spec | None, c: dict, unit: str | None) -> str:
     if spec is not None and spec.op == "range" and d.get("accepted_ms"):
         lo, hi = d["accepted_ms"]
         what = "injected" if c["name"].startswith("injected-latency") else "pool.acquire"
-        return f"{with_unit(t, unit)} {what}, accepted {fmt(lo)}–{fmt(hi)} {unit}"
+        return f"{with_unit(t, unit)} {what}, accepted {fmt(lo)}–{fmt(hi)}\u00a0{unit}"
     # an op that is not a comparison is the threshold's own prefix ("of ")
     word = {"≤": "at most ", "≥": "at least ", "=": "", "range": ""}.get(spec.op, spec.op) if spec else ""
     return word + with_unit(t, unit)

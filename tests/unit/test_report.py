@@ -115,3 +115,25 @@ def test_a_matrix_parent_gets_its_comparison_report(tmp_path):
     assert r.returncode in (0, 1, 3), r.stderr
     html = (parent / "report.html").read_text()
     assert 'id="comparison-table"' in html and "single/report.html" in html
+
+
+def test_pdf_tables_stay_on_the_page(fault_run):
+    """The replication table's last column ran off the page (its header was cut
+    to `replica_lag_p99_ou`).  pypdf: the whole header is there; poppler's
+    word boxes, where installed: no word ends past the right margin."""
+    import subprocess
+    from pypdf import PdfReader
+    pdf = fault_run / "report.pdf"
+    text = " ".join(page.extract_text() for page in PdfReader(str(pdf)).pages)
+    text = re.sub(r"\s+", " ", text)
+    assert "lag p99 outside the faults" in text
+    pdftotext = shutil.which("pdftotext")
+    if pdftotext is None:
+        return
+    boxes = subprocess.run([pdftotext, "-bbox", str(pdf), "-"], capture_output=True, text=True,
+                           check=True).stdout
+    width = float(re.search(r'<page width="([0-9.]+)"', boxes).group(1))
+    margin = 12 / 25.4 * 72                          # @page margin 12 mm, in points
+    off = [(w, float(x)) for x, w in re.findall(r'xMax="([0-9.]+)"[^>]*>([^<]*)<', boxes)
+           if float(x) > width - margin + 2]
+    assert not off, off
