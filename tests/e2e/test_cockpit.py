@@ -145,10 +145,15 @@ def test_a_latency_fault_in_a_ui_test_is_seen_journalled_judged_and_reported(loc
     assert requests.post(ui.url + "/stop", timeout=120).json()["success"]
     latest = ui.until(lambda: (d := ui.get("/msdb/runs/latest"))["state"] == "judged" and d, 180,
                       "the verdict")
-    assert latest["run_dir"] == str(run_dir) and latest["verdict"] in ("pass", "fail")
+    assert latest["run_dir"] == str(run_dir)
     checks = {c["name"]: c["verdict"] for c in latest["checks"]}
-    assert checks["faults-injected"] == "pass" and checks["faults-healed"] == "pass", checks
-    assert checks["requests-made"] == "pass"
+    # A short test may leave a threshold unmeasured (too few samples: unknown); the
+    # fault's own checks and the load's basics are measured and must pass.
+    for name in ("faults-injected", "faults-healed", "requests-made", "no-server-errors",
+                 "no-internal-errors", "healthy-again-after-heal", "healthy-after-run"):
+        assert checks[name] == "pass", (name, checks)
+    worst = "fail" if "fail" in checks.values() else "unknown" if "unknown" in checks.values() else "pass"
+    assert latest["verdict"] == worst
     run = json.loads((run_dir / "run.json").read_text())
     assert run["ui"] is True and run["scenario"] == "smoke" and run["status"] == "completed"
     assert run["start"].endswith("Z") and run["end"].endswith("Z") and run["load"]["locust_requests"] > 0
