@@ -22,8 +22,10 @@ from locust.runners import WorkerRunner
 
 from harness.cockpit import install, open_stack
 from scenarios.seed import seed
-from scenarios.workload import (CdcUser, NoisyUser, ProbeUser, RywUser, SagaUser,  # noqa: F401
-                                ShopUser, context)   # (Locust collects the User classes here)
+from scenarios.workload import CdcUser, NoisyUser, ProbeUser, RywUser, SagaUser, ShopUser, context
+
+# Locust collects the User classes from this module: all of them go to its class picker.
+__all__ = ["ShopUser", "SagaUser", "NoisyUser", "ProbeUser", "RywUser", "CdcUser"]
 
 
 @events.init.add_listener
