@@ -138,8 +138,10 @@ class WorkerSink:
     def complete(self, *, started_only: bool = False) -> bool:
         """Every worker reported after its users stopped (started_only: or it
         never started any, which only an interrupted run can see)."""
-        return bool(self.workers) and all(w["stopped"] or (started_only and not w["started"])
-                                          for w in self.workers.values())
+        ws = self.workers.values()
+        if started_only:
+            return all(w["stopped"] or not w["started"] for w in ws)
+        return bool(ws) and all(w["stopped"] for w in ws)
 
     def summary(self) -> list[dict]:
         out = []
