@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="embedded", choices=("embedded", "compose"),
                    help="embedded (PyPI only, default) or compose (the seed's real engines in "
                         "docker-compose.yml; needs a Docker engine)")
+    s.add_argument("--engines", default="embedded", choices=("embedded", "seed"),
+                   help="embedded (default): PostgreSQL JSONB, PostgreSQL full-text search and "
+                        "Redis Streams for the catalog, search and the bus; seed: stand-ins that "
+                        "speak MongoDB, Elasticsearch and Kafka (the seed-engines extra; "
+                        "docs/engines.md)")
     s.add_argument("--fresh", action="store_true", help="wipe the state dir first")
     s.add_argument("--foreground", action="store_true",
                    help="stay attached; Ctrl-C stops the stack cleanly")
@@ -185,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-products", type=int, default=None, metavar="M", help="products to seed")
     s.add_argument("--keep-stack", action="store_true",
                    help="leave a stack this run started running afterwards")
+    s.add_argument("--engines", default=None, choices=("embedded", "seed"),
+                   help="engines of a stack this run starts (default: embedded; docs/engines.md)")
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run the users in N Locust worker processes under a Locust master "
                         "(Locust's distributed mode; default: in the msdb process)")
@@ -270,10 +277,11 @@ def cmd_up(args) -> int:
     if args.backend == "compose":
         return _up_compose(args)
     opts = StackOptions(state_dir=Path(args.state_dir), topology=args.topology,
-                        base_port=args.base_port,
+                        base_port=args.base_port, engines=args.engines,
                         archive_timeout_s=max(1, int(parse_duration(args.archive_timeout,
                                                                     "--archive-timeout"))))
-    print(f"msdb up: {args.topology} topology, ports from {args.base_port}, state in {args.state_dir}")
+    print(f"msdb up: {args.topology} topology, ports from {args.base_port}, state in {args.state_dir}"
+          + (", engines: seed stand-ins" if args.engines == "seed" else ""))
     backend = EmbeddedBackend(opts)
     info, started = backend.start(fresh=args.fresh, log=print)
     if not started:

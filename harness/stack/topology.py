@@ -7,6 +7,11 @@ Port block (default base 15400, change with --base-port):
                        dedicated: +0..+4)
     base+9             PostgreSQL streaming replica of the orders instance
     base+10            Redis
+    base+11 .. base+13 --engines seed: the MongoDB-, Elasticsearch- and
+                       Kafka-protocol stand-ins (harness/stack/engines.py)
+    base+14 .. base+19, base+27, base+28
+                       --engines seed: SeaweedFS (the Kafka stand-in's S3
+                       storage): master, volume, filer (each http + gRPC), S3
     base+20 .. base+26 services: users, catalog, orders, payments, search,
                        analytics, cdc (the CDC relay)
     base+30            fault proxy API (Toxiproxy-compatible)
@@ -25,12 +30,21 @@ from ..errors import UsageError
 __all__ = [
     "DEFAULT_BASE_PORT", "TOPOLOGIES", "SERVICES", "ServiceSpec", "InstanceSpec",
     "Layout", "layout", "LinkSpec", "PEER_LINKS", "REDIS_USERS", "CDC_SOURCES", "CDC_ROLE",
-    "CDC_CONSUMERS",
+    "CDC_CONSUMERS", "ENGINE_MODES", "SEED_ENGINE_PORTS",
 ]
 
 DEFAULT_BASE_PORT = 15400
 PORT_BLOCK = 70
 TOPOLOGIES = ("single", "grouped", "dedicated")
+# `embedded`: PostgreSQL JSONB, PostgreSQL full-text search and Redis Streams
+# stand in for MongoDB, Elasticsearch and Kafka; `seed`: protocol stand-ins.
+ENGINE_MODES = ("embedded", "seed")
+# --engines seed: part -> offset in the block (docs/engines.md).
+SEED_ENGINE_PORTS = {"mongo": 11, "elasticsearch": 12, "kafka": 13,
+                     "seaweedfs-master": 14, "seaweedfs-master-grpc": 15,
+                     "seaweedfs-volume": 16, "seaweedfs-volume-grpc": 17,
+                     "seaweedfs-filer": 18, "seaweedfs-filer-grpc": 19,
+                     "seaweedfs-s3": 27, "seaweedfs-s3-grpc": 28}
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,11 @@ class Layout:
     instances: tuple[InstanceSpec, ...]   # primaries first, then the replica
     redis_port: int
     service_ports: dict
+    engines: str = "embedded"
+
+    def engine_port(self, name: str) -> int:
+        """A --engines seed part's port (SEED_ENGINE_PORTS)."""
+        return self.base_port + SEED_ENGINE_PORTS[name]
 
     def instance_of(self, service: str) -> InstanceSpec:
         for inst in self.instances:
@@ -161,6 +180,15 @@ class Layout:
         for name in CDC_SOURCES:
             inst = self.instance_of(name)
             out.append((f"cdc-{name}-db", "cdc-db", "cdc", inst.name, inst.port))
+        if self.engines == "seed":
+            # After every embedded link, so that their ports do not move.  Kafka
+            # clients connect to the address the broker advertises, and the
+            # broker advertises one: one link that every bus client shares
+            # (the relay, search, analytics, orders), named for the bus.
+            out.append(("catalog-mongo", "mongo", "catalog", "mongo", self.engine_port("mongo")))
+            out.append(("search-es", "es", "search", "elasticsearch",
+                        self.engine_port("elasticsearch")))
+            out.append(("bus-kafka", "kafka", "cdc", "kafka", self.engine_port("kafka")))
         return tuple(LinkSpec(n, k, s_, t, self.base_port + PROXY_FIRST_OFFSET + i, up)
                      for i, (n, k, s_, t, up) in enumerate(out))
 
@@ -175,11 +203,15 @@ class Layout:
         ports[self.redis_port] = "Redis"
         ports.update({p: f"service {s}" for s, p in self.service_ports.items()})
         ports[self.proxy_api_port] = "the fault proxy API"
+        if self.engines == "seed":
+            ports.update({self.engine_port(n): n for n in SEED_ENGINE_PORTS})
         ports.update({l_.listen_port: f"proxy {l_.name}" for l_ in self.links})
         return ports
 
 
-def layout(topology: str, base_port: int = DEFAULT_BASE_PORT) -> Layout:
+def layout(topology: str, base_port: int = DEFAULT_BASE_PORT, engines: str = "embedded") -> Layout:
+    if engines not in ENGINE_MODES:
+        raise UsageError(f"--engines {engines!r} is not one of {', '.join(ENGINE_MODES)}")
     if topology not in TOPOLOGIES:
         raise UsageError(f"--topology {topology!r} is not one of {', '.join(TOPOLOGIES)}")
     if not isinstance(base_port, int) or not 1024 <= base_port <= 65535 - PORT_BLOCK:
@@ -197,4 +229,5 @@ def layout(topology: str, base_port: int = DEFAULT_BASE_PORT) -> Layout:
         topology=topology, base_port=base_port, instances=tuple(instances),
         redis_port=base_port + REDIS_OFFSET,
         service_ports={s.name: base_port + s.port_offset for s in SERVICES},
+        engines=engines,
     )

@@ -1,8 +1,10 @@
 """Catalog service (with inventory): product documents, cache-aside reads in
 Redis, and stock reservations for the order saga.
 
-Store: PostgreSQL JSONB in `product_service_db` (MongoDB in the seed).
-Product changes reach the search index through CDC (logical decoding of
+Store: PostgreSQL JSONB in `product_service_db` by default, or MongoDB
+(`engines.catalog: mongodb`, MONGODB_URL; the seed's engine, store_mongo.py),
+behind the same two interfaces.  On MongoDB the service has no PostgreSQL
+pool at all.  Product changes reach the search index through CDC (logical decoding of
 the `products` table), not through the service: a write that committed is
 never lost to the index, and nothing is published for a write that did not.
 """
@@ -10,12 +12,14 @@ never lost to the index, and nothing is published for a write that did not.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import Path, Query, Response
 from pydantic import Field
 
+from .. import config as config_mod
 from ..common.app import JSON, Service
 from ..common.contract import errors
 from ..common.errors import BadRequest, NotFound
@@ -24,19 +28,42 @@ from ..common.types import Model, Money, Quantity, text
 from .store import Inventory, PgJsonbProductRepository, check_items
 
 log = logging.getLogger("msdb.catalog")
-service = Service("catalog", description="Product documents, cache-aside reads, inventory")
+# Strict: a bad CATALOG_ENGINE (or a missing MONGODB_URL) stops the service
+# at start-up, naming it.  Read before the Service exists, because the
+# engine decides whether the service has a PostgreSQL pool.
+ENGINES = config_mod.load(os.environ.get("MSDB_CONFIG"), requires=("engines",)).engines
+service = Service("catalog", description="Product documents, cache-aside reads, inventory",
+                  database=ENGINES.catalog == "postgres")
 app = service.app
 
 CACHE_TTL_S = 60
-products: PgJsonbProductRepository | None = None
-inventory: Inventory | None = None
+products = None    # ProductRepository
+inventory = None   # Inventory or MongoInventory
+mongo = None       # MongoCatalog, when engines.catalog is mongodb
 
 
 @service.on_startup
 async def _stores():
-    global products, inventory
-    products = PgJsonbProductRepository(service.db)
-    inventory = Inventory(service.db)
+    global products, inventory, mongo
+    if ENGINES.catalog == "mongodb":
+        from .store_mongo import MongoCatalog, MongoInventory, MongoProductRepository  # pymongo only where chosen
+        mongo = MongoCatalog(ENGINES.mongodb_url)
+        await mongo.open()
+        products, inventory = MongoProductRepository(mongo), MongoInventory(mongo)
+        service.health_check(_mongo_health)
+    else:
+        products = PgJsonbProductRepository(service.db)
+        inventory = Inventory(service.db)
+
+
+async def _mongo_health():
+    return "database", await mongo.health()
+
+
+@service.on_shutdown
+async def _close():
+    if mongo is not None:
+        await mongo.close()
 
 
 class NewProduct(Model):
