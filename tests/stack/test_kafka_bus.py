@@ -100,6 +100,7 @@ async def _drain(bus: KafkaBus, topic: str, group: str, want: int, *, timeout: f
     return got
 
 
+@pytest.mark.slow
 def test_topics_group_commit_resume_and_backlog(kafka):
     topic = f"cdc.t{uuid.uuid4().hex[:6]}"    # its own topic: the module's broker is shared
     names = DebeziumTopics(tables={topic[4:]: ("orders",)})
