@@ -98,7 +98,10 @@ def report_context(run_dir: str | Path) -> dict:
     t0 = float(requests["time"].min()) if not requests.empty else 0.0
     windows = A.chart_windows(fault_windows(run.faults), t0)
     sec = A.per_second(requests, t0)
-    slo = info.get("slo", {}) or {}
+    # The thresholds the verdict applied (a re-judge with --slo records them in
+    # results.json); runs judged before that field existed: the run's own SLO.
+    slo = ((results.get("slo") or {}).get("applied") if isinstance(results, dict) else None) \
+        or info.get("slo", {}) or {}
     p99_slo = slo.get("p99_ms_max") or slo.get("p95_ms_max")
     pool_cfg = (info.get("stack") or {}).get("pool", {}) or {}
     stmts = run.df("statements.csv")

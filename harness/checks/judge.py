@@ -108,6 +108,8 @@ def judge(run_dir: str | Path, *, slo_path: str | None = None, write: bool = Tru
     if scenario_run and groups:
         metrics = {**lag_metrics(run, slo), **metrics, **pool_metrics(run, metrics)}
     doc = results_doc(run.scenario, checks, metrics)
+    doc["slo"] = {"source": str(slo_path) if slo_path else "run.json",
+                  "applied": {k: v for k, v in slo.items() if k in keys or k == "endpoints"}}
     if write:
         tmp = run.path / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
