@@ -93,6 +93,7 @@ class Cockpit:
     UI test (its run directory and fault desk), and the routes."""
 
     RUN_OPEN_TIMEOUT_S = 120.0
+    SWARM_GRACE_S = 5.0        # a test asked for this recently may not have reached `spawning` yet
 
     def __init__(self, environment, backend: StackBackend, *, runs_root: Path):
         self.environment = environment
@@ -100,7 +101,7 @@ class Cockpit:
         self.runs_root = Path(runs_root)
         self.live = Live(backend)
         self.run: UiRun | None = None          # the current test's, then the last one's
-        self.started = time.time()
+        self.swarmed = float("-inf")          # when Locust's /swarm was last asked (monotonic)
         environment.events.test_start.add_listener(self.on_test_start)
         environment.events.test_stop.add_listener(self.on_test_stop)
         environment.events.quitting.add_listener(self.on_quitting)
@@ -178,7 +179,8 @@ class Cockpit:
         # stack: a fault asked for meanwhile waits for it rather than failing.
         deadline = time.monotonic() + self.RUN_OPEN_TIMEOUT_S
         while (self.run is None or self.run.state != "running") and time.monotonic() < deadline \
-                and getattr(self.environment.runner, "state", None) in ("spawning", "running"):
+                and (getattr(self.environment.runner, "state", None) in ("spawning", "running")
+                     or time.monotonic() - self.swarmed < self.SWARM_GRACE_S):
             time.sleep(0.2)
         if self.run is None or self.run.state != "running":
             raise ApiError(409, "state", "no test is running: start a test in the Locust UI, then "
@@ -203,6 +205,11 @@ class Cockpit:
                                 {"href": "./msdb/runs/latest/report", "title": "msdb: the last UI test's report"}])
         app = web_ui.app
         app.register_blueprint(self.blueprint())
+
+        @app.before_request
+        def _swarm_seen() -> None:
+            if request.path == "/swarm" and request.method == "POST":
+                self.swarmed = time.monotonic()
 
         @app.after_request
         def _extend(response: Response) -> Response:

@@ -323,7 +323,11 @@ def test_the_api_answers_json_errors_and_never_a_traceback(locust_ui):
 def test_faults_heal_one_by_one_and_all_at_once(locust_ui, stack):
     api = ToxiproxyServer.at(stack.proxy.api)
     ui = locust_ui(85)
-    run_dir = Path(ui.start_test(users=2)["test"]["run_dir"])
+    # A fault asked for at once after Locust's /swarm waits for the test's run directory
+    # (the test seeds the stack first).
+    r = requests.post(ui.url + "/swarm", data={"user_count": 2, "spawn_rate": 2, "user_classes": "ShopUser"},
+                      timeout=60)
+    assert r.json()["success"], r.text
     ids = []
     for body in ({"kind": "latency", "target": "users-db", "for": "1min", "latency": 5},
                  {"kind": "slow_close", "target": "orders-db", "for": 60, "delay": 10},
@@ -332,6 +336,7 @@ def test_faults_heal_one_by_one_and_all_at_once(locust_ui, stack):
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     assert ids[2] == "search-down"
+    run_dir = Path(ui.get("/msdb/status")["test"]["run_dir"])
     r = requests.post(ui.url + "/msdb/faults", timeout=60,
                       json={"kind": "down", "target": "search-db", "for": 5, "name": "search-down"})
     assert (r.status_code, r.json()["field"]) == (409, "name")
