@@ -61,8 +61,9 @@ EXTENDED_TABLES = [
     {"key": "msdb-run", "structure": _cols("name:Item", "value:Value")},
 ]
 
-# A link to the cockpit page in Locust's own page (its React app leaves the body's end to us).
-_LINK = (b'<a id="msdb-cockpit-link" href="./msdb/" style="position:fixed;right:16px;bottom:16px;'
+# The way from Locust's page to the fault panel: a fixed link after Locust's React
+# root, so it stays in view on every tab.
+_LINK = (b'<a id="msdb-cockpit-link" href="./msdb/" style="position:fixed;left:16px;bottom:16px;'
          b'z-index:2000;padding:8px 14px;border-radius:6px;background:#1b5e20;color:#fff;'
          b'font:600 14px sans-serif;text-decoration:none">msdb cockpit: faults</a>')
 
