@@ -16,6 +16,7 @@ MSDB_SEED_PRODUCTS, default 50 and 100).
 """
 
 import os
+import sys
 
 from locust import events
 from locust.runners import WorkerRunner
@@ -37,9 +38,10 @@ def _point_at_the_stack(environment, **kw):
     try:
         backend = open_stack()
         info = backend.info()
-    except Exception as e:  # no stack (yet): the UI still opens; the host can be typed in
-        print(f"msdb: no stack to point at ({e})")
-        return
+    except Exception as e:  # every task needs the stack's URLs: without one, nothing can run
+        print(f"msdb: no stack to drive ({e}).\nStart one with `msdb up`, or point at one with "
+              f"MSDB_STATE_DIR=DIR or MSDB_TARGET=FILE; then run locust again.", file=sys.stderr)
+        raise SystemExit(3)     # as `msdb status` with no stack (Locust re-raises SystemExit)
     context(environment).urls = info.urls
     if not environment.host:
         environment.host = info.urls["users"]

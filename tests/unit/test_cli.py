@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import socket
 
@@ -145,3 +147,16 @@ def test_unreadable_files_and_impossible_paths_are_exit_2(tmp_path, argv):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and (str(binary) in r.stderr or str(run_dir) in r.stderr)
     assert not (tmp_path / "runs").exists()
+
+
+def test_locust_with_no_stack_says_so_and_exits_non_zero(tmp_path):
+    """`locust -f locustfile.py` where no stack runs: one clear message, no
+    traceback loop, exit 3 (as `msdb status` with no stack)."""
+    locustfile = Path(__file__).resolve().parents[2] / "locustfile.py"
+    env = {**os.environ, "MSDB_STATE_DIR": str(tmp_path / "none")}
+    env.pop("MSDB_TARGET", None)
+    r = subprocess.run([sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "1",
+                        "-t", "3s"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "no stack to drive" in r.stderr and "msdb up" in r.stderr
+    assert "Traceback" not in r.stderr and "KeyError" not in r.stderr
