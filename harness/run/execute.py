@@ -219,7 +219,7 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
                                 users=p.users, spawn_rate=p.spawn_rate, duration_s=p.duration_s,
                                 on_sample=on_sample, shape=shape, enough=enough,
                                 max_extra_s=max(p.duration_s, 60.0) if enough else 0.0,
-                                workers=p.workers, log_dir=rd.path, on_runner=on_runner)
+                                workers=p.workers, log_dir=rd.path, on_runner=on_runner, into=load)
             load.update(totals)
             if totals["extended_s"]:
                 print(f"load extended by {totals['extended_s']:g} s to reach {slo['min_sagas']} sagas")

@@ -161,15 +161,17 @@ class _Workers:
     START_TIMEOUT_S = 60.0
     STOP_TIMEOUT_S = 15.0
 
-    def __init__(self, n: int, classes: tuple[str, ...], port: int, log_dir: Path):
+    def __init__(self, log_dir: Path):
+        self.children: list = []
+        self.log_dir = log_dir
+
+    def start(self, n: int, classes: tuple[str, ...], port: int) -> None:
         from .children import Child
-        self.children = []
-        for i in range(1, n + 1):
+        for i in range(1, n + 1):       # each one known at once: stop() reaches all that started
             self.children.append(Child(
                 [sys.executable, "-m", "harness.run.worker", "--master-port", str(port),
                  "--classes", ",".join(classes), "--parent", str(os.getpid())],
-                log_dir / f"worker-{i}.log", stop_timeout_s=self.STOP_TIMEOUT_S))
-        self.log_dir = log_dir
+                self.log_dir / f"worker-{i}.log", stop_timeout_s=self.STOP_TIMEOUT_S))
 
     def wait_connected(self, runner, sink: WorkerSink, n: int) -> None:
         deadline = time.monotonic() + self.START_TIMEOUT_S
@@ -211,7 +213,8 @@ def _drive(runner, *, users, spawn_rate, duration_s, shape, enough, max_extra_s)
 def run_locust(*, classes: tuple[str, ...], ctx: WorkloadContext, host: str, users: int,
                spawn_rate: float, duration_s: float, on_sample: Callable[[Request], None], shape=None,
                enough: Callable[[], bool] | None = None, max_extra_s: float = 0.0, workers: int = 0,
-               log_dir: Path | None = None, on_runner: Callable | None = None) -> dict:
+               log_dir: Path | None = None, on_runner: Callable | None = None,
+               into: dict | None = None) -> dict:
     """Run the load for duration_s (or until the shape stops); returns Locust's
     own totals.
 
@@ -225,7 +228,8 @@ def run_locust(*, classes: tuple[str, ...], ctx: WorkloadContext, host: str, use
     workers: 0 runs the users in this process; N > 0 runs a Locust master
     here and N worker processes (their logs in log_dir/worker-N.log).
     on_runner(runner) is called once the runner exists (the progress line
-    reads its user count)."""
+    reads its user count).  into: gets `workers` (what each worker sent)
+    on every way out, also when the load is interrupted."""
     env = Environment(user_classes=user_classes(classes), events=Events(), host=host, stop_timeout=10,
                       shape_class=shape)
     env.msdb = ctx
@@ -242,7 +246,8 @@ def run_locust(*, classes: tuple[str, ...], ctx: WorkloadContext, host: str, use
     stopped = False
     try:
         if workers:
-            procs = _Workers(workers, classes, runner.master_bind_port, Path(log_dir or "."))
+            procs = _Workers(Path(log_dir or "."))
+            procs.start(workers, classes, runner.master_bind_port)
             procs.wait_connected(runner, sink, workers)
         extended_s = _drive(runner, users=users, spawn_rate=spawn_rate, duration_s=duration_s,
                             shape=shape, enough=enough, max_extra_s=max_extra_s)
@@ -255,15 +260,15 @@ def run_locust(*, classes: tuple[str, ...], ctx: WorkloadContext, host: str, use
             try:
                 runner.quit()
             finally:
-                worker_exits = procs.stop() if procs is not None else {}
+                exits = procs.stop() if procs is not None else {}
+                if sink is not None and into is not None:
+                    into["workers"] = [{**w, "exit": exits.get(w["pid"])} for w in sink.summary()]
     total = env.stats.total
     out = {"locust_requests": total.num_requests, "locust_failures": total.num_failures,
            "extended_s": round(extended_s, 2) if enough is not None else 0.0,
            "user_errors": {e["msg"][:200]: e["count"] for e in runner.exceptions.values()}}
     if sink is not None:
-        out["workers"] = sink.summary()
-        for w in out["workers"]:
-            w["exit"] = worker_exits.get(w["pid"])
+        out["workers"] = [{**w, "exit": exits.get(w["pid"])} for w in sink.summary()]
     return out
 
 

@@ -162,8 +162,12 @@ def test_ctrl_c_stops_the_workers_and_keeps_what_they_sent(stack, tmp_path):
     assert not wait_gone(pids, 5)
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "interrupted"
+    # What the workers took before Ctrl-C reached the run directory, all of it.
+    ws = run["load"]["workers"]
+    assert len(ws) == 2 and all(w["complete"] and "lost_requests" not in w for w in ws), ws
     with open(out / "requests.csv") as f:
-        assert sum(1 for _ in csv.DictReader(f)) > 20
+        rows = sum(1 for _ in csv.DictReader(f))
+    assert rows > 20 and rows == sum(w["requests"] for w in ws)
 
 
 def test_workers_exit_when_the_master_is_killed(stack, tmp_path):
