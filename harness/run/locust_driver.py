@@ -33,6 +33,7 @@ from reports.rundata import Request
 from scenarios.workload import WorkloadContext
 
 from ..errors import InfraError
+from .children import Child
 
 __all__ = ["run_locust", "user_classes", "raw_sample", "to_request", "WorkerSink", "free_port", "CONTEXT_MESSAGE",
            "HELLO_MESSAGE"]
@@ -87,11 +88,13 @@ class WorkerSink:
     sent on Locust's connect could arrive before the worker registered its
     handler); the answer carries its history prefix (`w1-`, `w2-`: process
     ids stay unique across workers).  The load starts only when every worker
-    was answered.  Every report
-    carries a batch of samples and history entries, which go to `on_sample`
-    and to the context's history recorder, plus the worker's cumulative
-    counts; `complete()` is true once every worker reported after its users
-    stopped, and `summary()` says per worker what arrived and what was sent."""
+    was answered.
+
+    Every report carries a batch of samples and history entries, which go
+    to `on_sample` and to the context's history recorder, plus the worker's
+    cumulative counts; `complete()` is true once every worker reported
+    after its users stopped, and `summary()` says per worker what arrived
+    and what was sent."""
 
     def __init__(self, env: Environment, ctx: WorkloadContext, on_sample: Callable[[Request], None]):
         self.env, self.ctx, self.on_sample = env, ctx, on_sample
@@ -104,7 +107,7 @@ class WorkerSink:
             wid = f"w{self.env.runner.get_worker_index(client_id) + 1}"
             self.workers[client_id] = {"id": wid, "client_id": client_id, "pid": None, "requests": 0,
                                        "history": 0, "sent_requests": 0, "sent_history": 0,
-                                       "stopped": False}
+                                       "started": False, "stopped": False}
         return self.workers[client_id]
 
     def on_hello(self, environment, msg, **kw) -> None:
@@ -166,7 +169,6 @@ class _Workers:
         self.log_dir = log_dir
 
     def start(self, n: int, classes: tuple[str, ...], port: int) -> None:
-        from .children import Child
         for i in range(1, n + 1):       # each one known at once: stop() reaches all that started
             self.children.append(Child(
                 [sys.executable, "-m", "harness.run.worker", "--master-port", str(port),

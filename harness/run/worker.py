@@ -13,10 +13,11 @@ additions, both carried by Locust's own messaging:
   this worker's cumulative counts, and `stopped` once its users are gone, so
   the master knows when it holds everything and can count what is missing.
 
-The same `WorkerSink`/`WorkerShipper` pair is all a worker on another
-machine needs (docs/distributed.md).  The worker exits when the master says
-quit, on SIGTERM, and when its parent process disappears (Locust's own
-check waits 60 s without a master heartbeat).  SIGINT is ignored: on
+`WorkerShipper` here and `WorkerSink` on the master use only Locust's
+messaging, so they work across machines too (docs/distributed.md).  The
+worker exits when the master says quit, on SIGTERM, and when its --parent
+process disappears (Locust's own check waits 60 s without a master
+heartbeat).  With --parent (started by `msdb run`) SIGINT is ignored: on
 Ctrl-C the terminal signals the whole process group, and the master, not
 the worker, decides how the run ends.
 """
@@ -36,8 +37,8 @@ from locust.event import Events
 
 from scenarios.workload import WorkloadContext
 
-from ..stack import procs
 from .locust_driver import CONTEXT_MESSAGE, HELLO_MESSAGE, raw_sample, user_classes
+from .nemesis import parent_gone
 
 __all__ = ["main", "WorkerShipper"]
 
@@ -48,19 +49,19 @@ class _BatchHistory:
     """The workload's history recorder on a worker: entries wait for the next report."""
 
     def __init__(self, shipper: "WorkerShipper"):
-        self._out = shipper.history
+        self._shipper = shipper
 
     def invoke(self, process, f, value=None):
-        self._out.append(("invoke", process, f, value))
+        self._shipper.history.append(("invoke", process, f, value))
 
     def ok(self, process, f, value=None):
-        self._out.append(("ok", process, f, value))
+        self._shipper.history.append(("ok", process, f, value))
 
     def fail(self, process, f, value=None):
-        self._out.append(("fail", process, f, value))
+        self._shipper.history.append(("fail", process, f, value))
 
     def info(self, process, f, value=None):
-        self._out.append(("info", process, f, value))
+        self._shipper.history.append(("info", process, f, value))
 
 
 class WorkerShipper:
@@ -69,8 +70,7 @@ class WorkerShipper:
 
     No lock: Locust's users, its reporter and these listeners are greenlets
     of one thread, and nothing here yields, so an append and the swap in
-    `on_report` never interleave.  `on_report` empties the lists in place,
-    so `_BatchHistory` keeps appending to the same list object."""
+    `on_report` never interleave."""
 
     def __init__(self, environment: Environment):
         self.env = environment
@@ -92,8 +92,8 @@ class WorkerShipper:
         self.requests.append(raw_sample(**kw))
 
     def on_report(self, client_id, data, **kw):
-        requests, history = self.requests[:], self.history[:]
-        del self.requests[:], self.history[:]
+        requests, self.requests = self.requests, []
+        history, self.history = self.history, []
         self.sent_requests += len(requests)
         self.sent_history += len(history)
         data["msdb"] = {"requests": requests, "history": history,
@@ -136,13 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s: exiting", why)
         runner.greenlet.kill(block=False)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(shutdown, "SIGTERM"))
     if args.parent:
-        born = procs.start_ticks(args.parent)     # a reused PID is another process
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(shutdown, "SIGINT"))
+    if args.parent:
+        our_parent = os.getppid()     # re-parenting says "gone" at once, also for a zombie
 
         def watch() -> None:
-            while born is not None and procs.start_ticks(args.parent) == born:
+            while not parent_gone(args.parent, our_parent):
                 gevent.sleep(0.5)
             shutdown(f"parent {args.parent} is gone")
         gevent.spawn(watch)
