@@ -10,6 +10,11 @@ The bus is the one `engines.bus` names (strictly read: a bad BUS_ENGINE stops
 the relay at start-up): Redis Streams, or Kafka at KAFKA_BOOTSTRAP with one
 topic per table as Debezium names them.  In compose, Debezium Connect
 produces those topics and this relay stays off.
+
+With the catalog on MongoDB (`engines.catalog: mongodb`, MONGODB_URL), the
+catalog's products come from a MongoDB change stream instead
+(`mongo.ChangeStreamRelay`, Debezium-MongoDB envelopes on the same topic);
+the PostgreSQL sources are relayed as before.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from .relay import KafkaSink, SlotRelay, SourceConfig
 
 service = Service("cdc", database=False, description="CDC relay: logical decoding -> bus")
 app = service.app
-relays: list[SlotRelay] = []
+relays: list = []   # SlotRelay, and mongo.ChangeStreamRelay for a catalog on MongoDB
 
 
 def _sources() -> list[SourceConfig]:
@@ -53,7 +58,14 @@ async def _relays():
             return KafkaSink(engines.kafka_bootstrap)
         relays.extend(SlotRelay(src, sink_factory=sink) for src in _sources())
     else:
+        sink = None
         relays.extend(SlotRelay(src, service.cfg.redis_url) for src in _sources())
+    if engines.catalog == "mongodb":
+        if not engines.mongodb_url:
+            raise ValueError("engines.catalog is mongodb but MONGODB_URL is empty")
+        from .mongo import ChangeStreamRelay, MongoSourceConfig   # pymongo: the seed-engines extra
+        relays.append(ChangeStreamRelay(MongoSourceConfig(name="catalog", url=engines.mongodb_url),
+                                        service.cfg.redis_url, sink_factory=sink))
 
 
 @service.background

@@ -3,8 +3,9 @@
 Store: PostgreSQL full-text search in `search_service_db` by default, or
 Elasticsearch (`engines.search: elasticsearch`, ELASTICSEARCH_URL; the seed's
 engine), behind `SearchIndex`.  The feed is the CDC topic `cdc.catalog`
-(changes of the catalog's `products` table), consumed by the group `search`,
-idempotent by LSN.  `GET /search?q=` takes optional filters: `category`
+(changes of the catalog's `products` table; with the catalog on MongoDB,
+Debezium-MongoDB envelopes, mapped by `envelopes.normalize`), consumed by the
+group `search`, idempotent by LSN.  `GET /search?q=` takes optional filters: `category`
 (exact), `min_price`, `max_price`.
 """
 
@@ -21,6 +22,7 @@ from .. import config as config_mod
 from ..common.app import Service
 from ..common.cdc import CdcConsumer
 from ..common.errors import BadRequest, NotFound
+from .envelopes import normalize
 from .index import PgFullTextIndex, SearchIndex
 
 service = Service("search", description="Product full-text search")
@@ -53,7 +55,9 @@ async def _index_health():
 
 
 async def _apply(events: list[dict]) -> list[dict]:
-    return await index.apply_changes(events)
+    # The applied events are the normalized ones: their lag samples carry the
+    # table and position the index used.
+    return await index.apply_changes([n for n in map(normalize, events) if n is not None])
 
 
 feed = CdcConsumer(service, "catalog", "search", _apply)
