@@ -278,7 +278,9 @@ def probe(name: str, ep: str) -> tuple[bool, str]:
 def service_env(service: str, lay: Layout, use: dict[str, bool]) -> dict:
     """A service's engine settings: each engine through its proxy."""
     env = {}
-    if service == "catalog" and use.get("catalog"):
+    # The relay reads the catalog's change stream through the catalog's own
+    # link: a fault on catalog-mongo cuts both, as it would cut Debezium.
+    if service in ("catalog", "cdc") and use.get("catalog"):
         env["CATALOG_ENGINE"] = "mongodb"
         env["MONGODB_URL"] = (f"mongodb://127.0.0.1:{lay.link('catalog-mongo').listen_port}/"
                               f"{MONGO_DATABASE}?directConnection=true"
