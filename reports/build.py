@@ -27,9 +27,14 @@ def build_index(root: str | Path, *, title: str = "msdb runs") -> Path:
     root = Path(root)
     rows = []
     for rj in root.glob("*/run.json"):
-        run = json.loads(rj.read_text())
-        res_p = rj.parent / "results.json"
-        res = json.loads(res_p.read_text()) if res_p.exists() else {}
+        try:    # a directory beside the runs that only looks like one is left out
+            run = json.loads(rj.read_text())
+            res_p = rj.parent / "results.json"
+            res = json.loads(res_p.read_text()) if res_p.exists() else {}
+        except (OSError, ValueError):
+            continue
+        if not isinstance(run, dict) or not isinstance(res, dict):
+            continue
         checks = res.get("checks", [])
         rows.append({"dir": rj.parent.name, "scenario": run.get("scenario"), "start": run.get("start"),
                      "topology": run.get("topology"), "verdict": res.get("verdict", "unknown"),

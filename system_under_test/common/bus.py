@@ -4,7 +4,7 @@
 consumer, handler, stop)` and `EventBus.backlog(topic, group)`.  The embedded
 stack uses Redis Streams with consumer groups (`RedisStreamBus`); `engines.bus:
 kafka` selects `KafkaBus` (bus_kafka.py, Debezium's topic names) through
-`open_bus`, and the services do not change.  Events are JSON objects; a
+`open_bus` (buses.py), and the services do not change.  Events are JSON objects; a
 consumer acknowledges (commits) an event only after its handler returned, so a
 crash re-delivers (at-least-once) and handlers must be idempotent.
 """
@@ -22,7 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .metrics import EVENTS
 
-__all__ = ["EventBus", "RedisStreamBus", "Handler", "BatchHandler", "Backlog", "open_bus"]
+__all__ = ["EventBus", "RedisStreamBus", "Handler", "BatchHandler", "Backlog"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict], Awaitable[None]]
@@ -53,16 +53,6 @@ class EventBus(Protocol):
                               handler: BatchHandler, stop: asyncio.Event, *,
                               linger_s: float = 0.0, batch: int | None = None) -> None: ...
     async def backlog(self, topic: str, group: str) -> Backlog: ...
-
-
-def open_bus(engines, redis_client: aioredis.Redis | None) -> "EventBus":
-    """The bus `engines.bus` names (system_under_test.config.EnginesConfig)."""
-    if engines.bus == "kafka":
-        from .bus_kafka import KafkaBus   # confluent-kafka only where it is chosen
-        return KafkaBus(engines.kafka_bootstrap)
-    if redis_client is None:
-        raise ValueError("engines.bus: redis needs the redis section (REDIS_URL)")
-    return RedisStreamBus(redis_client)
 
 
 class RedisStreamBus:

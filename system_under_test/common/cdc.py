@@ -40,7 +40,8 @@ from fastapi import Query
 from prometheus_client import Counter, Histogram
 
 from .. import config as config_mod
-from .bus import EventBus, open_bus
+from .bus import EventBus
+from .buses import open_bus
 from .metrics import REGISTRY
 from .contract import NO_STORE
 from .errors import Unavailable

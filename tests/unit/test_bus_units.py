@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from system_under_test.common.bus import RedisStreamBus, open_bus
+from system_under_test.common.bus import RedisStreamBus
+from system_under_test.common.buses import open_bus
 from system_under_test.config import EnginesConfig
 
 bus_kafka = pytest.importorskip("system_under_test.common.bus_kafka",
