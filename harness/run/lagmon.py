@@ -24,7 +24,14 @@ CDC (when the stack has the relay):
   the source, time visible in the target), read from the consumers'
   `/admin/cdc/<name>/lag` with a cursor per process boot;
 - cdc_backlog.csv at 1 Hz: per consumer group, events published on its topic
-  and not yet delivered, plus delivered but unacknowledged (pending).
+  and not yet delivered, plus delivered but unacknowledged (pending), as the
+  consuming service reports them (`GET /admin/cdc/<group>/backlog`) on a
+  Kafka bus, where there is no outside reader to ask (Tansu's ListOffsets
+  under-counts, docs/engines-adapters.md): while that service is down its
+  rows are empty.  On a Redis bus, from Redis directly (`cdc_backlog`), as
+  before: it sees a stopped consumer's backlog grow, and the endpoint cannot
+  read `cdc:seq:*` under the consumers' Redis ACL users (it answers
+  `up: false` there).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from ..stack.info import StackInfo
 from ..stack.topology import CDC_CONSUMERS as CONSUMERS
 from .rundir import CsvTable
 
-__all__ = ["LagMonitor", "cdc_backlog", "CONSUMERS", "HEARTBEAT_COLUMNS", "REPLICATION_COLUMNS",
+__all__ = ["LagMonitor", "cdc_backlog", "cdc_backlog_http", "bus_is_redis", "CONSUMERS", "HEARTBEAT_COLUMNS", "REPLICATION_COLUMNS",
            "CDC_LAG_COLUMNS", "CDC_BACKLOG_COLUMNS"]
 
 log = logging.getLogger("msdb.lagmon")
@@ -84,6 +91,23 @@ def cdc_backlog(r, group: str, source: str) -> tuple[int, int, int]:
     return published, max(0, published - delivered_seq) + pending, pending
 
 
+def cdc_backlog_http(session: requests.Session, url: str, group: str,
+                     timeout_s: float = 2.0) -> tuple[int | None, int | None, int | None, bool]:
+    """(published, backlog, pending, up) of one consumer group, as its service
+    reports it from the bus.  Raises requests' errors (the service is down)."""
+    resp = session.get(f"{url}/admin/cdc/{group}/backlog", timeout=timeout_s)
+    resp.raise_for_status()
+    d = resp.json()
+    return d.get("published"), d.get("backlog"), d.get("pending"), bool(d.get("up"))
+
+
+def bus_is_redis(info: StackInfo) -> bool:
+    """Whether the CDC bus is Redis Streams (a stack that names no bus engine
+    and has Redis: yes, as before engines were recorded)."""
+    bus = next((e for e in info.engines if e.name == "bus"), None)
+    return "redis" in bus.kind if bus is not None else info.redis is not None
+
+
 class LagMonitor:
     def __init__(self, info: StackInfo, out: Path, *, beat_s: float = BEAT_S, poll_s: float = POLL_S):
         # A targets file may leave out the replica (no heartbeats) or Redis (no
@@ -95,7 +119,8 @@ class LagMonitor:
         self.replica_dsn = info.instance(rep.instance).admin_dsn if self.repl_on else None
         self.standby = rep.instance if rep is not None else None   # its application_name
         self.services = info.urls
-        self.redis_url = info.redis.url if info.redis is not None else None
+        # Redis is read directly only for a Redis bus (above).
+        self.redis_url = info.redis.url if info.redis is not None and bus_is_redis(info) else None
         self.beat_s, self.poll_s = beat_s, poll_s
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
@@ -274,11 +299,18 @@ class LagMonitor:
                 log.debug("cdc lag of %s: %s", group, e)
                 up = 0
             published = backlog = pending = ""
-            try:
-                if self._redis is not None:
+            if self._redis is not None:     # a Redis bus: read Redis, the service may be down
+                try:
                     published, backlog, pending = cdc_backlog(self._redis, group, source)
-            except redis.RedisError as e:
-                log.debug("cdc backlog of %s: %s", group, e)
+                except redis.RedisError as e:
+                    log.debug("cdc backlog of %s: %s", group, e)
+            else:
+                try:
+                    p, b, pe, bus_up = cdc_backlog_http(session, self.services[svc], group)
+                    if bus_up:
+                        published, backlog, pending = ("" if v is None else v for v in (p, b, pe))
+                except (requests.RequestException, ValueError, KeyError) as e:
+                    log.debug("cdc backlog of %s from its service: %s", group, e)
             self.backlog_table.row(round(now, 3), group, source, published, backlog, pending, up)
         return session
 
