@@ -25,7 +25,7 @@ from scenarios.saga import QuiescenceTimeout, read_final_state, scoped, wait_qui
 
 from ..stack.info import StackInfo
 from ..stack.topology import CDC_CONSUMERS
-from .lagmon import cdc_backlog
+from .lagmon import bus_is_redis, cdc_backlog, cdc_backlog_http
 from .rundir import RunDir
 
 __all__ = ["EndContext", "saga_final_state", "cdc_end_state", "lag_tail", "wait_cdc_quiet",
@@ -56,7 +56,8 @@ def saga_final_state(ctx: EndContext) -> None:
 def cdc_end_state(ctx: EndContext) -> None:
     doc = {"quiesce_s": None, "problem": None, "state": None}
     try:
-        doc["quiesce_s"] = wait_cdc_quiet(ctx.info.redis.url, ctx.slo["cdc_quiesce_s"])
+        redis_url = ctx.info.redis.url if ctx.info.redis is not None and bus_is_redis(ctx.info) else None
+        doc["quiesce_s"] = wait_cdc_quiet(redis_url, ctx.slo["cdc_quiesce_s"], urls=ctx.info.urls)
         doc["state"] = compare_cdc(ctx.info.urls)
     except TimeoutError as e:
         doc["problem"] = str(e)
@@ -69,18 +70,35 @@ def lag_tail(ctx: EndContext) -> None:
     time.sleep(1.5)   # one more 1 Hz sample of lag and backlog after the drain
 
 
-def wait_cdc_quiet(redis_url: str, timeout_s: float, poll_s: float = 0.5) -> float:
+def wait_cdc_quiet(redis_url: str | None, timeout_s: float, poll_s: float = 0.5, *,
+                   urls: dict[str, str] | None = None) -> float:
     """Wait until every consumer group has nothing left to deliver or acknowledge
-    (twice in a row); returns the seconds waited.  TimeoutError if not."""
-    r = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    (twice in a row); returns the seconds waited.  TimeoutError if not.
+    With a Redis bus (`redis_url`), from Redis, as the lag monitor reads it;
+    otherwise (Kafka) each group's service's figure (`/admin/cdc/<group>/backlog`
+    of `urls`)."""
+    r = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) if redis_url else None
+    s = requests.Session()
+    s.trust_env = False
     t0 = time.monotonic()
     quiet = 0
+
+    def left_of(group: str, svc: str, src: str):
+        if r is not None:      # a Redis bus: as the lag monitor reads it
+            try:
+                return cdc_backlog(r, group, src)[1]
+            except redis.RedisError as e:
+                return f"redis: {e}"
+        if urls is None:
+            return "no bus to read"
+        try:
+            _, backlog, _, up = cdc_backlog_http(s, urls[svc], group)
+            return backlog if up else f"{group}: not consuming"
+        except (requests.RequestException, ValueError, KeyError) as e:
+            return f"{svc}: {type(e).__name__}"
     try:
         while True:
-            try:
-                left = {g: cdc_backlog(r, g, src)[1] for g, (_, src) in CDC_CONSUMERS.items()}
-            except redis.RedisError as e:
-                left = {"redis": str(e)}
+            left = {g: left_of(g, svc, src) for g, (svc, src) in CDC_CONSUMERS.items()}
             quiet = quiet + 1 if all(v == 0 for v in left.values()) else 0
             if quiet >= 2:
                 return round(time.monotonic() - t0, 2)
@@ -88,7 +106,9 @@ def wait_cdc_quiet(redis_url: str, timeout_s: float, poll_s: float = 0.5) -> flo
                 raise TimeoutError(f"CDC consumers not caught up after {timeout_s:g} s: {left}")
             time.sleep(poll_s)
     finally:
-        r.close()
+        s.close()
+        if r is not None:
+            r.close()
 
 
 def _pages(s: requests.Session, url: str, page: int = 10000) -> list[dict]:
