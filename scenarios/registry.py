@@ -209,6 +209,22 @@ _SCENARIOS = {s.name: s for s in (
         after_load=(cdc_end_state, lag_tail),
         checks=(*_faulty(None), CdcChecks())),
     Scenario(
+        name="broker-restart", duration_s=60.0, users=10,
+        summary="kill -9 of the Kafka broker (part kafka; --engines seed) under product edits, "
+                "orders and sign-ups, restarted after 10 s; the relay replays from its slots and "
+                "change stream, the consumers rejoin: no event lost or applied twice "
+                "(search = catalog, analytics has every order once), no 500s, all recovers",
+        user_classes=("scenarios.workload:CdcUser",),
+        faults=({"kind": "kill", "target": "kafka", "at": "25%", "for": "10s"},),
+        after_load=(cdc_end_state, lag_tail),
+        checks=(*_faulty(None), CdcChecks(outage_targets=("kafka",)))),
+    Scenario(
+        name="document-db-down", **_FAULTY,
+        summary="the catalog's MongoDB link (catalog-mongo; --engines seed) is down for 20 s; "
+                "catalog requests fail as clean 503s, never 500, and recover",
+        faults=({"kind": "down", "target": "catalog-mongo", "at": "25%", "for": "20s"},),
+        checks=_faulty(Errors("catalog GET /products"))),
+    Scenario(
         name="slow-network", **_FAULTY,
         summary="catalog's database link limited to 50 KB/s for the middle half of the run; "
                 "product listings slow down, nothing fails",

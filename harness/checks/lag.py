@@ -144,7 +144,10 @@ class ReplicationChecks:
 
 # -- CDC -----------------------------------------------------------------------------
 
-def cdc_metrics(run: Run) -> dict:
+def cdc_metrics(run: Run, outage_targets: tuple[str, ...] = ()) -> dict:
+    """CDC lag, backlog and catch-up per consumer.  A fault on one of
+    `outage_targets` (the bus, say) stops every consumer's feed: each is
+    judged for catching up after it, as after a fault on its own service."""
     lag_rows = run.rows("cdc_lag.csv")
     backlog_rows = run.rows("cdc_backlog.csv")
     by: dict[str, list[float]] = {}
@@ -166,7 +169,7 @@ def cdc_metrics(run: Run) -> dict:
     # (the fault's end) to the first sample with nothing left to deliver.
     for name, d in m["cdc_consumers"].items():
         svc = CDC_CONSUMERS.get(name, (None,))[0]
-        wins = fault_windows(run.faults, (svc,))
+        wins = fault_windows(run.faults, (svc, *outage_targets))
         if not wins:
             continue
         end = max(w.end for w in wins)
@@ -191,11 +194,15 @@ def cdc_metrics(run: Run) -> dict:
 
 @dataclass(frozen=True)
 class CdcChecks:
+    """`outage_targets`: parts or links whose fault stops every consumer's feed
+    (the broker): each consumer must catch up after it, and the events
+    committed during it must show the outage in their lag (`cdc-outage-felt`)."""
+    outage_targets: tuple[str, ...] = ()
     keys = CDC_KEYS
     needs = ("redis", "cdc")
 
     def __call__(self, run: Run, slo: dict) -> tuple[list[Check], dict]:
-        m = cdc_metrics(run)
+        m = cdc_metrics(run, self.outage_targets)
         doc = run.json("cdc_end_state.json") or {}
         problem = doc.get("problem") if doc else "the run recorded no CDC end state"
         end = doc.get("state")
@@ -225,4 +232,19 @@ class CdcChecks:
                            slo["cdc_lag_p99_ms_max"], unit="ms",
                            per_consumer={k: d.get("lag_p99_outside_fault_ms", d.get("lag_p99_ms"))
                                          for k, d in m["cdc_consumers"].items()}))
+        for w in fault_windows(run.faults, self.outage_targets) if self.outage_targets else ():
+            out.append(_outage_felt(run, w))
         return out, {"cdc_quiesce_s": doc.get("quiesce_s")}
+
+
+def _outage_felt(run: Run, w) -> Check:
+    """Calibration: events committed while the feed was cut waited for it, so
+    the longest lag among them is at least half the outage."""
+    lags = [float(r["lag_ms"]) for r in run.rows("cdc_lag.csv")
+            if w.start <= float(r["commit_ms"]) / 1000 <= w.end]
+    want = round(0.5 * (w.end - w.start) * 1000, 1)
+    got = max(lags) if lags else None
+    return Check("cdc-outage-felt", "unknown" if got is None else ("pass" if got >= want else "fail"),
+                 got, want, {"fault": w.name, "target": w.target, "events_committed_during": len(lags),
+                             "meaning": "longest CDC lag (ms) of events committed during the fault "
+                                        "vs half its length"})
