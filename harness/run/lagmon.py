@@ -139,6 +139,7 @@ class LagMonitor:
             self.cdc_lag = CsvTable(out / "cdc_lag.csv", CDC_LAG_COLUMNS)
             self.backlog_table = CsvTable(out / "cdc_backlog.csv", CDC_BACKLOG_COLUMNS)
         self.cursors: dict[str, tuple[str, int]] = {}
+        self.published_seen: dict[str, int] = {}     # per group, on a Kafka bus
         self.threads: list[threading.Thread] = []
 
     # -- heartbeat --------------------------------------------------------------
@@ -307,7 +308,12 @@ class LagMonitor:
             else:
                 try:
                     p, b, pe, bus_up = cdc_backlog_http(session, self.services[svc], group)
-                    if bus_up:
+                    # End offsets never go back: a restarted consumer reports
+                    # less (even 0, "caught up") until its first fetch tells it
+                    # where the topic ends; not a figure yet.
+                    seen = self.published_seen.get(group, 0)
+                    if bus_up and p is not None and p >= seen:
+                        self.published_seen[group] = p
                         published, backlog, pending = ("" if v is None else v for v in (p, b, pe))
                 except (requests.RequestException, ValueError, KeyError) as e:
                     log.debug("cdc backlog of %s from its service: %s", group, e)
