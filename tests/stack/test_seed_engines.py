@@ -179,3 +179,98 @@ def test_latency_on_catalog_mongo_shows_on_catalog_reads(info, catalog):
           f"{slow:.1f} ms (+{added:.1f} ms)")
     assert 180 <= added <= 320, (base, slow)
     assert _median_ms(catalog, path, 5) < base + 100   # healed
+
+
+def test_a_product_made_on_mongodb_becomes_searchable(info, catalog):
+    """CDC from MongoDB: the relay's change stream -> the bus (Kafka stand-in) ->
+    search (Elasticsearch stand-in).  Then an edit, which must replace it."""
+    word = f"zq{uuid.uuid4().hex[:10]}"
+    r = catalog.post("/products", json={"sku": f"seed-{word}", "name": f"kettle {word}",
+                                        "price": "19.90", "category": "seed", "stock": 3})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    with httpx.Client(base_url=info.services["search"].url, timeout=10, trust_env=False) as s:
+        def found(q: str) -> list:
+            resp = s.get("/search", params={"q": q})
+            assert resp.status_code == 200, resp.text
+            return [i["product_id"] for i in resp.json()["items"]]
+        t0 = time.monotonic()
+        while pid not in found(word):
+            assert time.monotonic() - t0 < 30, "not searchable within 30 s"
+            time.sleep(0.25)
+        took = time.monotonic() - t0
+        r = catalog.patch(f"/products/{pid}", json={"name": f"teapot {word}"})
+        assert r.status_code == 200, r.text
+        t1 = time.monotonic()
+        while s.get(f"/documents/{pid}").json().get("name") != f"teapot {word}":
+            assert time.monotonic() - t1 < 30, "the edit did not reach search within 30 s"
+            time.sleep(0.25)
+        doc = s.get(f"/documents/{pid}").json()
+        assert doc["version"] == 2 and doc["price"] == "19.90", doc
+        lag = s.get("/admin/cdc/search/lag").json()
+        backlog = s.get("/admin/cdc/search/backlog").json()
+    print(f"MongoDB -> search (stand-ins): searchable after {took:.2f} s, edit after "
+          f"{time.monotonic() - t1:.2f} s")
+    assert any(i["table"] == "products" and isinstance(i["lsn"], int) for i in lag["items"]), lag
+    assert backlog["bus"] == "KafkaBus" and backlog["up"] is True and backlog["published"] >= 2
+    with httpx.Client(base_url=info.services["cdc"].url, timeout=10, trust_env=False) as c:
+        src = [x for x in c.get("/admin/cdc").json()["sources"] if x.get("engine") == "mongodb"]
+    assert len(src) == 1 and src[0]["connected"] and src[0]["published"] >= 2, src
+
+
+def test_run_document_db_down(seed_backend, info, tmp_path):
+    """`msdb run document-db-down` on this stack: catalog-mongo down for 20 s,
+    the catalog's listings fail cleanly, nothing 500s, the run passes."""
+    import json
+
+    from fix_cli import msdb
+    out = tmp_path / "run"
+    r = msdb("run", "document-db-down", "--duration", "44s", "--state-dir", info.state_dir,
+             "--out", out, "--users", "6", "--seed-users", "10", "--seed-products", "20",
+             timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    checks = {c["name"]: c for c in res["checks"]}
+    felt = checks["fault-had-effect"]
+    assert felt["verdict"] == "pass" and felt["details"]["endpoint"] == "catalog GET /products", felt
+    assert checks["no-internal-errors"]["measured"] == 0
+    faults = [json.loads(x) for x in (out / "faults.jsonl").read_text().splitlines()]
+    assert [f["status"] for f in faults] == ["active", "healed"]
+    assert faults[-1]["target"] == "catalog-mongo"
+    print(f"document-db-down (stand-in): {felt['measured']} catalog requests felt it, "
+          f"{felt['details'].get('failed')} failed")
+
+
+def test_change_event_envelope_maps_to_the_rows_search_applies():
+    """Pure: a change stream event -> Debezium-MongoDB envelope -> the row the
+    index applies; Debezium's own envelope (no `lsn`) gets the same position."""
+    from datetime import datetime, timezone
+
+    from bson.timestamp import Timestamp
+
+    from system_under_test.cdc.mongo import mongo_envelope, position
+    from system_under_test.search.envelopes import normalize
+    pid = str(uuid.uuid4())
+    wall = datetime(2026, 12, 1, 12, 0, 0, 123000, tzinfo=timezone.utc)
+    change = {"operationType": "update", "clusterTime": Timestamp(1796168630, 9), "wallTime": wall,
+              "ns": {"db": "product_service_db", "coll": "products"}, "documentKey": {"_id": pid},
+              "fullDocument": {"_id": pid, "name": "kettle", "price": "12.50", "category": "k",
+                               "version": 3, "created_at": wall, "updated_at": wall},
+              "updateDescription": {"updatedFields": {"version": 3}, "removedFields": []}}
+    e = mongo_envelope(change, source="catalog", rs="secantus")
+    assert e["op"] == "u" and isinstance(e["after"], str)
+    assert e["source"]["lsn"] == position(Timestamp(1796168630, 9)) == (1796168630 << 32) | 9 < 2**63
+    assert e["source"]["ts_ms"] == wall.timestamp() * 1000 and e["source"]["table"] == "products"
+    n = normalize(e)
+    assert n["after"] == {"id": pid, "version": 3,
+                          "doc": {"name": "kettle", "price": "12.50", "category": "k"}}
+    assert n["source"]["lsn"] == e["source"]["lsn"]
+    debezium = {**e, "source": {k: v for k, v in e["source"].items() if k not in ("lsn", "table")}}
+    debezium["source"]["ts_ms"] = 1796168630 * 1000
+    assert normalize(debezium)["source"]["lsn"] == e["source"]["lsn"]
+    later = mongo_envelope({**change, "clusterTime": Timestamp(1796168630, 10)}, source="catalog")
+    assert later["source"]["lsn"] > e["source"]["lsn"]
+    gone = normalize(mongo_envelope({**change, "operationType": "delete", "fullDocument": None},
+                                    source="catalog"))
+    assert gone["op"] == "d" and gone["before"] == {"id": pid}
+    assert normalize({"op": "c", "after": {"id": pid}, "source": {"lsn": 1}})["after"] == {"id": pid}
