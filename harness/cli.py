@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "speak MongoDB, Elasticsearch and Kafka (the seed-engines extra; "
                         "docs/engines.md)")
     s.add_argument("--fresh", action="store_true", help="wipe the state dir first")
+    s.add_argument("--tls", action="store_true",
+                   help="TLS 1.3 on every database link, verify-full against the stack's own CA "
+                        "(needs Debian's postgresql-15; docs/security.md)")
     s.add_argument("--foreground", action="store_true",
                    help="stay attached; Ctrl-C stops the stack cleanly")
     s.add_argument("--archive-timeout", default="15min", metavar="DURATION",
@@ -277,11 +280,12 @@ def cmd_up(args) -> int:
     if args.backend == "compose":
         return _up_compose(args)
     opts = StackOptions(state_dir=Path(args.state_dir), topology=args.topology,
-                        base_port=args.base_port, engines=args.engines,
+                        base_port=args.base_port, engines=args.engines, tls=args.tls,
                         archive_timeout_s=max(1, int(parse_duration(args.archive_timeout,
                                                                     "--archive-timeout"))))
     print(f"msdb up: {args.topology} topology, ports from {args.base_port}, state in {args.state_dir}"
-          + (", engines: seed stand-ins" if args.engines == "seed" else ""))
+          + (", engines: seed stand-ins" if args.engines == "seed" else "")
+          + (", TLS 1.3 to PostgreSQL" if args.tls else ""))
     backend = EmbeddedBackend(opts)
     info, started = backend.start(fresh=args.fresh, log=print)
     if not started:

