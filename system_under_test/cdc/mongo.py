@@ -46,7 +46,7 @@ from typing import Callable
 from bson import json_util
 from bson.json_util import JSONOptions, JSONMode
 
-from .relay import PUBLISHED, RELAY_LAG, RelaySink, RedisStreamSink
+from .relay import PUBLISHED, RELAY_LAG, RelaySink, RedisStreamSink, renew_sink
 
 __all__ = ["MongoSourceConfig", "ChangeStreamRelay", "mongo_envelope", "position"]
 
@@ -140,6 +140,7 @@ class ChangeStreamRelay:
                     self.last_error = f"{type(e).__name__}: {e}"[:300]
                     log.warning("cdc %s (mongodb): %s; reconnecting", self.src.name, self.last_error)
                     stop.wait(0.5)
+                    sink = renew_sink(sink, self.sink_factory, self.redis_url)
         finally:
             self.connected = False
             sink.close()
