@@ -12,7 +12,7 @@
     msdb suite nightly [--quick] [--out DIR] [--target FILE]
     msdb target export [--out FILE]
     msdb part kill|pause|resume|stop|start|restart|running PART
-    msdb drill restore|pitr|masked [--db orders] [--wal archive|stream|stream-sync|all] ...
+    msdb drill restore|pitr|masked|migration [--db orders] [--wal archive|stream|stream-sync|all] ...
 
 Exit codes: 0 every check passed, 1 a check failed (or a part is
 unhealthy), 2 usage or configuration error, 3 infrastructure error, 130
@@ -117,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("drill", help="backup/restore drills on a fresh stack of their own: achieved "
                        "RPO and RTO (restore), point-in-time recovery (pitr), masked copy (masked)")
-    s.add_argument("drill", choices=("restore", "pitr", "masked"), help="which drill")
+    s.add_argument("drill", choices=("restore", "pitr", "masked", "migration"), help="which drill")
+    s.add_argument("--plan", default=None, metavar="NAME|FILE",
+                   help="migration: the plan to run under load (scenarios/migrations/NAME.yaml: "
+                        "unsafe, expand-contract; or a file)")
     s.add_argument("--db", default=None, metavar="NAME",
                    help="database to back up and restore: orders or users (default: orders; "
                         "masked: users)")

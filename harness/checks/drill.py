@@ -11,9 +11,11 @@ from reports.rundata import Run
 from ..drills.rpo_rto import GROWTH_GB_PER_YEAR, combined_projection, project_rto
 from .core import Check, at_least, at_most
 
-__all__ = ["RestoreChecks", "PitrChecks", "MaskedChecks", "DRILL_CHECKS", "RECOVERY_KEYS"]
+__all__ = ["RestoreChecks", "PitrChecks", "MaskedChecks", "MigrationChecks", "DRILL_CHECKS",
+           "RECOVERY_KEYS", "MIGRATION_KEYS"]
 
 RECOVERY_KEYS = ("rpo_seconds_max", "rto_seconds_max")
+MIGRATION_KEYS = ("migration_blocked_ms_max", "migration_errors_max")
 PARTS = ("rto_destroy_s", "rto_copy_s", "rto_wal_replay_s", "rto_promotion_s", "rto_reconnect_s")
 
 
@@ -120,5 +122,40 @@ class MaskedChecks:
         ], m
 
 
+@dataclass(frozen=True)
+class MigrationChecks:
+    """A schema change under load (seed §10.1): the longest lock wait it
+    imposed on the workload's queries, the workload's failed requests while
+    it ran, every step done, and squawk's lint (fails on a finding whose rule
+    means a lock that stops reads or writes; the others are listed only)."""
+    keys = MIGRATION_KEYS
+
+    def __call__(self, run: Run, slo: dict) -> tuple[list[Check], dict]:
+        d = _recorded(run)
+        m = dict(d["metrics"])
+        w = d.get("longest_wait") or {}
+        lint = d.get("lint") or {}
+        blocking = [f for f in lint.get("findings", []) if f.get("blocking")]
+        checks = [
+            at_most("migration-blocked-ms", m["blocked_ms_max"], slo["migration_blocked_ms_max"],
+                    step=w.get("step"), mode=w.get("mode"), relation=w.get("relation"),
+                    query=w.get("query"), waits=m["blocked_waits"], samples=m["lock_samples"],
+                    sample_interval_ms=m["lock_sample_interval_ms"]),
+            at_most("migration-errors", m["failed_during_change"], slo["migration_errors_max"],
+                    errors=(d.get("windows") or {}).get("during", {}).get("errors", [])),
+            Check("migration-steps-completed", "pass" if m["steps_completed"] else "fail",
+                  sum(s["status"] == "ok" for s in d.get("steps", [])), len(d.get("steps", [])),
+                  {"steps": [f"{s['name']}: {s['status']}" for s in d.get("steps", [])]}),
+        ]
+        if lint.get("error"):
+            checks.append(Check("migration-lint", "unknown", None, 0, {"reason": lint["error"]}))
+        else:
+            checks.append(at_most("migration-lint", len(blocking), 0,
+                                  findings=[f"{f['step']}: {f['rule']}" for f in blocking],
+                                  informational=[f"{f['step']}: {f['rule']}" for f in lint["findings"]
+                                                 if not f.get("blocking")]))
+        return checks, m
+
+
 DRILL_CHECKS = {"drill-restore": (RestoreChecks(),), "drill-pitr": (PitrChecks(),),
-                "drill-masked": (MaskedChecks(),)}
+                "drill-masked": (MaskedChecks(),), "drill-migration": (MigrationChecks(),)}

@@ -35,6 +35,8 @@ KNOWN_KEYS = {
     "replica_caught_up_ms": float, "replica_catch_up_s_max": float,
     "replica_lag_effect_min_ratio": float, "stale_reads_ryw_max": int,
     "cdc_catch_up_s_max": float, "cdc_quiesce_s": float, "cdc_mismatches_max": int,
+    # msdb drill migration (seed §10.1): a schema change under load
+    "migration_blocked_ms_max": float, "migration_errors_max": int,
     # minimum sample sizes: below them a percentile or a knee is `unknown`, not judged
     "min_samples_p95": int, "min_samples_p99": int, "min_samples_step": int,
 }

@@ -5,6 +5,7 @@
                        [--from primary|geo]
     msdb drill pitr    an accidental DELETE, restored to just before it
     msdb drill masked  a restored copy of the users database with PII masked
+    msdb drill migration --plan NAME|FILE   a schema change under load (seed §10.1)
 
 Each drill runs on a fresh stack of its own (harness.drills.stack), records
 what happened in its run directory, and is judged from it
@@ -28,6 +29,8 @@ from ..run.rundir import RunDir
 from ..utc import epoch, utc_now
 from .backup import Retention
 from .masked import masked_drill
+from ..checks.drill import MIGRATION_KEYS
+from .migration import load_plan, migration_drill
 from .pitr import pitr_drill
 from .restore import RestoreParams, restore_drill
 
@@ -125,10 +128,13 @@ def drill_command(args) -> int:
     if args.drill != "restore" and getattr(args, "source", "primary") != "primary":
         raise UsageError(f"--from {args.source} applies to `msdb drill restore` only "
                          f"({args.drill} restores from this region's backups)")
-    keys = RECOVERY_KEYS if args.drill == "restore" else ()
+    if args.drill != "migration" and getattr(args, "plan", None) is not None:
+        raise UsageError(f"--plan applies to `msdb drill migration` only")
+    keys = {"restore": RECOVERY_KEYS, "migration": MIGRATION_KEYS}.get(args.drill, ())
     slo = load_slo(args.slo, "drill", keys, endpoints=False)
     with _progress(args):
-        return {"restore": cmd_restore, "pitr": cmd_pitr, "masked": cmd_masked}[args.drill](args, slo)
+        return {"restore": cmd_restore, "pitr": cmd_pitr, "masked": cmd_masked,
+                "migration": cmd_migration}[args.drill](args, slo)
 
 
 def _progress(args) -> Ticker:
@@ -167,6 +173,29 @@ def cmd_masked(args, slo: dict) -> int:
     with _recorded(rd, info):
         masked_drill(after_s=after, archive_timeout_s=at, writers=args.writers,
                      state_dir=Path(args.state_dir), base_port=args.base_port, rd=rd)
+    return _conclude(rd, args)
+
+
+def cmd_migration(args, slo: dict) -> int:
+    if getattr(args, "plan", None) is None:
+        raise UsageError("msdb drill migration needs --plan NAME|FILE (scenarios/migrations/: "
+                         "unsafe, expand-contract)")
+    plan = load_plan(args.plan)           # bad plan: exit 2 naming the key or step
+    if args.writers < 1 or args.writers > 64:
+        raise UsageError(f"--writers {args.writers!r} must be between 1 and 64")
+    rd = RunDir.create(args.out, "drill-migration")
+    info = _start(rd, "drill-migration", {"plan": plan.name, "plan_file": str(plan.path),
+                                          "db": "orders", "writers": args.writers,
+                                          "base_port": args.base_port}, slo)
+    rd.write_json("plan.json", plan.raw)
+    print(f"drill migration --plan {plan.name}: {len(plan.steps)} steps under load on a fresh stack "
+          f"-> {rd.path}", flush=True)
+    with _recorded(rd, info):
+        m = migration_drill(plan=plan, threads=args.writers, state_dir=Path(args.state_dir),
+                            base_port=args.base_port, rd=rd)
+    print(f"  longest lock wait imposed on the workload: {m['blocked_ms_max']:.1f} ms; failed requests "
+          f"during the change: {m['failed_during_change']} of {m['requests']}; p99 before/during/after: "
+          f"{_f(m['p99_before_ms'])}/{_f(m['p99_during_ms'])}/{_f(m['p99_after_ms'])} ms")
     return _conclude(rd, args)
 
 

@@ -44,6 +44,11 @@ TERMINAL = ("COMPLETED", "COMPENSATED", "FAILED")
 # Test-only switches that put back the seed pseudo-code's bugs, so tests can
 # prove the saga checker catches each one.  Not in services.yaml, and the
 # service refuses to start with one unless MSDB_ALLOW_MUTATIONS=1 is set too.
+# The "new version" of a blue-green schema change (msdb drill migration,
+# docs/drills.md): ORDERS_LINE_TOTAL=1 also writes order_items.line_total
+# (quantity x unit_price) beside the old shape and reads it back.  Off by
+# default: the column exists only after the drill's expand step.
+LINE_TOTAL = os.environ.get("ORDERS_LINE_TOTAL") == "1"
 MUTATIONS = ("skip-release", "double-charge", "no-refund", "drop-saga-log", "ack-before-commit")
 
 
@@ -192,9 +197,12 @@ class OrderSaga:
             "create_order",
             "WITH o AS (INSERT INTO orders (id, user_id, total_amount, status) "
             "  VALUES (%(oid)s, %(uid)s, %(total)s, 'PENDING') RETURNING created_at), "
-            "i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price) "
-            "  SELECT %(oid)s, pid, q, price FROM unnest(%(pids)s::uuid[], %(qtys)s::int[], "
-            "  %(prices)s::numeric[]) AS t(pid, q, price)), "
+            + ("i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price, line_total) "
+               "  SELECT %(oid)s, pid, q, price, q * price FROM unnest(%(pids)s::uuid[], %(qtys)s::int[], "
+               if LINE_TOTAL else
+               "i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price) "
+               "  SELECT %(oid)s, pid, q, price FROM unnest(%(pids)s::uuid[], %(qtys)s::int[], ")
+            + "  %(prices)s::numeric[]) AS t(pid, q, price)), "
             "s AS (UPDATE sagas SET state = 'CHARGING', updated_at = now() WHERE id = %(sid)s) "
             "SELECT created_at FROM o",
             {"oid": order_id, "uid": user_id, "total": total, "sid": saga_id, "pids": pids,
@@ -353,7 +361,8 @@ class OrderSaga:
     async def get_order(self, order_id, *, missing_ok: bool = False, db: Database | None = None) -> Any:
         rows = await (db or self.db).fetchall(
             "get_order", "SELECT o.id, o.user_id, o.total_amount, o.status, o.created_at, "
-            "i.product_id, i.quantity, i.unit_price FROM orders o LEFT JOIN order_items i "
+            "i.product_id, i.quantity, i.unit_price" + (", i.line_total" if LINE_TOTAL else "")
+            + " FROM orders o LEFT JOIN order_items i "
             "ON i.order_id = o.id WHERE o.id = %s ORDER BY i.product_id", (order_id,))
         if not rows:
             if missing_ok:
@@ -363,4 +372,6 @@ class OrderSaga:
         return {"id": o["id"], "user_id": o["user_id"], "total_amount": o["total_amount"],
                 "status": o["status"], "created_at": o["created_at"],
                 "items": [{"product_id": r["product_id"], "quantity": r["quantity"],
-                           "unit_price": r["unit_price"]} for r in rows if r["product_id"]]}
+                           "unit_price": r["unit_price"],
+                           **({"line_total": r["line_total"]} if LINE_TOTAL else {})}
+                          for r in rows if r["product_id"]]}
