@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InfraError
+
 __all__ = ["TlsFiles", "ensure_tls"]
 
 VALID_DAYS = 825          # a stack that lives longer is started --fresh
@@ -52,7 +54,11 @@ def ensure_tls(directory: Path) -> TlsFiles:
     files = TlsFiles(Path(directory).resolve())
     if all(p.exists() for p in (files.ca_key, files.ca_cert, files.server_key, files.server_cert)):
         return files
-    from cryptography import x509
+    try:
+        from cryptography import x509
+    except ImportError:
+        raise InfraError("--tls makes the stack's CA with the cryptography package: "
+                         "pip install cryptography") from None
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
