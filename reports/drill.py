@@ -75,14 +75,18 @@ def drill_context(run_dir: str | Path) -> dict:
         else:
             strategies = {m.get("wal", "restore"): m}
             projections = {m.get("wal", "restore"): m.get("projection")}
+    migration = None
+    if run["scenario"] == "drill-migration" and (run_dir / "drill.json").exists():
+        migration = json.loads((run_dir / "drill.json").read_text())
     return {"run": run, "results": results, "verdict": results.get("verdict", "unknown"),
+            "migration": migration,
             "checks": results.get("checks", []), "verdict_rows": verdict_rows(results.get("checks", [])),
             "metrics": m, "slo": slo, "name": run_dir.name,
             "strategies": strategies, "projections": projections, "rto_parts": RTO_PARTS,
             "rto_chart": _rto_chart(strategies),
             "projection_chart": _projection_chart(projections, slo.get("rto_seconds_max", 7200)),
             "plain": {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
-            if run["scenario"] != "drill-restore" else {}}
+            if run["scenario"] not in ("drill-restore", "drill-migration") else {}}
 
 
 def build_drill_report(run_dir: str | Path, *, pdf: bool = True) -> tuple[Path, Path | None]:
