@@ -30,7 +30,7 @@ from ..stack.backend import StackBackend, fresh_stack, open_backend
 from ..stack.embedded import StackOptions
 from ..stack.info import StackInfo
 from ..stack.target import TargetBackend, missing_for
-from ..stack.topology import DEFAULT_BASE_PORT
+from ..stack.topology import DEFAULT_BASE_PORT, SEED_ENGINE_PORTS
 from .execute import RunParams, execute
 from .matrix import run_matrix
 from .rundir import RunDir
@@ -112,7 +112,12 @@ def schedule_for(raw: list, backend: StackBackend, duration_s: float, where: str
     try:
         return parse_schedule(items, duration_s=duration_s, proxies=info.proxy.names, parts=parts)
     except ScheduleError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        seed_only = {*SEED_ENGINE_PORTS, "catalog-mongo", "search-es", "bus-kafka"}
+        wanted = {i.get("target") for i in items if isinstance(i, dict)}
+        hint = "; it is part of a stack started with --engines seed (msdb up --engines seed, or " \
+               "msdb run --engines seed for a fresh one)" \
+            if wanted & seed_only - info.proxy.names - parts else ""
+        raise ConfigError(f"{where}: {e}{hint}") from None
 
 
 @contextmanager

@@ -50,7 +50,6 @@ FORMAT = 1
 ACTIONS = ("kill", "pause", "resume", "stop", "start", "restart", "running")
 # The workload calls these; cdc (the relay) is optional: without it, no CDC lag.
 REQUIRED_SERVICES = ("users", "catalog", "orders", "payments", "search", "analytics")
-LINK_KINDS = ("db", "replica-db", "redis", "http", "replication", "cdc-db")
 ACTION_TIMEOUT_S = 180.0
 
 
@@ -59,7 +58,7 @@ class _Strict(BaseModel):
 
 
 class LinkEntry(_Strict):
-    kind: Literal["db", "replica-db", "redis", "http", "replication", "cdc-db"]
+    kind: Literal["db", "replica-db", "redis", "http", "replication", "cdc-db", "mongo", "es", "kafka"]
     from_: str = Field(alias="from")
     to: str
 
@@ -96,7 +95,8 @@ class RedisEntry(_Strict):
 
 
 class PartEntry(_Strict):
-    kind: Literal["postgres", "postgres-replica", "redis", "service", "proxy", "process"] = "process"
+    kind: Literal["postgres", "postgres-replica", "redis", "service", "proxy", "process", "engine",
+                  "engine-storage"] = "process"
     endpoint: str = ""
     timeout_s: float = Field(default=ACTION_TIMEOUT_S, gt=0, le=3600)
     kill: list[str] | None = None
