@@ -239,3 +239,13 @@ def test_an_export_reads_back_as_a_targets_file(tmp_path):
     assert t.parts["pg"].kill[-4:] == ["kill", "pg", "--state-dir", str(Path("/nonexistent").resolve())]
     assert t.replica.instance == "pg-r" and t.redis.url == "redis://127.0.0.1:1"
     assert set(t.toxiproxy.links) == info.proxy.names
+
+
+def test_an_export_of_a_seed_engines_stack_reads_back(tmp_path):
+    from dataclasses import replace
+    info = info_of(parts=[Part(name="kafka", kind="engine", endpoint="127.0.0.1:1", proc={"pid": 1})])
+    links = info.proxy.proxies + (ProxyLink(name="bus-kafka", kind="kafka", source="cdc", target="kafka",
+                                            listen="x", upstream="y"),)
+    info = replace(info, proxy=ProxyApi(api=info.proxy.api, proxies=links))
+    t = load_target(write(tmp_path, dump_target(export_target(info, python=sys.executable))))
+    assert t.toxiproxy.links["bus-kafka"].kind == "kafka" and t.parts["kafka"].kind == "engine"
