@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave a stack this run started running afterwards")
     s.add_argument("--engines", default=None, choices=("embedded", "seed"),
                    help="engines of a stack this run starts (default: embedded; docs/engines.md)")
+    s.add_argument("--tls", action="store_true",
+                   help="a stack this run starts runs TLS 1.3 on every database link "
+                        "(Debian's postgresql-15; docs/security.md)")
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run the users in N Locust worker processes under a Locust master "
                         "(Locust's distributed mode; default: in the msdb process)")

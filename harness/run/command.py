@@ -121,7 +121,8 @@ def schedule_for(raw: list, backend: StackBackend, duration_s: float, where: str
 
 
 @contextmanager
-def stack_for_run(p: RunParams, *, keep: bool, engines: str | None = None) -> Iterator[StackBackend]:
+def stack_for_run(p: RunParams, *, keep: bool, engines: str | None = None,
+                  tls: bool = False) -> Iterator[StackBackend]:
     """The deployment of a targets file, the stack running in the state dir,
     or a fresh one for this run alone (stopped and removed afterwards unless
     `keep`)."""
@@ -146,13 +147,18 @@ def stack_for_run(p: RunParams, *, keep: bool, engines: str | None = None) -> It
             raise UsageError(f"--engines {engines!r}: the running stack in {p.state_dir} runs the "
                              f"{StackOptions.of(info).engines!r} engines; run `msdb down` first "
                              f"or omit --engines")
+        if tls and not info.tls:
+            raise UsageError(f"--tls: the running stack in {p.state_dir} runs without TLS; run "
+                             f"`msdb down` first, or omit --tls")
         actions = backend.actions()
         if any(actions.running(n) for n in actions.names()):
             yield backend     # a run heals it first: a part that died is started again
             return
     opts = StackOptions(state_dir=state, topology=p.topology or "single",
-                        base_port=p.base_port or DEFAULT_BASE_PORT, engines=engines or "embedded")
-    print(f"starting a fresh embedded stack{' with the seed engines' if engines == 'seed' else ''} "
+                        base_port=p.base_port or DEFAULT_BASE_PORT, engines=engines or "embedded",
+                        tls=tls)
+    print(f"starting a fresh embedded stack{' with the seed engines' if engines == 'seed' else ''}"
+          f"{' with TLS' if tls else ''} "
           f"in {state} (removed after the run"
           f"{'' if not keep else '; --keep-stack keeps it'}) ...", flush=True)
     with fresh_stack(opts, keep=keep) as backend:
@@ -163,7 +169,9 @@ def _target_args(args, sc: Scenario) -> None:
     """--target runs against a deployment msdb does not start: the options
     that choose or start a stack of msdb's own make no sense with it."""
     for flag, value in (("--topology", args.topology), ("--base-port", args.base_port),
-                        ("--keep-stack", args.keep_stack or None)):
+                        ("--keep-stack", args.keep_stack or None),
+                        ("--engines", getattr(args, "engines", None)),
+                        ("--tls", getattr(args, "tls", False) or None)):
         if value is not None:
             raise UsageError(f"{flag}: --target runs against your deployment, which msdb neither "
                              f"chooses nor starts; drop {flag}")
@@ -205,7 +213,8 @@ def run_command(args) -> int:
     RunDir.check_out(args.out)
     handlers = _interrupts()
     try:
-        with stack_for_run(p, keep=args.keep_stack, engines=getattr(args, "engines", None)) as backend:
+        with stack_for_run(p, keep=args.keep_stack, engines=getattr(args, "engines", None),
+                           tls=getattr(args, "tls", False)) as backend:
             if p.target_file:
                 why = missing_for(backend.info(), raw, sc.stack_needs(), sc.service_env)
                 if why:
