@@ -53,8 +53,9 @@ def test_an_exported_file_resolves_to_the_same_stack(stack, target, tmp_path):
     assert not (tmp_path / "scratch").exists()
 
 
-def test_part_pauses_and_resumes_a_process(stack, state_dir):
-    rec = procs.ProcRecord.from_json(stack.part("search").proc)
+def test_part_pauses_and_resumes_a_process(backend, state_dir):
+    # stack.json now: earlier tests may have killed and restarted search
+    rec = procs.ProcRecord.from_json(backend.info().part("search").proc)
 
     def state() -> str:
         return Path(f"/proc/{rec.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
