@@ -42,9 +42,12 @@ class LocustUI:
         env.pop("MSDB_TARGET", None)
         self.log = log
         with open(log, "wb") as out:
+            # As a terminal's Locust: Ctrl-C delivered (a test session run as a
+            # background job inherits SIGINT ignored, which the cockpit respects).
             self.proc = subprocess.Popen([LOCUST, "-f", "locustfile.py", "--web-host", "127.0.0.1",
                                           "--web-port", str(port)], cwd=REPO, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"locust exited: {log.read_text()[-3000:]}"
