@@ -43,7 +43,7 @@ from .info import (SCHEMA, Database, Engine, Instance, Part, ProxyApi, ProxyLink
                    Replica, Service, StackInfo)
 from .proxies import repoint_proxy
 from .redis_srv import REDIS_KEYS
-from .status import PartStatus, StatusProbe, status_of
+from .status import PartStatus, StatusProbe, status
 from .topology import (DEFAULT_BASE_PORT, SERVICE_BY_NAME, SERVICES, TOPOLOGIES, Layout,
                        LinkSpec, layout)
 
@@ -526,13 +526,7 @@ class ComposeBackend:
         return StackInfo.load(self.state_dir)
 
     def status(self, probe: StatusProbe | None = None) -> list[PartStatus]:
-        own = probe is None
-        probe = probe or StatusProbe()
-        try:
-            return status_of(probe.stack(self.state_dir), probe)
-        finally:
-            if own:
-                probe.close()
+        return status(self.state_dir, probe)
 
     def actions(self) -> ComposeActions:
         try:

@@ -41,7 +41,7 @@ from ..files import read_yaml
 from .info import (SCHEMA, Database, Engine, Instance, Part, ProxyApi, ProxyLink, RedisInfo,
                    Replica, Service, StackInfo)
 from .proxies import repoint_proxy
-from .status import PartStatus, StatusProbe, status_of
+from .status import PartStatus, StatusProbe, status
 
 __all__ = ["TargetFile", "TargetBackend", "TargetActions", "load_target", "resolve",
            "export_target", "ACTIONS", "REQUIRED_SERVICES", "missing_for"]
@@ -493,13 +493,7 @@ class TargetBackend:
         return StackInfo.load(self.state_dir)
 
     def status(self, probe: StatusProbe | None = None) -> list[PartStatus]:
-        own = probe is None
-        probe = probe or StatusProbe()
-        try:
-            return status_of(probe.stack(self.state_dir), probe)
-        finally:
-            if own:
-                probe.close()
+        return status(self.state_dir, probe)
 
     def actions(self) -> TargetActions:
         return TargetActions(self.info())

@@ -11,6 +11,8 @@ and the filters narrow without scoring.  The seed uses Elasticsearch 7
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from decimal import Decimal
 from typing import Protocol
 from uuid import UUID
@@ -19,6 +21,37 @@ from ..common.db import Database
 
 __all__ = ["SearchIndex", "PgFullTextIndex"]
 
+
+
+@dataclass(frozen=True)
+class ProductChange:
+    """One CDC event of the catalog's `products` table, as both indexes apply it."""
+    id: object
+    lsn: int
+    deleted: bool
+    version: int = 0
+    name: str = ""
+    description: str = ""
+    category: str = ""
+    price: object = None
+
+
+def product_change(e: dict) -> ProductChange | None:
+    """The product change an event carries, or None for any other event (another
+    table, no LSN, no row id): one reading of the envelope for every index."""
+    src = e.get("source") or {}
+    if src.get("table") != "products" or not isinstance(src.get("lsn"), int):
+        return None
+    deleted = e.get("op") == "d"
+    row = e.get("before") if deleted else e.get("after")
+    if not isinstance(row, dict) or "id" not in row:
+        return None
+    if deleted:
+        return ProductChange(id=row["id"], lsn=src["lsn"], deleted=True)
+    doc = row.get("doc") if isinstance(row.get("doc"), dict) else {}
+    return ProductChange(id=row["id"], lsn=src["lsn"], deleted=False, version=row.get("version", 0),
+                         name=str(doc.get("name", "")), description=str(doc.get("description", "")),
+                         category=str(doc.get("category", "")), price=doc.get("price"))
 
 class SearchIndex(Protocol):
     async def apply_changes(self, events: list[dict]) -> list[dict]: ...
@@ -58,22 +91,16 @@ class PgFullTextIndex:
         applied = []
         async with self.db.transaction("index_apply") as conn:
             for e in events:
-                src = e.get("source") or {}
-                if src.get("table") != "products" or not isinstance(src.get("lsn"), int):
+                ch = product_change(e)
+                if ch is None:
                     continue
-                deleted = e.get("op") == "d"
-                row = e.get("before") if deleted else e.get("after")
-                if not isinstance(row, dict) or "id" not in row:
-                    continue
-                if deleted:
-                    cur = await conn.execute(_DELETE, {"id": row["id"], "lsn": src["lsn"]})
+                if ch.deleted:
+                    cur = await conn.execute(_DELETE, {"id": ch.id, "lsn": ch.lsn})
                 else:
-                    doc = row.get("doc") if isinstance(row.get("doc"), dict) else {}
                     cur = await conn.execute(_UPSERT, {
-                        "id": row["id"], "version": row.get("version", 0),
-                        "name": str(doc.get("name", "")), "description": str(doc.get("description", "")),
-                        "category": str(doc.get("category", "")), "price": doc.get("price"),
-                        "lsn": src["lsn"]})
+                        "id": ch.id, "version": ch.version, "name": ch.name,
+                        "description": ch.description, "category": ch.category, "price": ch.price,
+                        "lsn": ch.lsn})
                 # RETURNING + fetch, not rowcount: transactions run pipelined,
                 # and a pipelined cursor's rowcount is not known yet.
                 if await cur.fetchone() is not None:

@@ -34,6 +34,7 @@ from elasticsearch.exceptions import (ConnectionError as EsConnectionError, NotF
                                       TransportError)
 
 from ..common.errors import Unavailable
+from .index import product_change
 
 __all__ = ["ElasticsearchIndex", "MAPPING", "SETTINGS", "search_body"]
 
@@ -146,23 +147,18 @@ class ElasticsearchIndex:
         if not self._ready:
             await self.open()
         for e in events:
-            src = e.get("source") or {}
-            if src.get("table") != "products" or not isinstance(src.get("lsn"), int):
+            ch = product_change(e)
+            if ch is None:
                 continue
-            deleted = e.get("op") == "d"
-            row = e.get("before") if deleted else e.get("after")
-            if not isinstance(row, dict) or "id" not in row:
-                continue
-            pid = str(row["id"])
-            if deleted:
-                doc = {"product_id": pid, "deleted": True, "source_lsn": src["lsn"], "indexed_at": now}
+            pid = str(ch.id)
+            if ch.deleted:
+                doc = {"product_id": pid, "deleted": True, "source_lsn": ch.lsn, "indexed_at": now}
             else:
-                d = row.get("doc") if isinstance(row.get("doc"), dict) else {}
-                doc = {"product_id": pid, "version": row.get("version", 0), "name": str(d.get("name", "")),
-                       "description": str(d.get("description", "")),
-                       "category": str(d.get("category", "")), "price": _price(d.get("price")),
-                       "deleted": False, "source_lsn": src["lsn"], "indexed_at": now}
-            ops.append({"index": {"_index": self.index, "_id": pid, "version": src["lsn"],
+                doc = {"product_id": pid, "version": ch.version, "name": ch.name,
+                       "description": ch.description, "category": ch.category,
+                       "price": _price(ch.price), "deleted": False, "source_lsn": ch.lsn,
+                       "indexed_at": now}
+            ops.append({"index": {"_index": self.index, "_id": pid, "version": ch.lsn,
                                   "version_type": "external"}})
             ops.append(doc)
             batch.append(e)
