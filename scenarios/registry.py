@@ -21,7 +21,10 @@ from harness.checks.lag import CdcChecks, ReplicationChecks
 from harness.checks.load import LoadChecks
 from harness.checks.matrix import MatrixChecks
 from harness.checks.saga import SagaChecks
+from harness.checks.security import SecurityChecks
+from harness.run.children import start_audit_watch, start_intruder
 from harness.run.endstate import cdc_end_state, lag_tail, saga_final_state
+from harness.security.probes import security_probe
 
 __all__ = ["Scenario", "StepLoad", "PhasedLoad", "all", "get", "UnknownScenario"]
 
@@ -70,6 +73,13 @@ class Scenario:
     # run `matrix_of` once per topology, each on a fresh stack, and compare
     matrix: tuple[str, ...] = ()
     matrix_of: str | None = None
+    # processes beside the load: (run_dir, state_dir, t0, duration_s) -> Child,
+    # stopped when the load ends, before the after-load recorders
+    beside_load: tuple[Callable, ...] = ()
+    # a fresh stack for this scenario is started with TLS (and pgaudit)
+    tls: bool = False
+    # judged again once its reports exist (a check reads the reports)
+    judge_reports: bool = False
 
     def check_groups(self, *, has_faults: bool) -> tuple:
         """The groups that judge a run of this scenario: given faults it does not
@@ -224,6 +234,17 @@ _SCENARIOS = {s.name: s for s in (
                 "catalog requests fail as clean 503s, never 500, and recover",
         faults=({"kind": "down", "target": "catalog-mongo", "at": "25%", "for": "20s"},),
         checks=_faulty(Errors("catalog GET /products"))),
+    Scenario(
+        name="security", duration_s=60.0, users=10,
+        summary="seed §8 measured on the live stack under the shop mix: TLS 1.3 on every database "
+                "connection (pg_stat_ssl), plaintext and TLS 1.2 refused, every cross-service "
+                "database login and Redis key-space access refused, N audited operations give N "
+                "pgaudit records, a scripted intruder (cross-database logins, failed logins, a bulk "
+                "read of every email, an odd rate) detected in time with no false alarm, and no "
+                "password or key in any output; a fresh stack for it runs with --tls",
+        beside_load=(start_audit_watch, start_intruder), after_load=(security_probe,),
+        tls=True, judge_reports=True,
+        checks=(LoadChecks(), SecurityChecks())),
     Scenario(
         name="slow-network", **_FAULTY,
         summary="catalog's database link limited to 50 KB/s for the middle half of the run; "

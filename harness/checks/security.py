@@ -21,9 +21,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..stack.info import StackInfo
-from .core import Check
+from .core import Check, at_most
 
-__all__ = ["tls_versions", "plaintext_refused", "old_tls_refused", "MIN_TLS", "CONNECT_TIMEOUT_S"]
+__all__ = ["tls_versions", "plaintext_refused", "old_tls_refused", "MIN_TLS", "CONNECT_TIMEOUT_S",
+           "SecurityChecks", "SECURITY_KEYS"]
 
 MIN_TLS = "TLSv1.3"
 CONNECT_TIMEOUT_S = 3
@@ -156,3 +157,158 @@ def old_tls_refused(info: StackInfo, *, below: str = MIN_TLS) -> Check:
                     attempt={"ssl_max_protocol_version": previous},
                     refusal=("alert protocol version", "unsupported protocol",
                              "no protocols available"))
+
+
+# -- `msdb run security`: the checks of seed §8 from the run directory ------------------
+
+SECURITY_KEYS = ("detect_within_s_max", "false_positives_max", "audit_missing_max")
+
+# Files a run writes that are judged, never scanned for their own fingerprints.
+_NOT_SCANNED = {"secrets.fingerprints.json"}
+
+
+def _from_json(d: dict) -> Check:
+    return Check(d["name"], d["verdict"], d.get("measured"), d.get("threshold"), d.get("details") or {})
+
+
+def _isolation(name: str, doc: dict | None, bad_word: str) -> Check:
+    if not doc:
+        return Check(name, "unknown", None, 0, {"reason": "the run recorded no isolation probe"})
+    if doc.get("problem"):
+        return Check(name, "unknown", None, 0, {"reason": doc["problem"]})
+    cross, own = doc.get("cross") or {}, doc.get("own") or {}
+    let_in = sorted(k for k, v in cross.items() if v == bad_word)
+    odd = sorted(k for k, v in cross.items() if v != bad_word and not v.startswith("refused"))
+    own_bad = sorted(k for k, v in own.items() if v not in ("accepted", "allowed"))
+    details = {"attempts": len(cross), "let_in": let_in, "other_errors": odd,
+               "own_refused": own_bad, "refused": len(cross) - len(let_in) - len(odd)}
+    if let_in:
+        return Check(name, "fail", len(let_in), 0, details)
+    if odd or own_bad or not cross:
+        return Check(name, "unknown", None, 0,
+                     {**details, "reason": "a probe failed for another reason, or its own "
+                                           "access was refused too (a refusal then proves nothing)"})
+    return Check(name, "pass", 0, 0, details)
+
+
+def _audit(doc: dict | None, trail: list[dict], own_roles: set[str], slo: dict) -> Check:
+    name, limit = "audit-trail-complete", slo["audit_missing_max"]
+    if not doc:
+        return Check(name, "unknown", None, limit, {"reason": "the run recorded no audit probe"})
+    if doc.get("problem"):
+        return Check(name, "unknown", None, limit, {"reason": doc["problem"]})
+    roles = doc.get("roles") or {}
+    missing = 0
+    per_role = {}
+    problems = {}
+    for role, r in roles.items():
+        if r.get("problem"):
+            problems[role] = r["problem"]
+            continue
+        gap = r["expected"] - r.get("found", 0)
+        missing += max(gap, 0) + len(r.get("incomplete") or [])
+        per_role[role] = f"{r.get('found', 0)} of {r['expected']}"
+    seen = {t.get("role") for t in trail if t.get("kind") == "access"}
+    silent = sorted(own_roles - seen)
+    details = {"per_role": per_role, "ops_per_role": doc.get("ops_per_role"),
+               "roles_without_records_under_load": silent, "records_under_load": len(trail),
+               "problems": problems, "sample": next((r.get("sample") for r in roles.values()
+                                                     if r.get("sample")), None)}
+    if missing > limit or silent:
+        return Check(name, "fail", missing + len(silent), limit, details)
+    if problems or not per_role:
+        return Check(name, "unknown", None, limit, {**details, "reason": "a role could not be probed"})
+    return Check(name, "pass", missing, limit, details)
+
+
+def _detections(intrusions: list[dict], alerts: list[dict], slo: dict) -> tuple[list[Check], int, list]:
+    """One check per intrusion kind (detected within the limit), and the alerts
+    no intrusion explains (false positives)."""
+    from ..security.detector import KINDS
+    within = slo["detect_within_s_max"]
+    checks = []
+    explained: set[int] = set()
+    for kind in KINDS:
+        name = f"detects-{kind}"
+        mine = [i for i in intrusions if i.get("kind") == kind]
+        if not mine:
+            checks.append(Check(name, "unknown", None, within,
+                                {"reason": "the intruder did not run this intrusion"}))
+            continue
+        it = mine[0]
+        if it.get("error"):
+            checks.append(Check(name, "unknown", None, within,
+                                {"reason": f"the intrusion failed: {it['error']}"}))
+            continue
+        hits = [(k, a) for k, a in enumerate(alerts) if a.get("kind") == kind
+                and it["start"] - 1.0 <= a["at"] <= it["end"] + within]
+        explained |= {k for k, _ in hits}
+        if not hits:
+            checks.append(Check(name, "fail", None, within,
+                                {"reason": "no alert of this kind", "intrusion": it}))
+            continue
+        first = min(a["detected_at"] for _, a in hits)
+        took = round(max(first - it["start"], 0.0), 2)
+        checks.append(Check(name, "pass" if took <= within else "fail", took, within,
+                            {"unit": "s", "intrusion": it, "alert": hits[0][1]}))
+    unexplained = [a for k, a in enumerate(alerts) if k not in explained]
+    return checks, len(unexplained), unexplained
+
+
+def _secret_scan(run, doc: dict | None) -> Check:
+    name = "no-secret-in-outputs"
+    fp = run.json("secrets.fingerprints.json")
+    if not fp or not fp.get("hashes"):
+        return Check(name, "unknown", None, 0, {"reason": "the run recorded no secret fingerprints"})
+    from ..security.secretscan import scan
+    files = sorted(p for p in run.path.rglob("*") if p.is_file() and p.name not in _NOT_SCANNED)
+    res = scan(files, fp, root=run.path)
+    logs = (doc or {}).get("stack_logs_scan") or {}
+    matches = res["matches"] + [{**m, "file": "stack log " + m["file"]} for m in logs.get("matches", [])]
+    unscanned = {**res["unscanned"], **{"stack log " + k: v for k, v in logs.get("unscanned", {}).items()}}
+    details = {"secrets": fp.get("secrets"), "run_files": res["files"], "run_bytes": res["bytes"],
+               "stack_logs": logs.get("files"), "stack_log_bytes": logs.get("bytes"),
+               "matches": matches, "unscanned": unscanned}
+    if logs.get("problem"):
+        details["stack_logs_problem"] = logs["problem"]
+    if matches:
+        return Check(name, "fail", len(matches), 0, details)
+    if unscanned or not res["files"]:
+        return Check(name, "unknown", None, 0, {**details, "reason": "a file could not be scanned"})
+    return Check(name, "pass", 0, 0, details)
+
+
+class SecurityChecks:
+    """Seed §8 judged from a `security` run directory: transport, isolation,
+    audit trail, detection and false positives, secrets in outputs."""
+    keys = SECURITY_KEYS
+
+    def __call__(self, run, slo: dict) -> tuple[list[Check], dict]:
+        doc = run.json("security.json")
+        checks: list[Check] = []
+        if doc is None:
+            checks.append(Check("security-probed", "unknown", None, None,
+                                {"reason": "the run recorded no security.json"}))
+        else:
+            checks += [_from_json(c) for c in doc.get("transport") or []]
+            iso = doc.get("isolation") or {}
+            checks.append(_isolation("db-isolation", iso.get("postgres"), "ACCEPTED"))
+            checks.append(_isolation("redis-isolation", iso.get("redis"), "ALLOWED"))
+        trail = run.jsonl("audit.jsonl")
+        own_roles = set(((doc or {}).get("audit") or {}).get("roles") or {})
+        checks.append(_audit((doc or {}).get("audit"), trail, own_roles, slo))
+        intrusions, alerts = run.jsonl("intrusions.jsonl"), run.jsonl("alerts.jsonl")
+        det, fp_count, unexplained = _detections(intrusions, alerts, slo)
+        checks += det
+        load = run.info.get("load") or {}
+        fp_check = at_most("false-positives", fp_count if trail else None,
+                           slo["false_positives_max"], alerts=len(alerts),
+                           unexplained=unexplained[:10], normal_load_s=load.get("duration_s"),
+                           first_intrusion_utc=intrusions[0].get("start_utc") if intrusions else None)
+        if not trail:   # a detector that saw no record cannot be said to raise no false alarm
+            fp_check.details["reason"] = "the detector saw no audit record"
+        checks.append(fp_check)
+        checks.append(_secret_scan(run, doc))
+        metrics = {"audit_records": len(trail), "alerts": len(alerts),
+                   "false_positives": fp_count, "intrusions": len(intrusions)}
+        return checks, metrics

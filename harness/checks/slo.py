@@ -37,6 +37,8 @@ KNOWN_KEYS = {
     "cdc_catch_up_s_max": float, "cdc_quiesce_s": float, "cdc_mismatches_max": int,
     # msdb drill migration (seed §10.1): a schema change under load
     "migration_blocked_ms_max": float, "migration_errors_max": int,
+    # msdb run security (seed §8): detection time, false alarms, the audit trail's gaps
+    "detect_within_s_max": float, "false_positives_max": int, "audit_missing_max": int,
     # minimum sample sizes: below them a percentile or a knee is `unknown`, not judged
     "min_samples_p95": int, "min_samples_p99": int, "min_samples_step": int,
 }

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["Child", "start_nemesis", "start_lagmon"]
+__all__ = ["Child", "start_nemesis", "start_lagmon", "start_audit_watch", "start_intruder"]
 
 
 class Child:
@@ -57,3 +57,20 @@ def start_lagmon(run_dir: Path, state_dir: Path) -> Child:
     return Child([sys.executable, "-m", "harness.run.lagmon", "--state-dir", str(state_dir),
                   "--out", str(run_dir), "--parent", str(os.getpid())],
                  run_dir / "lagmon.log", stop_timeout_s=30.0)
+
+
+def start_audit_watch(run_dir: Path, state_dir: Path, t0: float, duration_s: float) -> Child:
+    """The audit watcher and live detector of a `security` run; it learns each
+    role's normal rate over the intrusion-free first 35 % of the load."""
+    return Child([sys.executable, "-m", "harness.security.watch", "--state-dir", str(state_dir),
+                  "--out", str(run_dir), "--learn-until", str(t0 + 0.35 * duration_s),
+                  "--parent", str(os.getpid())],
+                 run_dir / "audit-watch.log", stop_timeout_s=30.0)
+
+
+def start_intruder(run_dir: Path, state_dir: Path, t0: float, duration_s: float) -> Child:
+    """The scripted intruder of a `security` run (harness/security/intruder.py)."""
+    return Child([sys.executable, "-m", "harness.security.intruder", "--state-dir", str(state_dir),
+                  "--out", str(run_dir), "--t0", str(t0), "--duration", str(duration_s),
+                  "--parent", str(os.getpid())],
+                 run_dir / "intruder.log", stop_timeout_s=30.0)

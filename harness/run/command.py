@@ -122,10 +122,11 @@ def schedule_for(raw: list, backend: StackBackend, duration_s: float, where: str
 
 @contextmanager
 def stack_for_run(p: RunParams, *, keep: bool, engines: str | None = None,
-                  tls: bool = False) -> Iterator[StackBackend]:
+                  tls: bool = False, fresh_tls: bool = False) -> Iterator[StackBackend]:
     """The deployment of a targets file, the stack running in the state dir,
     or a fresh one for this run alone (stopped and removed afterwards unless
-    `keep`)."""
+    `keep`).  `tls`: the stack must run with TLS; `fresh_tls`: a fresh one is
+    started with TLS (the scenario's wish), a running one is used as it is."""
     if p.target_file:
         backend = TargetBackend.open(p.target_file)   # its StackInfo in a scratch dir
         try:
@@ -156,9 +157,9 @@ def stack_for_run(p: RunParams, *, keep: bool, engines: str | None = None,
             return
     opts = StackOptions(state_dir=state, topology=p.topology or "single",
                         base_port=p.base_port or DEFAULT_BASE_PORT, engines=engines or "embedded",
-                        tls=tls)
+                        tls=tls or fresh_tls)
     print(f"starting a fresh embedded stack{' with the seed engines' if engines == 'seed' else ''}"
-          f"{' with TLS' if tls else ''} "
+          f"{' with TLS' if opts.tls else ''} "
           f"in {state} (removed after the run"
           f"{'' if not keep else '; --keep-stack keeps it'}) ...", flush=True)
     with fresh_stack(opts, keep=keep) as backend:
@@ -214,7 +215,7 @@ def run_command(args) -> int:
     handlers = _interrupts()
     try:
         with stack_for_run(p, keep=args.keep_stack, engines=getattr(args, "engines", None),
-                           tls=getattr(args, "tls", False)) as backend:
+                           tls=getattr(args, "tls", False), fresh_tls=sc.tls) as backend:
             if p.target_file:
                 why = missing_for(backend.info(), raw, sc.stack_needs(), sc.service_env)
                 if why:

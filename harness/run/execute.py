@@ -178,6 +178,7 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
     health = HealthSampler(lambda: backend.status(probe), tables["health.csv"])
     stores = StoreSampler(info, tables["postgres.csv"], tables["redis.csv"])
     nemesis = lagmon = None
+    beside: dict = {}
     req_table = tables["requests.csv"]
 
     def on_sample(r: Request) -> None:
@@ -208,6 +209,9 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
         load = {"start": utc_now()}
         t0 = time.monotonic()
         nemesis = start_nemesis(rd.path, state_dir, schedule)
+        beside = {start.__name__.removeprefix("start_"): start(rd.path, state_dir, time.time(),
+                                                               p.duration_s)
+                  for start in sc.beside_load}
         progress = RunProgress(sc.name, samples, total_s=p.duration_s,
                                faults_path=rd.path / "faults.jsonl")
         ticker = Ticker(progress, quiet=p.quiet, greenlet=True).start()
@@ -228,7 +232,8 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
             load.update(end=utc_now(), duration_s=round(time.monotonic() - t0, 2))
             run_info["load"] = load
             history.close()     # complete on disk before anything reads it
-            run_info["children"] = {"nemesis": nemesis.stop() if nemesis else None}
+            run_info["children"] = {"nemesis": nemesis.stop() if nemesis else None,
+                                    **{n: c.stop() for n, c in beside.items()}}
             run_info["healed_after_run"] = heal(backend, keep_overrides=True)
         if shape is not None:
             rd.write_json("phases.json" if isinstance(sc.shape, PhasedLoad) else "steps.json",
@@ -258,6 +263,9 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
             run_info.setdefault("children", {})["nemesis"] = nemesis.stop()
         if lagmon is not None and lagmon.running():
             run_info.setdefault("children", {})["lagmon"] = lagmon.stop()
+        for n, c in beside.items():
+            if c.running():
+                run_info.setdefault("children", {})[n] = c.stop()
         if run_info["status"] != "completed" or run_info.get("overrides"):
             try:   # also puts the scenario's changed settings back
                 run_info["healed_after_run"] = run_info.get("healed_after_run", []) + heal(backend)
@@ -278,6 +286,16 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
         results = _judge(rd)
         print(format_summary(rd.path))
         write_reports(rd)
+        if sc.judge_reports:
+            # A check of this scenario reads the reports too (the secret scan):
+            # judged again now that they exist, and reported again if that
+            # changed anything.
+            again = _judge(rd)
+            if again != results:
+                print("judged again with the reports written: "
+                      f"{results['verdict']} -> {again['verdict']}")
+                results = again
+                write_reports(rd)
     return exit_code(results["verdict"])
 
 

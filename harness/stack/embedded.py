@@ -476,7 +476,9 @@ class EmbeddedStack:
             admin_dsn=f"postgresql://postgres:{sec['postgres']}@127.0.0.1:{spec.port}/postgres"
                       + (q if self.opts.tls else ""),
             datadir=str(pg[spec.name].datadir) if spec.name in pg else None,
-            wal_archive=str(pg[spec.name].archive_dir) if spec.name in pg else None)
+            wal_archive=str(pg[spec.name].archive_dir) if spec.name in pg else None,
+            audit_log=str(pg[spec.name].audit_log)
+            if spec.name in pg and pg[spec.name].audit_log else None)
             for spec in L.instances)
         databases = {}
         for svc in SERVICES:

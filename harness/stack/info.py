@@ -48,6 +48,7 @@ class Instance:
     admin_dsn: str                 # superuser, direct (never through a fault proxy): samplers
     datadir: str | None = None     # where the backend has one on this machine
     wal_archive: str | None = None
+    audit_log: str | None = None   # the server's JSON log with pgaudit records (None: no audit)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -116,6 +116,12 @@ class PgRuntime:
         return cls(state_dir, data_root, bin_dir, PG_SYSTEM_USER, files)
 
     @property
+    def audit(self) -> bool:
+        """pgaudit is on where this build has it (Debian's, under --tls; the
+        wheel has none): every read and write is logged (seed §8.2)."""
+        return (self.bin_dir.parent / "lib" / "pgaudit.so").exists()
+
+    @property
     def server_tls_dir(self) -> Path:
         """Copies of the server's key and certificate (and the CA, for the
         replica's walreceiver), owned by the user PostgreSQL runs as."""
@@ -279,6 +285,15 @@ class PgInstance:
         return self.rt.state_dir / "logs" / f"{self.name}.log"
 
     @property
+    def audit_dir(self) -> Path:
+        return self.rt.data_root / "audit" / self.name
+
+    @property
+    def audit_log(self) -> Path | None:
+        """The server's JSON log with pgaudit's records (None: no audit)."""
+        return self.audit_dir / "postgresql.json" if self.rt.audit else None
+
+    @property
     def is_replica(self) -> bool:
         return self.primary is not None
 
@@ -370,6 +385,21 @@ class PgInstance:
             lines.update({"ssl": "on", "ssl_cert_file": f"'{d / 'server.crt'}'",
                           "ssl_key_file": f"'{d / 'server.key'}'",
                           "ssl_min_protocol_version": "'TLSv1.3'"})
+        if self.rt.audit:
+            # pgaudit (seed §8.2): every read and write, one record per relation
+            # with its row count, into a JSON log the harness reads
+            # (harness/security/auditlog.py).  The collector writes stderr there
+            # too, as postgresql.log; catalog reads (samplers) are left out.
+            self.rt.owned_dir(self.audit_dir, 0o750)
+            lines.update({"shared_preload_libraries": "'pg_stat_statements,pgaudit'",
+                          "pgaudit.log": "'read, write'", "pgaudit.log_relation": "on",
+                          "pgaudit.log_rows": "on", "pgaudit.log_catalog": "off",
+                          "pgaudit.log_parameter": "off", "logging_collector": "on",
+                          "log_destination": "'stderr,jsonlog'",
+                          "log_directory": f"'{self.audit_dir}'",
+                          "log_filename": "'postgresql.log'", "log_file_mode": "0640",
+                          "log_rotation_age": "0", "log_rotation_size": "0",
+                          "log_timezone": "'UTC'", "log_connections": "off"})
         host = "hostssl" if self.rt.tls is not None else "host   "
         text = "# Written by msdb at every start; edit harness/pg.py instead.\n" + \
             "".join(f"{k} = {v}\n" for k, v in lines.items())
