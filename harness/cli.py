@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore: from this region's backups (primary), or from the geo copy "
                         "after the disaster also destroyed this region's backups and WAL archive "
                         "(geo; seed §7.1's copy in another region)")
+    s.add_argument("--geo-key-file", default=None, metavar="FILE",
+                   help="restore: the geo copy's AES-256 key, 32 bytes in base64 (`openssl rand "
+                        "-base64 32`); default: $MSDB_GEO_KEY, else one generated into the state dir")
+    s.add_argument("--restore-key-file", default=None, metavar="FILE",
+                   help="restore --from geo: decrypt with this key instead (drills a wrong key: exit 3)")
     s.add_argument("--disaster-after", default="60s", metavar="DURATION",
                    help="writes run this long before the disaster (default: 60s)")
     s.add_argument("--target-time", default=None, metavar="T",

@@ -20,10 +20,11 @@ from .verdicts import verdict_rows
 
 __all__ = ["build_drill_report", "drill_context"]
 
-RTO_PARTS = (("rto_destroy_s", "disaster (kill -9, data dir deleted)"), ("rto_copy_s", "copy base backup"),
+RTO_PARTS = (("rto_destroy_s", "disaster (kill -9, data dir deleted)"),
+             ("rto_decrypt_s", "decrypt geo copy"), ("rto_copy_s", "copy base backup"),
              ("rto_wal_replay_s", "WAL replay"), ("rto_promotion_s", "promotion"),
              ("rto_reconnect_s", "service reconnection"))
-PART_COLORS = ("#999999", "#4878a8", "#e4a72e", "#6aa84f", "#a64d79")
+PART_COLORS = ("#999999", "#8e7cc3", "#4878a8", "#e4a72e", "#6aa84f", "#a64d79")
 
 
 def _rto_chart(strategies: dict) -> str | None:

@@ -1,6 +1,7 @@
 """Checks of the backup and restore drills, from what each drill recorded
-(drill.json, lost.json) and the SLO's recovery objectives (seed §7.2: RPO
-15 min, RTO 2 h)."""
+(drill.json, lost.json, geo_scan.json) and the SLO's recovery objectives
+(seed §7.2: RPO 15 min, RTO 2 h); the geo copy's encryption at rest (seed
+§8: AES-256) from its leak scan."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from ..drills.rpo_rto import GROWTH_GB_PER_YEAR, combined_projection, project_rt
 from .core import Check, at_least, at_most
 
 __all__ = ["RestoreChecks", "PitrChecks", "MaskedChecks", "MigrationChecks", "DRILL_CHECKS",
-           "RECOVERY_KEYS", "MIGRATION_KEYS"]
+           "RECOVERY_KEYS", "MIGRATION_KEYS", "geo_checks"]
 
 RECOVERY_KEYS = ("rpo_seconds_max", "rto_seconds_max")
 MIGRATION_KEYS = ("migration_blocked_ms_max", "migration_errors_max")
-PARTS = ("rto_destroy_s", "rto_copy_s", "rto_wal_replay_s", "rto_promotion_s", "rto_reconnect_s")
+PARTS = ("rto_destroy_s", "rto_decrypt_s", "rto_copy_s", "rto_wal_replay_s", "rto_promotion_s",
+         "rto_reconnect_s")     # rto_decrypt_s: restores from the geo copy (None otherwise, or absent)
 
 
 def _recorded(run: Run) -> dict:
@@ -44,7 +46,8 @@ class RestoreChecks:
         checks = [
             at_most("rpo-seconds", m["rpo_seconds"], slo["rpo_seconds_max"],
                     lost_writes=m["rpo_lost_writes"], wal=m["wal"]),
-            at_most("rto-seconds", m["rto_seconds"], slo["rto_seconds_max"], **{k: m[k] for k in PARTS}),
+            at_most("rto-seconds", m["rto_seconds"], slo["rto_seconds_max"],
+                    **{k: m.get(k) for k in PARTS if k in m}),
         ]
         target = d.get("target")
         if m["wal"] == "stream-sync" and target is None:
@@ -55,6 +58,13 @@ class RestoreChecks:
                                   missing=target["early_missing"][:20]))
             checks.append(at_most("target-after-absent", len(target["late_present"]), 0,
                                   present=target["late_present"][:20]))
+        scan = run.json("geo_scan.json")
+        if scan is not None:
+            checks += geo_checks(scan)
+            m["geo_scan"] = {"geo_files": scan["geo"]["files"], "geo_bytes": scan["geo"]["bytes"],
+                             "geo_matches": scan["geo"]["matches"],
+                             "control_matches": scan["control"]["matches"],
+                             "encrypted_files": scan["encryption"]["encrypted"]}
         r = d["rates"]
         m["projection"] = project_rto(copy_mb_s=r["copy_mb_s"], replay_mb_s=r["replay_mb_s"],
                                       wal_per_data_byte=r["wal_per_data_byte"],
@@ -78,6 +88,39 @@ class RestoreChecks:
         ms = list(strategies.values())
         projection = combined_projection(ms, ms[0]["db"], slo["rto_seconds_max"]) if ms else None
         return checks, {"strategies": strategies, "projection": projection}
+
+
+def geo_checks(scan: dict) -> list[Check]:
+    """The geo copy's encryption, from geo_scan.json: every file has the
+    msdb-geo header and authenticates with the key (geo-copy-encrypted), and
+    the drill's marker is nowhere in its bytes while the same scan finds it in
+    this region's unencrypted backup or archive (geo-leak-scan; without that
+    control, finding nothing proves nothing: unknown)."""
+    enc, geo, control = scan["encryption"], scan["geo"], scan["control"]
+    planted = {"planted": "the geo copy was written unencrypted on purpose"} \
+        if scan.get("planted_plaintext") else {}
+    if not enc["files"]:
+        encrypted = Check("geo-copy-encrypted", "unknown", None, 0,
+                          {"reason": "the geo copy held no file: nothing to judge", **planted})
+    else:
+        encrypted = at_most("geo-copy-encrypted", enc["plaintext_files"] + enc["failed_files"], 0,
+                            files=enc["files"], encrypted=enc["encrypted"], plaintext=enc["plaintext"][:20],
+                            failed=enc["failed"][:20], format=enc["format"], key_source=scan["key_source"],
+                            **planted)
+    details = {"marker": scan["marker"], "files": geo["files"], "bytes": geo["bytes"],
+               "matched_files": geo["matched_files"][:20], "control_matches": control["matches"],
+               "control_files": control["files"], "control_bytes": control["bytes"], **planted}
+    if not geo["files"]:
+        leak = Check("geo-leak-scan", "unknown", geo["matches"], 0,
+                     {"reason": "the geo copy held no file: nothing was scanned", **details})
+    elif not control["matches"]:
+        leak = Check("geo-leak-scan", "unknown", geo["matches"], 0,
+                     {"reason": "the control scan of this region's unencrypted backup and archive did "
+                                "not find the marker either: finding nothing in the geo copy proves "
+                                "nothing", **details})
+    else:
+        leak = at_most("geo-leak-scan", geo["matches"], 0, **details)
+    return [encrypted, leak]
 
 
 @dataclass(frozen=True)

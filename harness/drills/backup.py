@@ -6,14 +6,17 @@
                                   archive_timeout (seed: 15 min)
     <root>/stream/                pg_receivewal's segments (optional; async, or
                                   synchronous through synchronous_standby_names)
-    <geo>/base, <geo>/wal         the second "region": a copy of both
+    <geo>/base, <geo>/wal         the second "region": a copy of both, every file
+                                  encrypted (AES-256-GCM, harness/drills/geocrypt.py)
+                                  when the set has a geo key
 
 Retention keeps the newest N backups and/or those younger than N days (a
 backup is kept when any rule keeps it; the newest is always kept), then
 deletes the WAL no kept backup needs, in both copies.
 
 Restoring (harness/drills/pgrestore.py) reads a `BackupSet`, or a `GeoCopy`
-once the region is lost: `wal_chain` finds the segments a backup needs and
+once the region is lost (decrypted first into a scratch directory,
+`GeoCopy.decrypted`): `wal_chain` finds the segments a backup needs and
 names the first one missing (an archive gap).
 """
 
@@ -34,6 +37,7 @@ from ..errors import InfraError, UsageError
 from ..stack import procs
 from ..stack.pg import PgInstance
 from ..utc import stamp, utc
+from .geocrypt import decrypt_file, encrypt_file
 
 __all__ = ["BackupInfo", "Retention", "select_retained", "BackupSet", "GeoCopy", "WalStreamer",
            "WAL_RE", "segno", "seg_name", "wal_chain", "parse_lsn", "dir_bytes", "RECEIVER_NAME"]
@@ -167,12 +171,16 @@ class BackupSet:
     """Base backups, the WAL archive, the optional stream and the geo copy of
     one instance."""
 
-    def __init__(self, inst: PgInstance, root: Path, geo: Path, *, replicator_password: str):
+    def __init__(self, inst: PgInstance, root: Path, geo: Path, *, replicator_password: str,
+                 geo_key: bytes | None = None):
         self.inst = inst
         self.rt = inst.rt
         self.root = Path(root)
         self.geo = Path(geo)
         self.replicator_password = replicator_password
+        # With a key every file geo_sync writes is encrypted; without one the
+        # copy is plaintext (as before, and as the drill's planted weakness).
+        self.geo_key = geo_key
 
     @property
     def base_dir(self) -> Path:
@@ -259,28 +267,63 @@ class BackupSet:
         return lost
 
     def geo_sync(self) -> dict:
-        """Copy base backups and archived WAL the geo copy lacks; returns counts."""
+        """Copy base backups and archived WAL the geo copy lacks (encrypted,
+        file by file, with a geo key); returns counts, bytes and seconds."""
         self.geo.mkdir(parents=True, exist_ok=True)
-        n_base = n_wal = 0
+        t0 = time.time()
+        n_base = n_wal = nbytes = 0
         for b in self.backups():
             dst = self.geo / "base" / b.label
             if not dst.exists():
                 tmp = dst.with_name(dst.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(b.path, tmp)
+                # the description first: a directory without one is ignored,
+                # and copied again by the next sync
+                nbytes += self._geo_file(self.base_dir / f"{b.label}.json",
+                                         self.geo / "base" / f"{b.label}.json")
+                nbytes += self._geo_tree(Path(b.path), tmp, dst)
                 tmp.rename(dst)
-                shutil.copy2(self.base_dir / f"{b.label}.json", self.geo / "base" / f"{b.label}.json")
                 n_base += 1
         for src in (self.archive_dir,):
             if not src.is_dir():
                 continue
-            for p in src.iterdir():
+            for p in sorted(src.iterdir()):
                 dst = self.geo / "wal" / p.name
                 if p.is_file() and not dst.exists():
-                    shutil.copy2(p, dst.with_name(p.name + ".tmp"))
-                    os.replace(dst.with_name(p.name + ".tmp"), dst)
+                    nbytes += self._geo_file(p, dst)
                     n_wal += 1
-        return {"base_copied": n_base, "wal_copied": n_wal}
+        return {"base_copied": n_base, "wal_copied": n_wal, "encrypted": self.geo_key is not None,
+                "bytes": nbytes, "seconds": round(time.time() - t0, 3)}
+
+    def _geo_file(self, src: Path, dst: Path, rel_to: Path | None = None) -> int:
+        """One file into the geo copy, atomically: encrypted as the path it
+        will have in the copy (`rel_to`: the final place of a tree being
+        written under a temporary name), with the original's times."""
+        tmp = dst.with_name(dst.name + ".tmp")
+        if self.geo_key is None:
+            shutil.copy2(src, tmp)
+        else:
+            rel = (rel_to or dst).relative_to(self.geo).as_posix()
+            encrypt_file(self.geo_key, src, tmp, rel)
+            st = src.stat()
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(tmp, dst)
+        return dst.stat().st_size
+
+    def _geo_tree(self, src: Path, tmp: Path, final: Path) -> int:
+        nbytes = 0
+        for dirpath, dirnames, filenames in os.walk(src):
+            d = Path(dirpath)
+            out = tmp / d.relative_to(src)
+            out.mkdir(parents=True, exist_ok=True)
+            for name in [*dirnames, *filenames]:
+                if (d / name).is_symlink():
+                    raise InfraError(f"{d / name} is a symbolic link (a tablespace?): the geo copy "
+                                     f"copies plain files and directories only")
+            for name in filenames:
+                rel = d.relative_to(src) / name
+                nbytes += self._geo_file(d / name, out / name, rel_to=final / rel)
+        return nbytes
 
     # -- retention ----------------------------------------------------------------
 
@@ -366,11 +409,13 @@ class WalStreamer:
 
 class GeoCopy(BackupSet):
     """The second region's copy (base backups and archived WAL, as of the last
-    geo_sync), read by restore() the way it reads the first region's."""
+    geo_sync), read by restore() the way it reads the first region's; or, with
+    `root`, a decrypted copy of it in a scratch directory."""
 
-    def __init__(self, primary: BackupSet):
-        super().__init__(primary.inst, primary.geo, primary.geo,
-                         replicator_password=primary.replicator_password)
+    def __init__(self, primary: BackupSet, root: Path | None = None):
+        root = Path(root) if root is not None else primary.geo
+        super().__init__(primary.inst, root, root, replicator_password=primary.replicator_password,
+                         geo_key=primary.geo_key)
 
     @property
     def archive_dir(self) -> Path:
@@ -381,3 +426,58 @@ class GeoCopy(BackupSet):
 
     def geo_sync(self) -> dict:
         raise InfraError("the geo copy has no second region of its own")
+
+    def decrypted(self, scratch: Path, key: bytes, *, before: float | None = None) -> tuple["GeoCopy", dict]:
+        """Decrypt what a restore needs into `scratch` (emptied first): every
+        backup's description, the latest backup finished before `before` (the
+        one restore() picks) and the WAL from its start segment on.  The
+        scratch files belong to the PostgreSQL user (its restore_command reads
+        them) and keep the copy's times.  The first file that does not
+        authenticate stops it (geocrypt.AuthFailed / NotEncrypted, naming it).
+        Returns the scratch copy and {"files", "bytes", "seconds"}."""
+        t0 = time.time()
+        shutil.rmtree(scratch, ignore_errors=True)
+        files = nbytes = 0
+
+        def one(src: Path) -> None:
+            nonlocal files, nbytes
+            rel = src.relative_to(self.geo)
+            dst = scratch / rel
+            if not dst.parent.exists():
+                self.rt.owned_dir(dst.parent)
+            nbytes += decrypt_file(key, src, dst, rel.as_posix())
+            st = src.stat()
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.chmod(dst, 0o600)
+            self.rt.chown(dst)
+            files += 1
+
+        for d in (scratch, scratch / "base", scratch / "wal"):
+            self.rt.owned_dir(d)
+        base = self.geo / "base"
+        for j in sorted(base.glob("*.json")) if base.is_dir() else []:
+            one(j)
+        out = GeoCopy(self, scratch)
+        cands = [b for b in out.descriptions() if before is None or b.finished_at <= before]
+        if cands:
+            chosen = cands[-1]
+            for dirpath, dirnames, filenames in os.walk(base / chosen.label):
+                d = Path(dirpath)
+                self.rt.owned_dir(scratch / d.relative_to(self.geo))
+                for name in filenames:
+                    one(d / name)
+            _, start = segno(chosen.start_wal)
+            wal = self.archive_dir
+            for p in sorted(wal.iterdir()) if wal.is_dir() else []:
+                if p.is_file() and not (WAL_RE.match(p.name) and segno(p.name)[1] < start) \
+                        and not p.name.endswith(".tmp"):
+                    one(p)
+        return out, {"files": files, "bytes": nbytes, "seconds": round(time.time() - t0, 3)}
+
+    def descriptions(self) -> list[BackupInfo]:
+        """Every backup's description, oldest first, whether or not its
+        directory is here (a scratch copy holds only the one restored)."""
+        base = self.base_dir
+        out = [BackupInfo.from_json(json.loads(j.read_text())) for j in sorted(base.glob("*.json"))] \
+            if base.is_dir() else []
+        return sorted((b for b in out if b.verified), key=lambda b: b.finished_at)

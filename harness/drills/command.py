@@ -2,7 +2,7 @@
 
     msdb drill restore [--db orders] [--wal archive|stream|stream-sync[,...]]
                        [--archive-timeout 15min] [--disaster-after 60s] [--target-time T]
-                       [--from primary|geo]
+                       [--from primary|geo] [--geo-key-file FILE] [--restore-key-file FILE]
     msdb drill pitr    an accidental DELETE, restored to just before it
     msdb drill masked  a restored copy of the users database with PII masked
     msdb drill migration --plan NAME|FILE   a schema change under load (seed §10.1)
@@ -14,6 +14,7 @@ what happened in its run directory, and is judged from it
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -27,7 +28,9 @@ from ..errors import UsageError
 from ..run.progress import Snapshot, Ticker
 from ..run.rundir import RunDir
 from ..utc import epoch, utc_now
+from ..stack.pg import ROOT_DATA_BASE
 from .backup import Retention
+from .geocrypt import KeySpec, load_key, read_key_file, refuse_inside
 from .masked import masked_drill
 from ..checks.drill import MIGRATION_KEYS
 from .migration import load_plan, migration_drill
@@ -40,6 +43,8 @@ __all__ = ["drill_command", "parse_modes", "parse_target", "WAL_MODES", "DRILL_D
 WAL_MODES = ("archive", "stream", "stream-sync")
 DRILL_DBS = ("orders", "users")
 DEFAULT_DRILL_PORT = 15700
+# Test-only: the planted weakness of the encrypted geo copy (docs/drills.md).
+PLANT_PLAINTEXT_GEO = "MSDB_DRILL_PLANT_PLAINTEXT_GEO"
 RECOVERY_KEYS = ("rpo_seconds_max", "rto_seconds_max")
 
 
@@ -128,6 +133,10 @@ def drill_command(args) -> int:
     if args.drill != "restore" and getattr(args, "source", "primary") != "primary":
         raise UsageError(f"--from {args.source} applies to `msdb drill restore` only "
                          f"({args.drill} restores from this region's backups)")
+    for opt, dest in (("--geo-key-file", "geo_key_file"), ("--restore-key-file", "restore_key_file")):
+        if args.drill != "restore" and getattr(args, dest, None) is not None:
+            raise UsageError(f"{opt} applies to `msdb drill restore` only (its geo copy is the "
+                             f"one encrypted)")
     if args.drill != "migration" and getattr(args, "plan", None) is not None:
         raise UsageError(f"--plan applies to `msdb drill migration` only")
     keys = {"restore": RECOVERY_KEYS, "migration": MIGRATION_KEYS}.get(args.drill, ())
@@ -203,6 +212,38 @@ def _f(v) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
+def geo_keys(args, env=os.environ) -> tuple[KeySpec | None, KeySpec | None, bool]:
+    """(the geo copy's key or None to generate one, the key to restore with
+    if another, the planted weakness on?), all checked before any stack
+    starts: a bad key or a key kept where the copy lives is exit 2."""
+    key_file = getattr(args, "geo_key_file", None)
+    restore_file = getattr(args, "restore_key_file", None)
+    if restore_file is not None and args.source != "geo":
+        raise UsageError(f"--restore-key-file {restore_file}: applies to --from geo only (a restore "
+                         f"from this region's backups never reads the geo copy)")
+    state = Path(args.state_dir)
+    for opt, path in (("--geo-key-file", key_file), ("--restore-key-file", restore_file)):
+        if path is None:
+            continue
+        refuse_inside(path, state, opt, "the drill's state dir: it holds the geo copy and is deleted "
+                                        "after the drill")
+        refuse_inside(path, ROOT_DATA_BASE, opt, "msdb's PostgreSQL data, geo copies included, "
+                                                 "when run as root")
+        try:
+            mode = Path(path).expanduser().stat().st_mode
+        except OSError:
+            mode = 0                       # read_key_file names the error
+        if mode & 0o077:
+            print(f"warning: {opt} {path} can be read by others (mode {mode & 0o777:o}); "
+                  f"chmod 600 it", file=sys.stderr)
+    key = load_key(key_file, env)
+    restore_key = read_key_file(restore_file, "--restore-key-file") if restore_file is not None else None
+    planted = env.get(PLANT_PLAINTEXT_GEO, "")
+    if planted not in ("", "0", "1"):
+        raise UsageError(f"{PLANT_PLAINTEXT_GEO}={planted!r}: expected 1 (plant the weakness) or 0")
+    return key, restore_key, planted == "1"
+
+
 def cmd_restore(args, slo: dict) -> int:
     modes = parse_modes(args.wal)
     after, at = _common(args)
@@ -217,10 +258,15 @@ def cmd_restore(args, slo: dict) -> int:
     if args.keep_stack and len(modes) > 1:
         raise UsageError(f"--keep-stack needs a single --wal strategy, not {args.wal!r}")
     Retention(keep_last=args.keep_last, keep_days=args.keep_days)   # validates both
+    geo_key, restore_key, planted = geo_keys(args)
     root = RunDir.create(args.out, "drill-restore")
+    # Where the keys come from, never the keys.
     params = {"db": args.db, "wal": modes, "archive_timeout_s": at, "disaster_after_s": after,
               "target_time": args.target_time, "writers": args.writers, "base_port": args.base_port,
-              "from": args.source}
+              "from": args.source,
+              "geo_key": geo_key.source if geo_key else "generated into the state dir",
+              "restore_key": restore_key.source if restore_key else None,
+              **({"planted": "plaintext geo copy"} if planted else {})}
     parent = _start(root, "drill-restore", params, slo, matrix=modes) if len(modes) > 1 else None
     try:
         for mode in modes:
@@ -232,14 +278,16 @@ def cmd_restore(args, slo: dict) -> int:
             p = RestoreParams(db=args.db, wal=mode, archive_timeout_s=at, disaster_after_s=after,
                               target=target, writers=args.writers, state_dir=Path(args.state_dir),
                               base_port=args.base_port, keep_days=args.keep_days,
-                              keep_last=args.keep_last, keep_stack=args.keep_stack, source=args.source)
+                              keep_last=args.keep_last, keep_stack=args.keep_stack, source=args.source,
+                              geo_key=geo_key, restore_key=restore_key, plant_plaintext_geo=planted)
             with _recorded(rd, info):
                 m = restore_drill(p, rd)
             doc = judge(rd.path) if len(modes) > 1 else None
             print(f"  RPO: {m['rpo_lost_writes']} of {m['acked_writes']} acknowledged writes lost, "
                   f"{m['rpo_seconds']:.2f} s (target <= {slo['rpo_seconds_max']:g} s)")
+            decrypt = f" + decrypt {m['rto_decrypt_s']:.2f}" if m.get("rto_decrypt_s") is not None else ""
             print(f"  RTO: {m['rto_seconds']:.2f} s (target <= {slo['rto_seconds_max']:g} s) = destroy "
-                  f"{m['rto_destroy_s']:.2f} + copy {m['rto_copy_s']:.2f} + WAL replay "
+                  f"{m['rto_destroy_s']:.2f}{decrypt} + copy {m['rto_copy_s']:.2f} + WAL replay "
                   f"{m['rto_wal_replay_s']:.2f} + promotion {_f(m['rto_promotion_s'])} + reconnection "
                   f"{m['rto_reconnect_s']:.2f}")
             if doc is not None:

@@ -1,12 +1,15 @@
 """`msdb drill restore`, one WAL strategy on a fresh stack:
 
- 1. base backup (pg_basebackup + pg_verifybackup), geo copy; for stream modes
-    pg_receivewal first (stream-sync: named in synchronous_standby_names);
+ 1. a marker write (known plaintext for the leak scan), base backup
+    (pg_basebackup + pg_verifybackup), geo copy (AES-256-GCM, file by file:
+    harness/drills/geocrypt.py) and its leak scan (geo_scan.json); for stream
+    modes pg_receivewal first (stream-sync: named in synchronous_standby_names);
  2. writers drive acknowledged writes through the service API, each with a
     unique id and the client's acknowledgement time (acks.jsonl, history.jsonl);
  3. disaster: kill -9 of the instance, then its data directory is deleted
     (with --from geo, this region's backups and WAL archive too);
- 4. restore the latest base backup + WAL into a fresh instance (to the end of
+ 4. (--from geo: decrypt the geo copy into a scratch directory, an RTO part of
+    its own), restore the latest base backup + WAL into a fresh instance (to the end of
     the WAL, or --target-time), repoint the service's `<db>-db` proxy at it;
  5. record what happened (drill.json, restore.json, lost.json): the RPO and
     RTO arithmetic and the checks are harness.drills.rpo_rto and
@@ -15,6 +18,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -28,13 +32,17 @@ from ..errors import InfraError
 from ..run.rundir import RunDir
 from ..stack.topology import SERVICE_BY_NAME
 from ..utc import utc
-from .backup import Retention, WalStreamer
+from .backup import BackupInfo, BackupSet, Retention, WalStreamer
+from .geocrypt import GeoCryptError, KeySpec, generate_key_file, inspect_copy, scan_for
 from .pgrestore import restore
 from .rpo_rto import MIN_REPLAY_BYTES, rpo, rto_parts
 from .stack import DrillStack, db_stats, newest_archived
 from .writer import Writer, present_ids
 
-__all__ = ["RestoreParams", "restore_drill"]
+__all__ = ["RestoreParams", "restore_drill", "GEO_KEY_FILE", "MARKER_PREFIX"]
+
+GEO_KEY_FILE = "geo.key"                 # a generated key: in the state dir, outside the geo copy
+MARKER_PREFIX = "msdb-geo-marker-"
 
 
 @dataclass
@@ -51,6 +59,49 @@ class RestoreParams:
     keep_last: int
     keep_stack: bool = False
     source: str = "primary"      # restore from: primary (this region's backups) or geo
+    geo_key: KeySpec | None = None       # the geo copy's key; None: generated into the state dir
+    restore_key: KeySpec | None = None   # --from geo: decrypt with this key instead (wrong-key drill)
+    plant_plaintext_geo: bool = False    # the planted weakness: the geo copy written unencrypted
+
+
+def write_marker(db: str, url: str, seed_data: dict) -> str:
+    """One write through the API carrying a random marker string: known
+    plaintext that lands in the database's heap pages and its WAL, so the
+    leak scan has something to look for."""
+    marker = f"{MARKER_PREFIX}{secrets.token_hex(12)}"
+    s = requests.Session()
+    s.trust_env = False
+    if db == "orders":
+        r = s.post(f"{url}/orders", headers={"Idempotency-Key": marker}, timeout=30,
+                   json={"user_id": seed_data["users"][0]["id"],
+                         "items": [{"product_id": seed_data["products"][0], "quantity": 1}]})
+    else:
+        r = s.post(f"{url}/users", timeout=30, json={"email": f"{marker}@drill.msdb.test",
+                                                     "password": "drill-password",
+                                                     "first_name": "Marker", "last_name": marker[-8:]})
+    if r.status_code != 201:
+        raise InfraError(f"the leak scan's marker write (POST {r.url}) got HTTP {r.status_code}: "
+                         f"{r.text[:200]}")
+    return marker
+
+
+def geo_scan(bs: BackupSet, backup: BackupInfo, key: KeySpec, marker: str, planted: bool) -> dict:
+    """After a geo sync: every byte of the geo copy searched for the marker,
+    and the same search of this region's unencrypted backup and archive (the
+    control: it must find it, or finding nothing in the copy proves nothing);
+    every file of the copy checked for the header and authenticated.  What
+    geo_scan.json holds, and the checks geo-leak-scan and geo-copy-encrypted
+    judge (harness.checks.drill)."""
+    t0 = time.time()
+    needle = marker.encode()
+    geo = scan_for([bs.geo], needle)
+    roots = [Path(backup.path), bs.archive_dir]
+    control = scan_for(roots, needle)
+    enc = inspect_copy(bs.geo, key.key)
+    return {"marker": marker, "planted_plaintext": planted, "key_source": key.source,
+            "geo": {"root": str(bs.geo), **geo},
+            "control": {"roots": [str(r) for r in roots], **control},
+            "encryption": enc, "seconds": round(time.time() - t0, 3), "scanned_utc": utc(time.time())}
 
 
 def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
@@ -62,6 +113,18 @@ def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
         url = ds.info.urls[p.db]
         data = seed(ds.info.urls, users=4, products=4, stock=10_000_000) if p.db == "orders" else {}
         bs = ds.backup_set(inst)
+        key = p.geo_key
+        if key is None:
+            (p.state_dir / GEO_KEY_FILE).unlink(missing_ok=True)    # the state dir is the drill's own
+            key = generate_key_file(p.state_dir / GEO_KEY_FILE)
+            log(f"  geo copy key: generated into {p.state_dir / GEO_KEY_FILE} (mode 0600, outside the "
+                f"geo copy; deleted with the state dir)")
+        else:
+            log(f"  geo copy key: from {key.source}")
+        bs.geo_key = None if p.plant_plaintext_geo else key.key
+        if p.plant_plaintext_geo:
+            log("  PLANTED WEAKNESS: the geo copy is written unencrypted (MSDB_DRILL_PLANT_PLAINTEXT_GEO)")
+        marker = write_marker(p.db, url, data)
         streamer = None
         if p.wal != "archive":
             streamer = WalStreamer(bs, sync=p.wal == "stream-sync")
@@ -72,7 +135,15 @@ def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
         geo = bs.geo_sync()
         pruned = bs.prune(Retention(keep_last=p.keep_last, keep_days=p.keep_days))
         log(f"  base backup {backup.label}: {backup.bytes / 1e6:.1f} MB in {backup.seconds:.2f} s, "
-            f"verified in {backup.verify_seconds:.2f} s; geo copy {geo}")
+            f"verified in {backup.verify_seconds:.2f} s; geo copy: {geo['base_copied']} base backup(s), "
+            f"{geo['wal_copied']} WAL file(s), {geo['bytes'] / 1e6:.1f} MB "
+            f"{'encrypted' if geo['encrypted'] else 'UNENCRYPTED'} in {geo['seconds']:.2f} s")
+        scan = geo_scan(bs, backup, key, marker, p.plant_plaintext_geo)
+        rd.write_json("geo_scan.json", scan)
+        log(f"  leak scan: {scan['geo']['matches']} marker match(es) in {scan['geo']['files']} geo file(s) "
+            f"({scan['geo']['bytes'] / 1e6:.1f} MB); control: {scan['control']['matches']} in this "
+            f"region's backup and archive; {scan['encryption']['encrypted']} of "
+            f"{scan['encryption']['files']} geo file(s) authenticate")
         writer = Writer(p.db, url, rd, seed=data)
         before = db_stats(inst, p.db)
         stop = threading.Event()
@@ -93,20 +164,32 @@ def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
             f"{inst.name} killed and its data directory deleted")
         if streamer is not None:
             streamer.stop()
+        if p.target is not None:
+            target_abs = p.target[1] if p.target[0] == "abs" else t_disaster - p.target[1]
+        dec = None
         if p.source == "geo":
             # The region is lost with the server: no last copy to the geo
-            # region; restore from what it already held.
+            # region; restore from what it already held, decrypted first.
             region = bs.lose_region()
             metrics["region_lost"] = region
-            source = bs.geo_copy()
-            archived = newest_archived(source.archive_dir)
+            geo_src = bs.geo_copy()
+            archived = newest_archived(geo_src.archive_dir)
             log(f"  region lost: {region['base_backups']} base backup(s) and {region['archived_wal']} "
                 f"archived WAL file(s) gone; restoring from the geo copy")
+            rkey = p.restore_key or key
+            t_dec0 = time.time()
+            try:
+                source, dec = geo_src.decrypted(inst.rt.data_root / "geo-restore" / inst.name, rkey.key,
+                                                before=target_abs)
+            except GeoCryptError as e:
+                raise InfraError(f"the geo copy does not decrypt with the key from {rkey.source}: "
+                                 f"{e.relpath} {e.reason}; nothing was restored") from None
+            dec.update(start=t_dec0, end=time.time(), key_source=rkey.source)
+            log(f"  geo copy decrypted with the key from {rkey.source}: {dec['files']} file(s), "
+                f"{dec['bytes'] / 1e6:.1f} MB in {dec['end'] - dec['start']:.2f} s")
         else:
             bs.geo_sync()
             source = bs
-        if p.target is not None:
-            target_abs = p.target[1] if p.target[0] == "abs" else t_disaster - p.target[1]
         dest = ds.restored_instance(inst)
         res, new_rec = restore(source, dest, target_time=target_abs)
         ds.adopt(new_rec, "postgres")
@@ -143,6 +226,12 @@ def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
         rd.write_json("lost.json", lost)
         parts = rto_parts(disaster=t_disaster, destroyed=t_destroyed, copy_end=res.t_copy_end,
                           redo_done=res.t_redo_done, read_write=res.t_read_write, first_write=t_first)
+        # Decrypting the geo copy is a part of its own, taken out of the copy
+        # part it happened in (that part runs from the data directory deleted
+        # to the backup copied): the parts still add up to the total.
+        decrypt_s = (dec["end"] - dec["start"]) if dec else None
+        parts = {"rto_destroy_s": parts.pop("rto_destroy_s"), "rto_decrypt_s": decrypt_s,
+                 "rto_copy_s": parts.pop("rto_copy_s") - (decrypt_s or 0.0), **parts}
         redo_start = res.t_redo_start or res.t_start
         copy_mb_s = (res.copy_bytes / 1e6) / (res.t_copy_end - res.t_copy_start) \
             if res.t_copy_end > res.t_copy_start else None
@@ -167,6 +256,10 @@ def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
             "last_archived_utc": archived["archived_utc"] if archived else None,
             "seconds_since_last_archive": round(t_disaster - archived["archived_ts"], 3) if archived else None,
             "base_backup": backup.to_json(), "geo_copy": geo, "retention": pruned,
+            "geo_key_source": key.source, "geo_planted_plaintext": p.plant_plaintext_geo,
+            "geo_decrypt": {k: dec[k] for k in ("files", "bytes", "seconds", "key_source")} if dec else None,
+            "decrypt_mb": round(dec["bytes"] / 1e6, 2) if dec else None,
+            "decrypt_mb_s": round(dec["bytes"] / 1e6 / decrypt_s, 1) if dec and decrypt_s else None,
             "wal_chain_last": res.wal_chain["last"], "wal_chain_last_partial": res.wal_chain["last_partial"],
             "last_replayed_commit": res.last_replayed_commit,
             "copy_mb": round(res.copy_bytes / 1e6, 2), "copy_mb_s": round(copy_mb_s, 1) if copy_mb_s else None,
@@ -190,6 +283,7 @@ def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
                                         "database": SERVICE_BY_NAME[p.db].database, "pid": new_rec.pid,
                                         "state_dir": str(p.state_dir), "running": p.keep_stack})
         rd.write_json("restore.json", {**res.to_json(), "events": {
-            "disaster": t_disaster, "destroyed": t_destroyed, "repointed": t_repointed,
-            "first_write": t_first}})
+            "disaster": t_disaster, "destroyed": t_destroyed,
+            **({"decrypt_start": dec["start"], "decrypt_end": dec["end"]} if dec else {}),
+            "repointed": t_repointed, "first_write": t_first}})
     return metrics
