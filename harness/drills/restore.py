@@ -183,7 +183,7 @@ def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
                                                 before=target_abs)
             except GeoCryptError as e:
                 raise InfraError(f"the geo copy does not decrypt with the key from {rkey.source}: "
-                                 f"{e.relpath} {e.reason}; nothing was restored") from None
+                                 f"{e.relpath}: {e.reason}; nothing was restored") from None
             dec.update(start=t_dec0, end=time.time(), key_source=rkey.source)
             log(f"  geo copy decrypted with the key from {rkey.source}: {dec['files']} file(s), "
                 f"{dec['bytes'] / 1e6:.1f} MB in {dec['end'] - dec['start']:.2f} s")

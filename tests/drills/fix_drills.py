@@ -1,11 +1,13 @@
 """The drills of tests/drills, run once per module: six `msdb drill` processes
 at once, each on its own fresh stack and port block (MSDB_TEST_DRILL_PORT,
-default 20900; 70 ports each).  The four restore drills keep their stacks so
+default 20900; 70 ports each), and the encrypted geo copy's two failure
+drills on the next two blocks.  The four restore drills keep their stacks so
 that the tests can query the restored instances themselves; teardown purges
 them and fails if any process of theirs is left."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -16,7 +18,7 @@ from fix_cli import MSDB
 from harness.stack import procs
 from harness.stack.info import StackInfo
 
-__all__ = ["drills", "DRILLS", "BASE"]
+__all__ = ["drills", "geo_drills", "DRILLS", "BASE", "GEO_BASE", "GEO_KEY_A", "GEO_KEY_B"]
 
 BASE = int(os.environ.get("MSDB_TEST_DRILL_PORT", "20900"))
 DRILLS = {
@@ -30,16 +32,17 @@ DRILLS = {
 }
 
 
-@pytest.fixture(scope="module")
-def drills(tmp_path_factory):
-    root = tmp_path_factory.mktemp("drills")
+def _launch(root, specs: dict, base: int):
+    """Start every drill of `specs` ({name: (argv, extra env)}) at once, each on
+    its own port block; wait for them; on the way out stop them (SIGTERM),
+    purge their stacks and fail if any process of theirs is left."""
     running = {}
-    for i, (name, argv) in enumerate(DRILLS.items()):
+    for i, (name, (argv, env)) in enumerate(specs.items()):
         st, out = root / f"state-{name}", root / f"run-{name}"
         cmd = [*MSDB, "drill", *argv, "--state-dir", str(st),
-               "--base-port", str(BASE + 70 * i), "--out", str(out), "--no-pdf"]
-        running[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-                         st, out)
+               "--base-port", str(base + 70 * i), "--out", str(out), "--no-pdf"]
+        running[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                          env={**os.environ, **env}), st, out)
     done = {}
     try:
         for name, (proc, st, out) in running.items():
@@ -68,3 +71,35 @@ def drills(tmp_path_factory):
             assert not left, f"drill {name} left processes: {left}"
 
 
+@pytest.fixture(scope="module")
+def drills(tmp_path_factory):
+    yield from _launch(tmp_path_factory.mktemp("drills"), {k: (v, {}) for k, v in DRILLS.items()}, BASE)
+
+
+# The encrypted geo copy's two failure drills (tests/drills/test_geo_encryption.py),
+# on the port blocks after the six above.  Keys: A writes the copy, B is the wrong one.
+GEO_KEY_A = base64.b64encode(bytes(range(32))).decode()
+GEO_KEY_B = base64.b64encode(bytes(range(100, 132))).decode()
+GEO_BASE = BASE + 70 * len(DRILLS)
+
+
+@pytest.fixture(scope="module")
+def geo_drills(tmp_path_factory):
+    """planted: MSDB_DRILL_PLANT_PLAINTEXT_GEO=1, key A from MSDB_GEO_KEY, restored
+    from this region (its checks must fail, exit 1); wrongkey: --from geo, written
+    with --geo-key-file A, restored with --restore-key-file B (exit 3)."""
+    root = tmp_path_factory.mktemp("geo-drills")
+    keys = root / "keys"
+    keys.mkdir()
+    for name, text in (("a.key", GEO_KEY_A), ("b.key", GEO_KEY_B)):
+        (keys / name).write_text(text + "\n")
+        (keys / name).chmod(0o600)
+    specs = {
+        "planted": (["restore", "--disaster-after", "2s", "--writers", "1"],
+                    {"MSDB_DRILL_PLANT_PLAINTEXT_GEO": "1", "MSDB_GEO_KEY": GEO_KEY_A}),
+        "wrongkey": (["restore", "--from", "geo", "--disaster-after", "2s", "--writers", "1",
+                      "--geo-key-file", str(keys / "a.key"), "--restore-key-file", str(keys / "b.key")],
+                     {}),
+    }
+    for done in _launch(root, specs, GEO_BASE):
+        yield {**done, "keys": keys}

@@ -10,7 +10,8 @@ Six drills run at once, each on its own fresh stack and port block
 - restore, --wal stream (asynchronous): at most what was in flight is lost,
   and the figures match an independent count;
 - restore --from geo: the disaster also destroys this region's backups and
-  archive; the geo copy (synced at the base backup) is all that is left;
+  archive; the geo copy (synced at the base backup, encrypted) is all that is
+  left, decrypted for the restore;
 - pitr and masked, which carry their own checks.
 The four restore drills keep their stacks so that the tests can query the
 restored instances themselves; teardown purges them.
@@ -18,6 +19,7 @@ restored instances themselves; teardown purges them.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -165,6 +167,47 @@ def test_geo_restore_has_only_what_reached_the_other_region(drills):
     assert "the geo copy (this region" in (d["out"] / "report.html").read_text()
 
 
+def test_geo_copy_is_encrypted_and_restored_through_its_decryption(drills):
+    """The geo copy holds no plaintext: the drill's marker, which the control
+    scan finds in this region's unencrypted backup, is nowhere in its bytes,
+    and this test's own scan of the copy agrees; the restore decrypted it,
+    in an RTO part of its own; the generated key stayed out of the run
+    directory."""
+    d = drills["geo"]
+    res = _ok(d)
+    m, checks = res["metrics"], {c["name"]: c for c in res["checks"]}
+    assert checks["geo-copy-encrypted"]["verdict"] == "pass" and checks["geo-leak-scan"]["verdict"] == "pass"
+    scan = json.loads((d["out"] / "geo_scan.json").read_text())
+    assert scan["geo"]["files"] > 10 and scan["geo"]["bytes"] > 1_000_000 and scan["geo"]["matches"] == 0
+    assert scan["control"]["matches"] > 0, scan["control"]        # the scan can see the marker
+    assert scan["encryption"]["encrypted"] == scan["encryption"]["files"] == scan["geo"]["files"]
+    # this test's own scan of the copy as it is now, and of the restored instance's data
+    marker = scan["marker"].encode()
+    root = PgRuntime.for_state_dir(Path(d["state"])).data_root
+    geo_files = [p for p in (root / "geo").rglob("*") if p.is_file()]
+    assert geo_files and all(p.read_bytes()[:8] == b"MSDBGEO\x00" for p in geo_files)
+    assert not any(marker in p.read_bytes() for p in geo_files)
+    restored = json.loads((d["out"] / "restored.json").read_text())
+    assert any(marker in p.read_bytes() for p in (root / restored["instance"]).rglob("*")
+               if p.is_file() and p.stat().st_size < 64 << 20), "the marker did not come back"
+    # the decrypt is a named RTO part, and the parts still add up
+    assert m["rto_decrypt_s"] is not None and m["rto_decrypt_s"] > 0 and m["geo_decrypt"]["files"] > 0
+    parts = [m[k] for k in ("rto_destroy_s", "rto_decrypt_s", "rto_copy_s", "rto_wal_replay_s",
+                            "rto_promotion_s", "rto_reconnect_s")]
+    assert sum(parts) == pytest.approx(m["rto_seconds"], abs=0.01)
+    assert "decrypt geo copy" in (d["out"] / "report.html").read_text()
+    # the generated key: in the state dir, private, and in no file of the run directory or its log
+    key_file = Path(d["state"]) / "geo.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and m["geo_key_source"] == f"generated {key_file}"
+    text = key_file.read_text().strip()
+    raw = base64.b64decode(text)
+    for p in [*d["out"].rglob("*")]:
+        if p.is_file():
+            body = p.read_bytes()
+            assert text.encode() not in body and raw not in body and raw.hex().encode() not in body, p
+    assert text not in d["log"]
+
+
 def test_pitr_brings_deleted_rows_back_and_nothing_after(drills):
     d = drills["pitr"]
     res = _ok(d)
@@ -189,7 +232,7 @@ def test_masked_copy_holds_no_original_email(drills):
     assert res["verdict"] == "pass"
 
 
-@pytest.mark.parametrize("name", ["archive", "sync", "pitr", "masked"])
+@pytest.mark.parametrize("name", ["archive", "sync", "geo", "pitr", "masked"])
 def test_msdb_check_rejudges_a_drill_from_its_run_directory(drills, name):
     d = drills[name]
     res = _ok(d)
