@@ -25,6 +25,18 @@ from .status import PartStatus, StatusProbe, status
 __all__ = ["EmbeddedBackend"]
 
 
+def _recorded_parts(state_dir: Path) -> list | None:
+    """The (kind, ProcRecord) pairs a stack.json records, read leniently; None
+    when they cannot be read at all."""
+    import json
+    try:
+        data = json.loads((Path(state_dir) / "stack.json").read_text())
+        return [(p.get("kind", "process"), procs.ProcRecord.from_json(p["proc"]))
+                for p in data["parts"] if isinstance(p, dict) and p.get("proc")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class EmbeddedBackend:
     """`StackBackend` for the embedded stack in one state dir."""
 
@@ -91,12 +103,23 @@ class EmbeddedBackend:
         """Stop every process recorded in stack.json, by PID.  Returns leftovers."""
         state_dir = self.state_dir
         left: list[str] = []
+        parts = None
         try:
             info = StackInfo.load(state_dir)
-        except (NoStackError, InfraError, UsageError):
-            info = None
-        if info is not None:
             parts = [(p.kind, procs.ProcRecord.from_json(p.proc)) for p in info.parts if p.proc]
+        except NoStackError:
+            info = None
+        except (InfraError, UsageError) as e:
+            # stack.json that this msdb cannot read as a whole (another
+            # version's, or damaged): its processes are still stopped by the
+            # PIDs it records, and nothing is deleted while any may run.
+            parts = _recorded_parts(state_dir)
+            if parts is None:
+                log(f"cannot read the processes of {state_dir}/stack.json ({e}); nothing stopped "
+                    f"or deleted: stop them by their PIDs, then delete the state dir")
+                return [f"the processes of {state_dir}/stack.json (unreadable: {e})"]
+            info = True
+        if info is not None:
             left = stop_parts(parts)
             if not left:
                 (state_dir / "stack.json").unlink(missing_ok=True)
