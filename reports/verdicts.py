@@ -281,7 +281,77 @@ def _rto(d, c):
     return ("Parts: " + ", ".join(f"{k} {_n(v)} s" for k, v in parts) + ".") if parts else ""
 
 
+def _tls_seen(d, c):
+    conns = d.get("connections") or {}
+    n_roles = sum(len(r) for r in conns.values())
+    bad = d.get("not_tls") or []
+    miss = d.get("missing_roles") or []
+    out = f"{_n(d.get('seen', 0))} client connection(s) of {n_roles} role(s) on {len(conns)} instance(s)"
+    out += (f"; not TLS 1.3: {_join(bad)}" if bad else ", every one TLS 1.3 (pg_stat_ssl)")
+    return out + (f"; never connected: {_join(miss)}." if miss else ".")
+
+
+def _refusals(d, c):
+    acc = d.get("accepted") or []
+    n = len(d.get("refused") or {}) + len(acc)
+    return (f"Accepted: {_join(acc)}." if acc else f"All {n} login(s) refused.")
+
+
+def _isolated(d, c):
+    let = d.get("let_in") or []
+    if let:
+        return f"Let in: {_join(let)}."
+    return f"{_n(d.get('refused'))} of {_n(d.get('attempts'))} cross-service attempts refused; " \
+           f"each role's own access allowed."
+
+
+def _audited(d, c):
+    per = d.get("per_role") or {}
+    out = "Audit records for the probe's operations: " + \
+        ", ".join(f"{r} {v}" for r, v in per.items()) + "."
+    silent = d.get("roles_without_records_under_load") or []
+    if silent:
+        out += f" No record under load for {_join(silent)}."
+    return out + f" {_n(d.get('records_under_load'))} records under load."
+
+
+def _detected(d, c):
+    it = d.get("intrusion") or {}
+    al = d.get("alert") or {}
+    if not al:
+        return f"No {c['name'][len('detects-'):]} alert for the intrusion at {it.get('start_utc', '?')}."
+    return f"{al.get('evidence', '')} (intrusion at {it.get('start_utc', '?')})."
+
+
+def _false_alarms(d, c):
+    un = d.get("unexplained") or []
+    if un:
+        return "Unexplained: " + _join([f"{a.get('kind')} ({a.get('evidence')})" for a in un], 2) + "."
+    return f"{_n(d.get('alerts'))} alert(s), every one explained by an intrusion; " \
+           f"{_n(d.get('normal_load_s'))} s of normal load."
+
+
+def _secrets(d, c):
+    m = d.get("matches") or []
+    if m:
+        return "Found in: " + _join([x["file"] for x in m]) + "."
+    return (f"{_n(d.get('secrets'))} secrets looked for in {_n(d.get('run_files'))} run files and "
+            f"{_n(d.get('stack_logs'))} stack logs; none found.")
+
+
 SPECS: dict[str, _Spec] = {
+    "tls-on-every-connection": _Spec("connections not on TLS 1.3", say=_tls_seen),
+    "plaintext-refused": _Spec("plaintext logins accepted", say=_refusals),
+    "tlsv1.2-refused": _Spec("TLS 1.2 logins accepted", say=_refusals),
+    "db-isolation": _Spec("cross-service database logins accepted", say=_isolated),
+    "redis-isolation": _Spec("cross-service Redis key accesses allowed", say=_isolated),
+    "audit-trail-complete": _Spec("audited operations without a complete record", say=_audited),
+    "detects-cross-database": _Spec("time to flag a cross-database login", unit="s", say=_detected),
+    "detects-failed-logins": _Spec("time to flag repeated failed logins", unit="s", say=_detected),
+    "detects-bulk-read": _Spec("time to flag a bulk read of emails", unit="s", say=_detected),
+    "detects-odd-rate": _Spec("time to flag an odd access rate", unit="s", say=_detected),
+    "false-positives": _Spec("alerts no intrusion explains", say=_false_alarms),
+    "no-secret-in-outputs": _Spec("secrets found in outputs", say=_secrets),
     "requests-made": _Spec("requests made", "≥"),
     "workload-errors": _Spec("exceptions in the workload code", say=_workload),
     "healthy-after-run": _Spec("parts unhealthy after the load", say=_healthy_after_run),

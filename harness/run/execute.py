@@ -292,8 +292,9 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
             # changed anything.
             again = _judge(rd)
             if again != results:
-                print("judged again with the reports written: "
-                      f"{results['verdict']} -> {again['verdict']}")
+                if again["verdict"] != results["verdict"]:
+                    print(f"judged again with the reports written: {results['verdict']} -> "
+                          f"{again['verdict']}")
                 results = again
                 write_reports(rd)
     return exit_code(results["verdict"])

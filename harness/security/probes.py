@@ -107,7 +107,8 @@ def redis_isolation(info: StackInfo, passwords: dict | None) -> dict:
 
 def _table_of(c: psycopg.Connection) -> str | None:
     row = c.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                    "AND tableowner = current_user ORDER BY tablename LIMIT 1").fetchone()
+                    "AND tableowner = current_user AND tablename NOT LIKE '\\_%' "
+                    "ORDER BY tablename LIMIT 1").fetchone()
     return row[0] if row else None
 
 
