@@ -14,6 +14,13 @@ process under a Locust master in this process, two ways:
   second, and the master's `WorkerSink` writes requests.csv, exactly as
   `msdb run --workers 1` does.
 
+The worker being measured gets a CPU of its own (`sched_setaffinity`: the
+last CPU for the worker, the others for the endpoint and the master), in
+both modes alike, as workers run on machines of their own in a real
+distributed run: otherwise the master's requests.csv writes, which plain
+Locust does not do, compete with the worker on a 2-core machine and the
+per-worker rate measures the master too.  `--no-pin` turns this off.
+
 Each round runs both (the order alternates), with a fresh master and worker
 each, a 2 s warm-up, then --seconds of measurement.  Per mode it prints the
 requests per second the server counted (one worker process: this is the
@@ -101,7 +108,13 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 # -- one measurement ---------------------------------------------------------------------
 
-def measure(mode: str, url: str, users: int, seconds: float, out_dir: Path) -> dict:
+def pin(pid: int, cpus: set[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(pid, cpus)
+
+
+def measure(mode: str, url: str, users: int, seconds: float, out_dir: Path,
+            worker_cpus: set[int] | None = None) -> dict:
     import gevent
     from locust.env import Environment
     from locust.event import Events
@@ -129,6 +142,7 @@ def measure(mode: str, url: str, users: int, seconds: float, out_dir: Path) -> d
     envvars = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
     worker = subprocess.Popen(argv, env=envvars, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=open(out_dir / f"worker-{mode}.log", "w"))
+    pin(worker.pid, worker_cpus)
     try:
         deadline = time.monotonic() + 30
         while runner.worker_count < 1 or (sink is not None and sink.ready() < 1):
@@ -164,6 +178,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--port", type=int, default=30710, help="the endpoint's port (default 30710)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="do not give the measured worker a CPU of its own")
     ap.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -176,17 +192,25 @@ def main() -> int:
                               env={**os.environ, "LOCUST_SKIP_MONKEY_PATCH": "1"})
     ratios: list[float] = []
     cpu: list[float] = []
+    cpus = sorted(os.sched_getaffinity(0))
+    worker_cpus = others = None
+    if not args.no_pin and len(cpus) >= 2:
+        worker_cpus, others = {cpus[-1]}, set(cpus[:-1])
+        pin(os.getpid(), others)
+        pin(server.pid, others)
     try:
         wait_http(url)
         print(f"endpoint {url}, one worker process, {args.users} users, {args.seconds:g} s per mode "
-              f"and round")
+              f"and round; " + (f"worker on CPU {sorted(worker_cpus)}, endpoint and master on "
+                                f"{sorted(others)}" if worker_cpus else "no CPU pinning"))
         print(f"{'round':<6} {'mode':<6} {'req/s':>8} {'worker CPU/req':>15} {'master CPU/req':>15}")
         for i in range(1, args.rounds + 1):
             order = ("plain", "msdb") if i % 2 else ("msdb", "plain")
             res = {}
             for mode in order:
                 with tempfile.TemporaryDirectory(prefix="msdb-bench-loadgen-") as d:
-                    res[mode] = m = measure(mode, url, args.users, args.seconds, Path(d))
+                    res[mode] = m = measure(mode, url, args.users, args.seconds, Path(d),
+                                            worker_cpus)
                 print(f"{i:<6} {mode:<6} {m['rps']:>8.0f} {m['worker_cpu_us']:>12.0f} us "
                       f"{m['master_cpu_us']:>12.0f} us", flush=True)
             ratios.append(res["msdb"]["rps"] / res["plain"]["rps"])
