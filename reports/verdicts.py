@@ -339,7 +339,17 @@ def _secrets(d, c):
             f"{_n(d.get('stack_logs'))} stack logs; none found.")
 
 
+def _workers(d, c):
+    bad = d.get("incomplete") or {}
+    if bad:
+        return "; ".join(f"{k}: {v}" for k, v in bad.items()) + "."
+    by = d.get("requests_by_worker") or {}
+    return f"All {_n(d.get('workers'))} workers reported to the end: " + \
+        ", ".join(f"{k} {_n(v)}" for k, v in by.items()) + " requests."
+
+
 SPECS: dict[str, _Spec] = {
+    "workers-complete": _Spec("Locust workers that did not report to the end", say=_workers),
     "tls-on-every-connection": _Spec("connections not on TLS 1.3", say=_tls_seen),
     "plaintext-refused": _Spec("plaintext logins accepted", say=_refusals),
     "tlsv1.2-refused": _Spec("TLS 1.2 logins accepted", say=_refusals),

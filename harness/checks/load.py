@@ -126,6 +126,8 @@ class LoadChecks:
             at_most("healthy-after-run", len(after[2]), 0, unhealthy=after[2]),
             _sampled(run, duration),
         ]
+        if load.get("workers"):
+            out.append(_workers_complete(load["workers"]))
         ms = [r.response_ms for r in reqs]
         total = len(reqs)
         orders = {"ok": 0, "fail": 0, "info": 0}
@@ -143,3 +145,22 @@ class LoadChecks:
             "load_extended_s": load.get("extended_s", 0.0), "users": run.info.get("parameters", {}).get("users"),
         }
         return out, metrics
+
+
+def _workers_complete(workers: list[dict]) -> Check:
+    """A distributed run (`--workers N`): every worker reported after its
+    users stopped, and everything it said it sent arrived.  A worker that died
+    mid-run took its last samples with it, so the run's figures are partial."""
+    bad = {}
+    for w in workers:
+        why = []
+        if not w.get("complete"):
+            why.append("never reported after its users stopped (it died or hung mid-run)")
+        if w.get("lost_requests") or w.get("lost_history"):
+            why.append(f"{w.get('lost_requests', 0)} request sample(s) and "
+                       f"{w.get('lost_history', 0)} history entries sent but not received")
+        if why:
+            bad[f"{w.get('id')} (pid {w.get('pid')}, exit {w.get('exit')})"] = "; ".join(why)
+    return Check("workers-complete", "fail" if bad else "pass", len(bad), 0,
+                 {"workers": len(workers), "incomplete": bad,
+                  "requests_by_worker": {w.get("id"): w.get("requests") for w in workers}})

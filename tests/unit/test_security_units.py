@@ -217,3 +217,4 @@ def test_without_probes_the_checks_are_unknown_never_pass(tmp_path):
     run = make_run(tmp_path / "run", scenario="security")
     v, _ = _verdicts(run)
     assert "pass" not in v.values(), v
+
