@@ -348,7 +348,26 @@ def _workers(d, c):
         ", ".join(f"{k} {_n(v)}" for k, v in by.items()) + " requests."
 
 
+def _geo_encrypted(d, c):
+    bad = (d.get("plaintext") or []) + (d.get("failed") or [])
+    if bad:
+        return f"Not encrypted or not authenticated: {_join(bad)}."
+    return f"All {_n(d.get('files'))} files of the geo copy authenticate with the key " \
+           f"(from {d.get('key_source')})."
+
+
+def _geo_leak(d, c):
+    if d.get("matched_files"):
+        return f"The marker is in {_join(d['matched_files'])}."
+    mb = (d.get("bytes") or 0) / 1e6
+    return f"The marker is in none of {_n(d.get('files'))} files ({mb:.1f} MB); " \
+           f"the control found it {_n(d.get('control_matches'))} time(s) in this region's " \
+           f"unencrypted backup."
+
+
 SPECS: dict[str, _Spec] = {
+    "geo-copy-encrypted": _Spec("geo copy files not encrypted or not authentic", say=_geo_encrypted),
+    "geo-leak-scan": _Spec("known plaintext found in the geo copy", say=_geo_leak),
     "workers-complete": _Spec("Locust workers that did not report to the end", say=_workers),
     "tls-on-every-connection": _Spec("connections not on TLS 1.3", say=_tls_seen),
     "plaintext-refused": _Spec("plaintext logins accepted", say=_refusals),
