@@ -35,7 +35,7 @@ from scenarios.workload import WorkloadContext
 from ..errors import InfraError
 from .children import Child
 
-__all__ = ["run_locust", "user_classes", "raw_sample", "to_request", "WorkerSink", "free_port", "CONTEXT_MESSAGE",
+__all__ = ["run_locust", "user_classes", "raw_sample", "SAMPLE_FIELDS", "to_request", "WorkerSink", "free_port", "CONTEXT_MESSAGE",
            "HELLO_MESSAGE"]
 
 CONTEXT_MESSAGE = "msdb_context"      # master -> worker: the WorkloadContext and a process prefix
@@ -49,6 +49,9 @@ def user_classes(specs: tuple[str, ...]) -> list:
         mod, _, name = spec.partition(":")
         out.append(getattr(importlib.import_module(mod), name))
     return out
+
+
+SAMPLE_FIELDS = 8     # time, name, method, status, response_ms, bytes, ok, error
 
 
 def raw_sample(request_type, name, response_time, response_length, response=None, exception=None,
@@ -128,12 +131,17 @@ class WorkerSink:
         if not m:
             return
         w = self._worker(client_id)
-        for raw in m["requests"]:
-            self.on_sample(to_request(raw))
+        flat = m["samples"]
+        n = m["fields"]
+        if n != SAMPLE_FIELDS:
+            raise InfraError(f"worker {w['id']} sends samples of {n} fields, this master reads "
+                             f"{SAMPLE_FIELDS}: run the same msdb on every machine")
+        for i in range(0, len(flat), n):
+            self.on_sample(to_request(flat[i:i + n]))
         history = self.ctx.history
         for kind, process, f, value in m["history"]:
             getattr(history, kind)(process, f, value)
-        w["requests"] += len(m["requests"])
+        w["requests"] += len(flat) // n
         w["history"] += len(m["history"])
         w.update(pid=m["pid"], sent_requests=m["sent_requests"], sent_history=m["sent_history"],
                  started=m["started"], stopped=m["stopped"])

@@ -28,3 +28,53 @@ def test_a_worker_that_died_mid_run_fails_workers_complete(tmp_path):
     assert bad.verdict == "fail" and bad.measured == 1
     assert "37 request sample(s)" in next(iter(bad.details["incomplete"].values()))
     assert "workers-complete" not in verdict([], "c")      # not a distributed run
+
+
+_WIRE = r"""
+import locust  # first: gevent patches before anything imports ssl
+from types import SimpleNamespace
+from harness.run.locust_driver import WorkerSink, raw_sample, to_request
+from harness.run.worker import WorkerShipper
+from scenarios.workload import WorkloadContext
+
+class Hook:
+    def __init__(self):
+        self.fns = []
+    def add_listener(self, fn):
+        self.fns.append(fn)
+
+T0 = 1790000000.0
+events = SimpleNamespace(request=Hook(), report_to_master=Hook(), test_start=Hook(),
+                         test_stop=Hook(), worker_report=Hook())
+runner = SimpleNamespace(register_message=lambda *a: None, get_worker_index=lambda cid: 0)
+env = SimpleNamespace(events=events, runner=runner)
+ship = WorkerShipper(env)
+got = []
+sink = WorkerSink(env, WorkloadContext(), got.append)
+calls = [dict(request_type="GET", name="GET /x", response_time=1.5, response_length=2,
+              response=SimpleNamespace(status_code=200), exception=None, start_time=T0),
+         dict(request_type="POST", name="POST /y", response_time=30.25, response_length=None,
+              response=None, exception=ValueError("boom"), start_time=T0 + 1, context={})]
+for kw in calls:
+    ship.on_request(**kw)
+data = {}
+ship.on_report("c1", data)
+sink.on_report("c1", data)
+assert got == [to_request(raw_sample(**kw)) for kw in calls], got
+assert got[1].error == "ValueError: boom" and got[1].status == 0 and not got[1].ok, got
+row = sink.summary()[0]
+assert row["requests"] == 2 and "lost_requests" not in row, row
+print("ok")
+"""
+
+
+def test_samples_travel_from_worker_to_master_field_for_field():
+    """The worker's flat wire format (issue 14's hook cost) read back by the
+    master: every sample, in order, counted once.  In a subprocess: Locust
+    must patch with gevent before anything imports ssl."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    r = subprocess.run([sys.executable, "-c", _WIRE], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
