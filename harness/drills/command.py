@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..checks.core import exit_code
-from ..checks.judge import judge
 from ..checks.slo import load_slo
 from ..durations import parse_duration
 from ..errors import UsageError
@@ -98,6 +97,7 @@ def _start(rd: RunDir, scenario: str, params: dict, slo: dict, **extra) -> dict:
 
 def _conclude(rd: RunDir, args) -> int:
     """Judge the run directory, print the checks, write the report; the exit code."""
+    from ..checks.judge import judge   # the scenarios and their checks: not before the input is checked
     doc = judge(rd.path)
     for c in doc["checks"]:
         print(f"  {c['verdict'].upper():7} {c['name']}: measured {c['measured']}, threshold {c['threshold']}")
@@ -282,6 +282,7 @@ def cmd_restore(args, slo: dict) -> int:
                               geo_key=geo_key, restore_key=restore_key, plant_plaintext_geo=planted)
             with _recorded(rd, info):
                 m = restore_drill(p, rd)
+            from ..checks.judge import judge
             doc = judge(rd.path) if len(modes) > 1 else None
             print(f"  RPO: {m['rpo_lost_writes']} of {m['acked_writes']} acknowledged writes lost, "
                   f"{m['rpo_seconds']:.2f} s (target <= {slo['rpo_seconds_max']:g} s)")

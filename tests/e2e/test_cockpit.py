@@ -281,6 +281,7 @@ def test_the_browser_drives_a_ui_test_with_a_fault_to_its_report(locust_ui, stac
     ({"kind": "down", "target": "users-db", "for": 5, "name": "../x"}, 400, "name"),
     ([{"kind": "down"}], 400, "body"),
 ])
+@pytest.mark.slow   # several seconds: the full suite runs it, the fast loop does not
 def test_a_bad_fault_is_a_400_naming_the_field(backend, tmp_path, body, status, field):
     from harness.cockpit.desk import FaultDesk
     from harness.cockpit.errors import ApiError

@@ -126,6 +126,7 @@ def test_topics_group_commit_resume_and_backlog(kafka):
     assert len(asyncio.run(_drain(KafkaBus(kafka, topics=names), topic, "g2", 26))) == 26
 
 
+@pytest.mark.slow   # several seconds: the full suite runs it, the fast loop does not
 def test_order_per_key_across_partitions(kafka):
     topic = f"ordering-{uuid.uuid4().hex[:6]}"   # not a cdc.* topic: used as it is
     pub = KafkaPublisher(kafka)

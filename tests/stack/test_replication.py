@@ -97,6 +97,7 @@ def _lags_for(m: LagMonitor, seconds: float) -> list[float]:
     return [float(x.split(",")[3]) for x in lines if x]
 
 
+@pytest.mark.slow   # several seconds: the full suite runs it, the fast loop does not
 def test_latency_on_the_replication_link_shows_as_replica_lag(stack, monitor):
     base = _lags_for(monitor, 1.5)
     api = ToxiproxyServer.at(stack.proxy.api)
@@ -119,6 +120,7 @@ def test_latency_on_the_replication_link_shows_as_replica_lag(stack, monitor):
     assert sorted(base)[len(base) // 2] < 50 and after[len(after) // 2] < 50
 
 
+@pytest.mark.slow   # several seconds: the full suite runs it, the fast loop does not
 def test_a_stopped_replica_lags_one_second_per_second_and_recovers(backend, monitor):
     time.sleep(1.0)
     actions = backend.actions()
@@ -142,6 +144,7 @@ def test_a_stopped_replica_lags_one_second_per_second_and_recovers(backend, moni
     assert monitor.hb_lag_ms(time.time())[0] <= 100
 
 
+@pytest.mark.slow   # several seconds: the full suite runs it, the fast loop does not
 def test_read_your_writes_routing_never_reads_stale(stack, urls):
     pids, user = _world(urls, 1)
     api = ToxiproxyServer.at(stack.proxy.api)
@@ -261,6 +264,7 @@ def test_a_consumer_without_its_lsn_guard_is_caught(cdc_stack, tmp_path):
     assert c.details["got"]["orders"] > c.details["expected"]["orders"]
 
 
+@pytest.mark.slow   # several seconds: the full suite runs it, the fast loop does not
 def test_no_start_up_artefact_in_the_replica_lag(stack, tmp_path):
     """Calibration with no fault: beats written while the monitor was still
     connecting to the replica are not lag.  The first measured beats and the

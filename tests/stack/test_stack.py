@@ -138,6 +138,7 @@ def test_every_link_goes_through_its_proxy(stack, urls):
         assert other < 140, other
 
 
+@pytest.mark.slow   # several seconds: the full suite runs it, the fast loop does not
 def test_replica_streams_through_the_replication_proxy(stack):
     api = ToxiproxyServer.at(stack.proxy.api)
     primary = stack.instance(stack.replica.primary)

@@ -90,6 +90,7 @@ def test_a_proxy_the_deployment_lacks_is_exit_2_naming_it(target, tmp_path):
     assert r.returncode == 2 and "toxiproxy.links.ghost-db: no proxy of that name" in r.stderr
 
 
+@pytest.mark.slow   # several seconds: the full suite runs it, the fast loop does not
 def test_a_scenario_the_file_cannot_serve_is_exit_2_naming_the_key(target, tmp_path):
     def no_kill(doc):
         inst = next(i for i, v in doc["instances"].items() if "orders" in v["services"]

@@ -80,6 +80,7 @@ def test_pdf_text_carries_the_verdict_table(fault_run):
     assert "injected-latency-observed" in text.replace("\n", "") or "injected-latency-" in text
 
 
+@pytest.mark.slow   # several seconds: the full suite runs it, the fast loop does not
 def test_msdb_report_rebuilds_from_the_run_directory_alone(fault_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(fault_run, copy)
