@@ -78,6 +78,8 @@ class Scenario:
     beside_load: tuple[Callable, ...] = ()
     # a fresh stack for this scenario is started with TLS (and pgaudit)
     tls: bool = False
+    # a fresh stack for this scenario runs these engines (seed: the stand-ins)
+    engines: str | None = None
     # judged again once its reports exist (a check reads the reports)
     judge_reports: bool = False
 
@@ -225,7 +227,7 @@ _SCENARIOS = {s.name: s for s in (
                 "change stream, the consumers rejoin: no event lost or applied twice "
                 "(search = catalog, analytics has every order once), no 500s, all recovers",
         user_classes=("scenarios.workload:CdcUser",),
-        faults=({"kind": "kill", "target": "kafka", "at": "25%", "for": "10s"},),
+        faults=({"kind": "kill", "target": "kafka", "at": "25%", "for": "10s"},), engines="seed",
         after_load=(cdc_end_state, lag_tail),
         checks=(*_faulty(None), CdcChecks(outage_targets=("kafka",)))),
     Scenario(
@@ -233,6 +235,7 @@ _SCENARIOS = {s.name: s for s in (
         summary="the catalog's MongoDB link (catalog-mongo; --engines seed) is down for 20 s; "
                 "catalog requests fail as clean 503s, never 500, and recover",
         faults=({"kind": "down", "target": "catalog-mongo", "at": "25%", "for": "20s"},),
+        engines="seed",
         checks=_faulty(Errors("catalog GET /products"))),
     Scenario(
         name="security", duration_s=60.0, users=10,

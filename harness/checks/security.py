@@ -221,7 +221,8 @@ def _audit(doc: dict | None, trail: list[dict], own_roles: set[str], slo: dict) 
     return Check(name, "pass", missing, limit, details)
 
 
-def _detections(intrusions: list[dict], alerts: list[dict], slo: dict) -> tuple[list[Check], int, list]:
+def _detections(intrusions: list[dict], alerts: list[dict], slo: dict,
+                watched: bool = True) -> tuple[list[Check], int, list]:
     """One check per intrusion kind (detected within the limit), and the alerts
     no intrusion explains (false positives)."""
     from ..security.detector import KINDS
@@ -243,6 +244,11 @@ def _detections(intrusions: list[dict], alerts: list[dict], slo: dict) -> tuple[
         hits = [(k, a) for k, a in enumerate(alerts) if a.get("kind") == kind
                 and it["start"] - 1.0 <= a["at"] <= it["end"] + within]
         explained |= {k for k, _ in hits}
+        if not hits and not watched:
+            checks.append(Check(name, "unknown", None, within,
+                                {"reason": "the detector saw no audit record at all (no audit log "
+                                           "on this stack: `msdb up --tls`)", "intrusion": it}))
+            continue
         if not hits:
             checks.append(Check(name, "fail", None, within,
                                 {"reason": "no alert of this kind", "intrusion": it}))
@@ -298,7 +304,7 @@ class SecurityChecks:
         own_roles = set(((doc or {}).get("audit") or {}).get("roles") or {})
         checks.append(_audit((doc or {}).get("audit"), trail, own_roles, slo))
         intrusions, alerts = run.jsonl("intrusions.jsonl"), run.jsonl("alerts.jsonl")
-        det, fp_count, unexplained = _detections(intrusions, alerts, slo)
+        det, fp_count, unexplained = _detections(intrusions, alerts, slo, watched=bool(trail))
         checks += det
         load = run.info.get("load") or {}
         fp_check = at_most("false-positives", fp_count if trail else None,

@@ -114,19 +114,21 @@ def schedule_for(raw: list, backend: StackBackend, duration_s: float, where: str
     except ScheduleError as e:
         seed_only = {*SEED_ENGINE_PORTS, "catalog-mongo", "search-es", "bus-kafka"}
         wanted = {i.get("target") for i in items if isinstance(i, dict)}
-        hint = "; it is part of a stack started with --engines seed (msdb up --engines seed, or " \
-               "msdb run --engines seed for a fresh one)" \
+        hint = "; it is part of a stack started with --engines seed (msdb up --engines seed; " \
+               "with no stack running, msdb run starts one itself for the scenarios that need it)" \
             if wanted & seed_only - info.proxy.names - parts else ""
         raise ConfigError(f"{where}: {e}{hint}") from None
 
 
 @contextmanager
 def stack_for_run(p: RunParams, *, keep: bool, engines: str | None = None,
-                  tls: bool = False, fresh_tls: bool = False) -> Iterator[StackBackend]:
+                  tls: bool = False, fresh_tls: bool = False,
+                  fresh_engines: str | None = None) -> Iterator[StackBackend]:
     """The deployment of a targets file, the stack running in the state dir,
     or a fresh one for this run alone (stopped and removed afterwards unless
     `keep`).  `tls`: the stack must run with TLS; `fresh_tls`: a fresh one is
-    started with TLS (the scenario's wish), a running one is used as it is."""
+    started with TLS (the scenario's wish), a running one is used as it is;
+    `fresh_engines` likewise for the engines."""
     if p.target_file:
         backend = TargetBackend.open(p.target_file)   # its StackInfo in a scratch dir
         try:
@@ -156,9 +158,9 @@ def stack_for_run(p: RunParams, *, keep: bool, engines: str | None = None,
             yield backend     # a run heals it first: a part that died is started again
             return
     opts = StackOptions(state_dir=state, topology=p.topology or "single",
-                        base_port=p.base_port or DEFAULT_BASE_PORT, engines=engines or "embedded",
-                        tls=tls or fresh_tls)
-    print(f"starting a fresh embedded stack{' with the seed engines' if engines == 'seed' else ''}"
+                        base_port=p.base_port or DEFAULT_BASE_PORT,
+                        engines=engines or fresh_engines or "embedded", tls=tls or fresh_tls)
+    print(f"starting a fresh embedded stack{' with the seed engines' if opts.engines == 'seed' else ''}"
           f"{' with TLS' if opts.tls else ''} "
           f"in {state} (removed after the run"
           f"{'' if not keep else '; --keep-stack keeps it'}) ...", flush=True)
@@ -215,7 +217,8 @@ def run_command(args) -> int:
     handlers = _interrupts()
     try:
         with stack_for_run(p, keep=args.keep_stack, engines=getattr(args, "engines", None),
-                           tls=getattr(args, "tls", False), fresh_tls=sc.tls) as backend:
+                           tls=getattr(args, "tls", False), fresh_tls=sc.tls,
+                           fresh_engines=sc.engines) as backend:
             if p.target_file:
                 why = missing_for(backend.info(), raw, sc.stack_needs(), sc.service_env)
                 if why:

@@ -44,7 +44,7 @@ from ..utc import utc_now
 from . import endstate
 from .children import start_lagmon, start_nemesis
 from .locust_driver import run_locust
-from .progress import RunProgress, Ticker
+from .progress import RunProgress, Snapshot, Ticker
 from .rundir import RunDir
 from .samplers import HealthSampler, MetricsSampler, StoreSampler, write_statement_deltas
 
@@ -179,6 +179,8 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
     stores = StoreSampler(info, tables["postgres.csv"], tables["redis.csv"])
     nemesis = lagmon = None
     beside: dict = {}
+    after = {"phase": "after the load: stopping the fault and helper processes, healing"}
+    after_ticker = None
     req_table = tables["requests.csv"]
 
     def on_sample(r: Request) -> None:
@@ -229,6 +231,13 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
                 print(f"load extended by {totals['extended_s']:g} s to reach {slo['min_sagas']} sagas")
         finally:
             ticker.stop()
+            # After the load the line goes on, saying what the run waits for
+            # (a saga's quiescence or a CDC drain can take a minute).
+            after_t0 = time.monotonic()
+            after_ticker = Ticker(lambda: Snapshot(label=sc.name,
+                                                   elapsed_s=time.monotonic() - after_t0,
+                                                   phase=after["phase"]),
+                                  quiet=p.quiet, greenlet=True).start()
             load.update(end=utc_now(), duration_s=round(time.monotonic() - t0, 2))
             run_info["load"] = load
             history.close()     # complete on disk before anything reads it
@@ -240,7 +249,9 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
                           shape.finish())
         end = endstate.EndContext(info=info, rd=rd, slo=slo, products=set(data["products"]))
         for record in sc.after_load:   # consumers drain while the lag monitor still records
+            after["phase"] = f"after the load: {record.__name__.replace('_', ' ')}"
             record(end)
+        after["phase"] = "after the load: health until every part is whole"
         run_info["end_state"] = end.notes
         run_info["children"]["lagmon"] = lagmon.stop()
         # Health after the run, sampled until whole (or the SLO's patience runs out).
@@ -280,6 +291,8 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
             t.close()
         run_info["end"] = utc_now()
         rd.write_json("run.json", run_info)
+        if after_ticker is not None:
+            after_ticker.stop()
         # Judged from what is on disk, also when the run was cut short: what was
         # measured is still judged, `run-completed` says why it is partial, and
         # the report shows it.

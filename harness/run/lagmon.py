@@ -29,9 +29,8 @@ CDC (when the stack has the relay):
   Kafka bus, where there is no outside reader to ask (Tansu's ListOffsets
   under-counts, docs/engines-adapters.md): while that service is down its
   rows are empty.  On a Redis bus, from Redis directly (`cdc_backlog`), as
-  before: it sees a stopped consumer's backlog grow, and the endpoint cannot
-  read `cdc:seq:*` under the consumers' Redis ACL users (it answers
-  `up: false` there).
+  before: it sees a stopped consumer's backlog grow (the endpoint answers
+  too, while its service runs).
 """
 
 from __future__ import annotations
@@ -48,6 +47,8 @@ import psycopg
 import orjson
 import redis
 import requests
+
+from system_under_test.common.bus import SEQ_KEY
 
 from ..stack import procs
 from ..stack.info import StackInfo
@@ -75,7 +76,7 @@ def cdc_backlog(r, group: str, source: str) -> tuple[int, int, int]:
     backlog = events published on the topic and not yet delivered to the group
     (the relay numbers them: `seq`) + delivered but unacknowledged (pending)."""
     stream = f"bus:cdc.{source}"
-    published = int(r.get(f"cdc:seq:{source}") or 0)
+    published = int(r.get(SEQ_KEY.format(source=source)) or 0)
     if not r.exists(stream):
         return published, 0, 0
     g = next((g for g in r.xinfo_groups(stream) if g["name"] in (group, group.encode())), None)

@@ -23,7 +23,7 @@ carried it):
      "ts_ms": <relay time>, "seq": <per-topic sequence number>}
 
 Where envelopes go is a `RelaySink`: `RedisStreamSink` (the stream
-`bus:cdc.<source>`, numbered in `cdc:seq:<source>`) or `KafkaSink` (one topic
+`bus:cdc.<source>`, numbered in `bus:seq:<source>`) or `KafkaSink` (one topic
 per table as Debezium names it, `msdb.<source>.public.<table>`; acknowledged
 by the broker before the position is confirmed; `seq` counts from the relay
 process's start there, since the offsets are Kafka's sequence).
@@ -49,6 +49,7 @@ import psycopg2.extras
 import redis
 from prometheus_client import Counter, Gauge
 
+from ..common.bus import OLD_SEQ_KEY, SEQ_KEY
 from ..common.metrics import REGISTRY
 from .pgoutput import Begin, Change, Commit, Decoder
 
@@ -93,9 +94,21 @@ class RelaySink(Protocol):
 class RedisStreamSink:
     def __init__(self, redis_url: str):
         self.r = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._carried: set[str] = set()
+
+    def _seq_key(self, source: str) -> str:
+        """The source's sequence key; a stack made before the key moved to the
+        bus's key space keeps counting from where it was."""
+        key = SEQ_KEY.format(source=source)
+        if source not in self._carried:
+            old = self.r.get(OLD_SEQ_KEY.format(source=source))
+            if old is not None:
+                self.r.set(key, old, nx=True)
+            self._carried.add(source)
+        return key
 
     def publish(self, source: str, events: list[dict]) -> None:
-        end = self.r.incrby(f"cdc:seq:{source}", len(events))
+        end = self.r.incrby(self._seq_key(source), len(events))
         now_ms = time.time() * 1000
         pipe = self.r.pipeline(transaction=False)
         for i, e in enumerate(events):

@@ -22,6 +22,12 @@ from redis.exceptions import RedisError, ResponseError
 
 from .metrics import EVENTS
 
+# The relay's count of events published per CDC source, on the shared bus's
+# key space: every consumer's Redis ACL user (`bus:*`) can read it, so its
+# own backlog endpoint answers (under `cdc:*` only the relay could).
+SEQ_KEY = "bus:seq:{source}"
+OLD_SEQ_KEY = "cdc:seq:{source}"    # before 2026-12-02: carried over by the relay
+
 __all__ = ["EventBus", "RedisStreamBus", "Handler", "BatchHandler", "Backlog"]
 
 log = logging.getLogger(__name__)
@@ -149,7 +155,7 @@ class RedisStreamBus:
         stream = f"bus:{topic}"
         source = topic.removeprefix("cdc.")
         try:
-            published = int(await self.r.get(f"cdc:seq:{source}") or 0)
+            published = int(await self.r.get(SEQ_KEY.format(source=source)) or 0)
             if not await self.r.exists(stream):
                 return Backlog(published=published, backlog=0, pending=0)
             groups = await self.r.xinfo_groups(stream)

@@ -202,6 +202,14 @@ def test_cdc_carries_every_change_to_every_consumer(stack, urls):
     lag = httpx.get(f"{urls['search']}/admin/cdc/search/lag").json()
     mine = [it for it in lag["items"] if it["commit_ms"] >= t0_ms]   # this test's changes
     assert len(mine) >= 5 and all(0 <= it["applied_ms"] - it["commit_ms"] < 30_000 for it in mine)
+    # Each consumer's own backlog endpoint reads the relay's count under its
+    # own Redis ACL user (it could not while the count lived under cdc:*).
+    import redis
+    with redis.Redis.from_url(stack.redis.url) as r:
+        published = int(r.get("bus:seq:catalog") or 0)
+    b = httpx.get(f"{urls['search']}/admin/cdc/search/backlog").json()
+    assert b["up"] is True and b["published"] >= published >= 3, (b, published)
+    assert b["backlog"] == 0, b          # quiet: everything was applied
 
 
 # -- a consumer crash, on a stack of its own (the planted bug corrupts analytics) ----------

@@ -213,6 +213,15 @@ def test_each_weakness_fails_its_own_check(tmp_path):
     assert v["no-secret-in-outputs"] == "fail"
 
 
+def test_with_no_audit_trail_a_missed_intrusion_is_unknown_not_a_detector_failure(tmp_path):
+    its = _all_intrusions()
+    run = _security_run(tmp_path, alerts=[], intrusions=its)
+    (run.path / "audit.jsonl").write_text("")
+    v, c = _verdicts(run)
+    assert v["detects-bulk-read"] == "unknown" and "no audit record" in c["detects-bulk-read"].details["reason"]
+    assert v["false-positives"] == "unknown"
+
+
 def test_without_probes_the_checks_are_unknown_never_pass(tmp_path):
     run = make_run(tmp_path / "run", scenario="security")
     v, _ = _verdicts(run)
