@@ -231,7 +231,13 @@ class KafkaBus:
                         await call(ensure_topics, self.bootstrap, names, partitions=self.PARTITIONS)
                         c = await call(self._consumer, group, consumer)
                         await call(c.subscribe, names)
-                    msgs = await call(c.consume, size, self.POLL_S)
+                    # consume(n, timeout) waits until n messages or the timeout:
+                    # at a trickle that is a whole POLL_S of lag per batch.  So
+                    # wait for the first message only, then take what is
+                    # already fetched without waiting.
+                    msgs = await call(c.consume, 1, self.POLL_S)
+                    if msgs and size > 1:
+                        msgs += await call(c.consume, size - 1, 0)
                     if msgs and linger_s > 0 and len(msgs) < size:
                         await asyncio.sleep(linger_s)
                         msgs += await call(c.consume, size - len(msgs), 0)

@@ -55,3 +55,26 @@ def test_the_mutation_switch_needs_the_allow_flag(monkeypatch):
     assert W._guard_disabled() is False
     monkeypatch.setenv("MSDB_ALLOW_MUTATIONS", "1")
     assert W._guard_disabled() is True
+
+
+def test_the_cdc_end_state_converges_only_when_every_target_equals_its_source():
+    """harness.run.endstate compares again until this holds (or its budget
+    runs out): a difference that converged is not judged, one that lasts is."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = r"""
+import locust  # gevent first
+from harness.run.endstate import _cdc_converged
+same = {"missing": 0, "extra": 0, "different": 0}
+ok = {"search": same, "analytics": same, "user_replica": same,
+      "analytics_totals": {"equal": {"orders": True, "revenue": True}}}
+assert _cdc_converged(ok)
+assert not _cdc_converged({**ok, "search": {**same, "different": 14}})
+assert not _cdc_converged({**ok, "user_replica": {**same, "missing": 1}})
+assert not _cdc_converged({**ok, "analytics_totals": {"equal": {"orders": True, "revenue": False}}})
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

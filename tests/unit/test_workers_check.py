@@ -78,3 +78,4 @@ def test_samples_travel_from_worker_to_master_field_for_field():
     r = subprocess.run([sys.executable, "-c", _WIRE], capture_output=True, text=True, timeout=60,
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
