@@ -169,7 +169,7 @@ def test_security_run_passes_on_the_tls_stack(info, tmp_path):
     plaintext and TLS 1.2 refused, isolation, N audited operations -> N
     records, each intrusion detected, no false alarm, no secret in outputs)."""
     out = tmp_path / "run"
-    r = msdb("run", "security", "--state-dir", info.state_dir, "--duration", "40s",
+    r = msdb("run", "security", "--state-dir", info.state_dir, "--duration", "30s",
              "--out", out, "--quiet", timeout=400)
     results = json.loads((out / "results.json").read_text())
     verdicts = {c["name"]: c["verdict"] for c in results["checks"]}
