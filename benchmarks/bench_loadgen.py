@@ -3,8 +3,9 @@ side with plain Locust, in one run.
 
     python benchmarks/bench_loadgen.py [--seconds 10] [--rounds 3] [--users 10]
 
-A trivial endpoint (an ASGI app under uvicorn answering "ok", started here on
-127.0.0.1, which counts what it served) is loaded by ONE Locust worker
+A trivial endpoint (HTTP/1.1 keep-alive answered by a bare asyncio protocol
+on uvloop, started here on 127.0.0.1, which counts what it served; far
+cheaper per request than the worker, so the worker is what limits the rate) is loaded by ONE Locust worker
 process under a Locust master in this process, two ways:
 
 - plain: `locust --worker -f benchmarks/bench_loadgen.py`, a FastHttpUser
@@ -34,6 +35,7 @@ per-round ratios and the load average before and after.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import subprocess
@@ -61,25 +63,52 @@ class PingUser(FastHttpUser):
 # -- the endpoint ----------------------------------------------------------------------
 
 _served = 0
+_OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
 
 
-async def app(scope, receive, send):
-    global _served
-    if scope["type"] != "http":
-        return
-    if scope["path"] == "/count":
-        body = str(_served).encode()
-    else:
-        _served += 1
-        body = b"ok"
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+class _Endpoint(asyncio.Protocol):
+    """HTTP/1.1 keep-alive by hand, on purpose: the endpoint must cost far less
+    per request than the worker being measured, or the benchmark measures the
+    endpoint (uvicorn's ASGI path, on the CPU it shares with the master,
+    moved the figure from run to run).  It answers every request `ok`, and
+    `GET /count` with how many it answered; requests have no body."""
+
+    def connection_made(self, transport):
+        self.t = transport
+        self.buf = b""
+
+    def data_received(self, data):
+        global _served
+        self.buf += data
+        out = []
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head, self.buf = self.buf[:end], self.buf[end + 4:]
+            if head.startswith(b"GET /count "):
+                body = str(_served).encode()
+                out.append(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: "
+                           + str(len(body)).encode() + b"\r\n\r\n" + body)
+            else:
+                _served += 1
+                out.append(_OK)
+        if out:
+            self.t.write(b"".join(out))
 
 
 def serve(port: int) -> None:
-    import uvicorn
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(_Endpoint, "127.0.0.1", port))
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
 
 
 def served(url: str) -> int:
@@ -114,7 +143,7 @@ def pin(pid: int, cpus: set[int] | None) -> None:
 
 
 def measure(mode: str, url: str, users: int, seconds: float, out_dir: Path,
-            worker_cpus: set[int] | None = None) -> dict:
+            worker_cpus: set[int] | None = None, warmup_s: float = 2.0) -> dict:
     import gevent
     from locust.env import Environment
     from locust.event import Events
@@ -152,7 +181,7 @@ def measure(mode: str, url: str, users: int, seconds: float, out_dir: Path,
                 raise RuntimeError(f"{mode} worker did not connect (see {out_dir}/worker-{mode}.log)")
             gevent.sleep(0.05)
         runner.start(users, spawn_rate=users)
-        gevent.sleep(2.0)
+        gevent.sleep(warmup_s)
         n0, w0, m0, t0 = served(url), cpu_s(worker.pid), cpu_s(os.getpid()), time.monotonic()
         gevent.sleep(seconds)
         n1, w1, m1, t1 = served(url), cpu_s(worker.pid), cpu_s(os.getpid()), time.monotonic()
@@ -180,6 +209,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--port", type=int, default=30710, help="the endpoint's port (default 30710)")
+    ap.add_argument("--warmup", type=float, default=6.0,
+                    help="seconds of load before each measurement (default 6: the msdb worker reaches its steady rate later than plain Locust)")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not give the measured worker a CPU of its own")
     ap.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
@@ -212,7 +243,7 @@ def main() -> int:
             for mode in order:
                 with tempfile.TemporaryDirectory(prefix="msdb-bench-loadgen-") as d:
                     res[mode] = m = measure(mode, url, args.users, args.seconds, Path(d),
-                                            worker_cpus)
+                                            worker_cpus, args.warmup)
                 print(f"{i:<6} {mode:<6} {m['rps']:>8.0f} {m['worker_cpu_us']:>12.0f} us "
                       f"{m['master_cpu_us']:>12.0f} us", flush=True)
             ratios.append(res["msdb"]["rps"] / res["plain"]["rps"])
