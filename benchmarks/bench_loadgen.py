@@ -164,9 +164,7 @@ def measure(mode: str, url: str, users: int, seconds: float, out_dir: Path,
             table.row(r.time, r.name, r.method, r.status, r.response_ms, r.bytes, int(r.ok), r.error)
         sink = WorkerSink(env, WorkloadContext(), on_sample)
         argv = [sys.executable, "-m", "harness.run.worker", "--master-port", str(port),
-                "--classes", "bench_loadgen:PingUser", "--parent", str(os.getpid()),
-                *(["--report-interval", os.environ["BENCH_REPORT_INTERVAL"]]
-                  if os.environ.get("BENCH_REPORT_INTERVAL") else [])]
+                "--classes", "bench_loadgen:PingUser", "--parent", str(os.getpid())]
     else:
         argv = [sys.executable, "-m", "locust", "-f", str(Path(__file__).resolve()), "--worker",
                 "--master-host", "127.0.0.1", "--master-port", str(port)]

@@ -156,6 +156,8 @@ def _workers_complete(workers: list[dict]) -> Check:
         why = []
         if not w.get("complete"):
             why.append("never reported after its users stopped (it died or hung mid-run)")
+        if w.get("problem"):
+            why.append(w["problem"])
         if w.get("lost_requests") or w.get("lost_history"):
             why.append(f"{w.get('lost_requests', 0)} request sample(s) and "
                        f"{w.get('lost_history', 0)} history entries sent but not received")

@@ -20,6 +20,8 @@ from typing import Iterable
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ..security.detector import KINDS
+from ..security.secretscan import scan
 from ..stack.info import StackInfo
 from .core import Check, at_most
 
@@ -225,7 +227,6 @@ def _detections(intrusions: list[dict], alerts: list[dict], slo: dict,
                 watched: bool = True) -> tuple[list[Check], int, list]:
     """One check per intrusion kind (detected within the limit), and the alerts
     no intrusion explains (false positives)."""
-    from ..security.detector import KINDS
     within = slo["detect_within_s_max"]
     checks = []
     explained: set[int] = set()
@@ -266,7 +267,6 @@ def _secret_scan(run, doc: dict | None) -> Check:
     fp = run.json("secrets.fingerprints.json")
     if not fp or not fp.get("hashes"):
         return Check(name, "unknown", None, 0, {"reason": "the run recorded no secret fingerprints"})
-    from ..security.secretscan import scan
     files = sorted(p for p in run.path.rglob("*") if p.is_file() and p.name not in _NOT_SCANNED)
     res = scan(files, fp, root=run.path)
     logs = (doc or {}).get("stack_logs_scan") or {}

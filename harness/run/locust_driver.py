@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import logging
 import random
 import socket
 import sys
@@ -37,6 +38,8 @@ from .children import Child
 
 __all__ = ["run_locust", "user_classes", "raw_sample", "SAMPLE_FIELDS", "to_request", "WorkerSink", "free_port", "CONTEXT_MESSAGE",
            "HELLO_MESSAGE"]
+
+log = logging.getLogger("msdb.locust")
 
 CONTEXT_MESSAGE = "msdb_context"      # master -> worker: the WorkloadContext and a process prefix
 HELLO_MESSAGE = "msdb_hello"          # worker -> master: ready for the context
@@ -131,17 +134,18 @@ class WorkerSink:
         if not m:
             return
         w = self._worker(client_id)
-        flat = m["samples"]
-        n = m["fields"]
-        if n != SAMPLE_FIELDS:
-            raise InfraError(f"worker {w['id']} sends samples of {n} fields, this master reads "
-                             f"{SAMPLE_FIELDS}: run the same msdb on every machine")
-        for i in range(0, len(flat), n):
-            self.on_sample(to_request(flat[i:i + n]))
+        flat, n = m["samples"], m["fields"]
+        if n == SAMPLE_FIELDS:
+            for i in range(0, len(flat), n):
+                self.on_sample(to_request(flat[i:i + n]))
+            w["requests"] += len(flat) // n
+        else:   # not raised: Locust only logs a listener's exception.  Counted as lost instead.
+            w["problem"] = (f"sends samples of {n} fields, this master reads {SAMPLE_FIELDS}: run "
+                            f"the same msdb on every machine")
+            log.error("worker %s %s", w["id"], w["problem"])
         history = self.ctx.history
         for kind, process, f, value in m["history"]:
             getattr(history, kind)(process, f, value)
-        w["requests"] += len(flat) // n
         w["history"] += len(m["history"])
         w.update(pid=m["pid"], sent_requests=m["sent_requests"], sent_history=m["sent_history"],
                  started=m["started"], stopped=m["stopped"])
@@ -162,6 +166,8 @@ class WorkerSink:
             lost = (w["sent_requests"] - w["requests"], w["sent_history"] - w["history"])
             if any(lost):
                 row.update(lost_requests=lost[0], lost_history=lost[1])
+            if w.get("problem"):
+                row["problem"] = w["problem"]
             out.append(row)
         return out
 

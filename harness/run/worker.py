@@ -25,12 +25,10 @@ the worker, decides how the run ends.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import signal
 import sys
-import time
 
 import gevent
 import locust.runners
@@ -39,7 +37,7 @@ from locust.event import Events
 
 from scenarios.workload import WorkloadContext
 
-from .locust_driver import CONTEXT_MESSAGE, HELLO_MESSAGE, SAMPLE_FIELDS, user_classes
+from .locust_driver import CONTEXT_MESSAGE, HELLO_MESSAGE, SAMPLE_FIELDS, raw_sample, user_classes
 from .nemesis import parent_gone
 
 __all__ = ["main", "WorkerShipper"]
@@ -90,16 +88,11 @@ class WorkerShipper:
         # recorded after it, so the next report is the last one with data.
         ev.test_stop.add_listener(lambda **kw: setattr(self, "stopped", self.started))
 
-    def on_request(self, request_type, name, response_time, response_length, response=None,
-                   exception=None, start_time=None, **kw):
-        # One flat list of fields, not a tuple per request: nothing the
-        # collector tracks is kept per request until the report (the same
-        # fields as raw_sample, in the same order).
-        self.requests.extend((start_time or time.time(), name, request_type,
-                              getattr(response, "status_code", 0) or 0, response_time,
-                              response_length or 0, exception is None,
-                              "" if exception is None else
-                              f"{type(exception).__name__}: {exception}"[:200]))
+    def on_request(self, **kw):
+        # One flat list of fields, not a tuple kept per request: the tuple is
+        # freed at once, so the collector tracks nothing per request until the
+        # report.
+        self.requests.extend(raw_sample(**kw))
 
     def on_report(self, client_id, data, **kw):
         flat, self.requests = self.requests, []
@@ -159,13 +152,6 @@ def main(argv: list[str] | None = None) -> int:
                 gevent.sleep(0.5)
             shutdown(f"parent {args.parent} is gone")
         gevent.spawn(watch)
-    # Everything imported so far lives as long as the process: out of the
-    # collector's sight (gc.freeze, as Locust does before it forks
-    # --processes), the full collections that the users' allocations trigger
-    # do not walk msdb's modules every time.  Measured: the worker's CPU per
-    # request was 4 % above plain Locust's without it (benchmarks/bench_loadgen.py).
-    gc.collect()
-    gc.freeze()
     runner.greenlet.join()
     return 0
 

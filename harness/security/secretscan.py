@@ -22,6 +22,7 @@ import os
 import re
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlsplit
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -77,10 +78,8 @@ def secrets_of_stack(info, state_dir: str | Path | None = None) -> list[str]:
         pw = conninfo_to_dict(dsn).get("password")
         if pw:
             out.append(pw)
-    if info.redis is not None:
-        m = re.match(r"^rediss?://[^:@/]*:([^@]+)@", info.redis.url)
-        if m:
-            out.append(m.group(1))
+    if info.redis is not None and urlsplit(info.redis.url).password:
+        out.append(urlsplit(info.redis.url).password)
     if state_dir is not None:
         sd = Path(state_dir)
         try:
