@@ -49,6 +49,11 @@ class RestoreChecks:
             at_most("rto-seconds", m["rto_seconds"], slo["rto_seconds_max"],
                     **{k: m.get(k) for k in PARTS if k in m}),
         ]
+        if "acked_after_restore_lost" in m:     # (drills recorded before it have no such count)
+            later = run.json("lost_after_restore.json", []) or []
+            checks.append(at_most("no-ack-lost-after-restore", m["acked_after_restore_lost"], 0,
+                                  acked_after_restore=m["acked_after_restore"],
+                                  lost=[a["id"] for a in later][:20]))
         target = d.get("target")
         if m["wal"] == "stream-sync" and target is None:
             checks.append(at_most("sync-no-acked-write-lost", len(lost), 0,

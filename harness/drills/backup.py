@@ -123,8 +123,14 @@ def select_retained(backups: list[BackupInfo], policy: Retention,
     return kept, pruned
 
 
-def wal_chain(start_wal: str, sources: list[Path]) -> dict:
-    """The WAL available from `start_wal` on, over every source directory.
+def wal_chain(start_wal: str, sources: list[Path], fallback: Path | None = None) -> dict:
+    """The WAL available from `start_wal` on, over every source directory,
+    and then `fallback` (a base backup's own pg_wal): PostgreSQL reads a
+    segment from pg_wal only when restore_command has none, so a fallback
+    segment counts only where no source holds that segment at all.  (The
+    backup's copy of the segment it ended in looks complete, a full-size file
+    without `.partial`, but holds only the WAL up to the backup's end: it
+    must not outrank the receiver's `.partial` of the same segment.)
 
     Returns {"segments": [names...] (contiguous from start_wal), "last": name,
     "last_partial": bool, "gap": first missing name or None, "beyond_gap": [names
@@ -132,15 +138,16 @@ def wal_chain(start_wal: str, sources: list[Path]) -> dict:
     """
     tli, first = segno(start_wal)
     have: dict[int, tuple[bool, float]] = {}   # segno -> (partial, mtime)
-    for src in sources:
-        if not src.is_dir():
+    for src in [*sources, fallback]:
+        if src is None or not src.is_dir():
             continue
+        held = set(have)
         for p in src.iterdir():
             m = WAL_RE.match(p.name)
             if not m or int(m.group(1), 16) != tli:
                 continue
             _, no = segno(p.name)
-            if no < first:
+            if no < first or (src is fallback and no in held):
                 continue
             partial = bool(m.group(4))
             mt = p.stat().st_mtime

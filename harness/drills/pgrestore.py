@@ -65,7 +65,7 @@ def restore(bs: BackupSet, dest: PgInstance, *, target_time: float | None = None
                          f"{utc(all_backups[0].finished_at)})")
     backup = bs.latest(before=target_time)
     sources = sources if sources is not None else [bs.archive_dir, bs.stream_dir]
-    chain = wal_chain(backup.start_wal, [*sources, Path(backup.path) / "pg_wal"])
+    chain = wal_chain(backup.start_wal, sources, fallback=Path(backup.path) / "pg_wal")
     if not chain["segments"]:
         raise InfraError(f"WAL segment {chain['gap']} (the start of base backup {backup.label}) is "
                          f"missing from {', '.join(map(str, sources))} and the backup itself")

@@ -224,6 +224,13 @@ def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
                 disaster=t_disaster, backup_end=backup.finished_at)
         lost, recovered = r["lost"], r["recovered"]
         rd.write_json("lost.json", lost)
+        # Writes acknowledged after the repoint were served by the restored
+        # instance: every one of them must be there (a service that answers
+        # 201 for a write its restored database lacks is a lost write too).
+        later = [a for a in writer.acks if a["ack_ts"] > t_repointed]
+        held = present_ids(dest, p.db, [a["id"] for a in later])
+        lost_later = [a for a in later if a["id"] not in held]
+        rd.write_json("lost_after_restore.json", lost_later)
         parts = rto_parts(disaster=t_disaster, destroyed=t_destroyed, copy_end=res.t_copy_end,
                           redo_done=res.t_redo_done, read_write=res.t_read_write, first_write=t_first)
         # Decrypting the geo copy is a part of its own, taken out of the copy
@@ -247,6 +254,7 @@ def restore_drill(p: RestoreParams, rd: RunDir, log=print) -> dict:
             "rto_seconds": round(t_first - t_disaster, 3),
             **{k: (round(v, 3) if v is not None else None) for k, v in parts.items()},
             "acked_writes": len(acked), "recovered_acked_writes": len(recovered),
+            "acked_after_restore": len(later), "acked_after_restore_lost": len(lost_later),
             "failed_writes": writer.failed, "unknown_writes": writer.unknown,
             "write_rate_per_s": round(len(acked) / p.disaster_after_s, 1),
             "disaster_utc": utc(t_disaster),

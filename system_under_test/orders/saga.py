@@ -203,12 +203,14 @@ class OrderSaga:
                "i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price) "
                "  SELECT %(oid)s, pid, q, price FROM unnest(%(pids)s::uuid[], %(qtys)s::int[], ")
             + "  %(prices)s::numeric[]) AS t(pid, q, price)), "
-            "s AS (UPDATE sagas SET state = 'CHARGING', updated_at = now() WHERE id = %(sid)s) "
-            "SELECT created_at FROM o",
+            "s AS (UPDATE sagas SET state = 'CHARGING', updated_at = now() WHERE id = %(sid)s RETURNING 1) "
+            "SELECT created_at, (SELECT count(*) FROM s) AS saga_rows FROM o",
             {"oid": order_id, "uid": user_id, "total": total, "sid": saga_id, "pids": pids,
              "qtys": [i["quantity"] for i in request["items"]],
              "prices": [prices[p] for p in pids]})
         created_at = row["created_at"]
+        if not row["saga_rows"] and self.mutation != "drop-saga-log":   # (that mutation writes none)
+            return await self._lost(order_id, "before the charge")
 
         # 3. Charge, idempotently: the charge key is the order id, so a retry after
         #    an unknown outcome can never charge twice.
@@ -245,12 +247,16 @@ class OrderSaga:
         except PeerError as e:
             return await self._fail(saga_id, order_id, f"stock confirmation failed: {e}")
 
-        # 5. Done.
-        await self.db.execute(
+        # 5. Done, if the order and its saga record are still there: a 201 is
+        #    only ever answered for an order the database holds as CONFIRMED.
+        done = await self.db.execute(
             "confirm_order",
-            "WITH o AS (UPDATE orders SET status = 'CONFIRMED' WHERE id = %(oid)s) "
-            "UPDATE sagas SET state = 'COMPLETED', updated_at = now() WHERE id = %(sid)s",
+            "WITH o AS (UPDATE orders SET status = 'CONFIRMED' WHERE id = %(oid)s RETURNING 1) "
+            "UPDATE sagas SET state = 'COMPLETED', updated_at = now() WHERE id = %(sid)s "
+            "AND EXISTS (SELECT 1 FROM o)",
             {"oid": order_id, "sid": saga_id})
+        if not done and self.mutation != "drop-saga-log":
+            return await self._lost(order_id, "before its confirmation")
         # Built from what was written rather than read back: one round trip less.
         order = {"id": order_id, "user_id": user_id, "total_amount": total, "status": "CONFIRMED",
                  "created_at": created_at,
@@ -273,6 +279,27 @@ class OrderSaga:
             await asyncio.sleep(self.RETRY_BACKOFF_S * (2 ** attempt))
 
     # -- compensation ---------------------------------------------------------
+
+    async def _lost(self, order_id, when: str) -> tuple[int, dict]:
+        """The saga's own record vanished mid-flight: its database was replaced
+        by an earlier copy (a restore) while the saga ran.  Nothing here can be
+        confirmed, so the answer is a 503, never a 201 for an order the
+        database does not hold; the remote steps are undone as far as the
+        peers still know them (both calls are idempotent by order id)."""
+        undone = True
+        for path in (f"/payments/{order_id}/refund", f"/inventory/reservations/{order_id}/release"):
+            peer = self.payments if path.startswith("/payments") else self.catalog
+            try:
+                await self._retry_hard(lambda: peer.request("POST", path, timeout=self.COMPENSATION_TIMEOUT_S))
+            except PeerRejected:
+                pass        # the peer never had it (or lost it too): nothing to undo there
+            except PeerError as e:
+                log.warning("order %s: saga record lost and %s not undone: %s", order_id, path, e)
+                undone = False
+        return 503, {"error": "order_lost",
+                     "message": f"the order's saga record vanished {when} (its database was restored "
+                                f"to an earlier point?); the order was not confirmed",
+                     "order_id": order_id, "compensated": undone}
 
     async def _fail(self, saga_id, order_id, reason: str, status: int = 503) -> tuple[int, dict]:
         done = await self.compensate(saga_id, order_id, reason)

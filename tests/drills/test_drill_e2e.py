@@ -53,6 +53,13 @@ def _independent_missing(d: dict) -> list[str]:
     return [a["id"] for a in _acks(d) if a["id"] not in completed]
 
 
+def _lost_ids(d: dict) -> list[str]:
+    """What the drill recorded as lost: before the restore (lost.json, the
+    RPO's) and after it (lost_after_restore.json, which must be empty)."""
+    return sorted(a["id"] for f in ("lost.json", "lost_after_restore.json")
+                  for a in json.loads((d["out"] / f).read_text()))
+
+
 def _ok(d: dict) -> dict:
     assert d["results"] is not None, d["log"]
     assert d["rc"] in (0, 1), d["log"]
@@ -107,8 +114,10 @@ def test_archive_lost_count_matches_an_independent_count(drills):
     d = drills["archive"]
     m = _ok(d)["metrics"]
     missing = _independent_missing(d)
+    assert sorted(missing) == _lost_ids(d)
+    # every write acknowledged after the repoint is in the restored database
+    assert m["acked_after_restore"] >= 1 and m["acked_after_restore_lost"] == 0, m
     assert len(missing) == m["rpo_lost_writes"]
-    assert sorted(missing) == sorted(a["id"] for a in json.loads((d["out"] / "lost.json").read_text()))
     # and the service really writes to the restored instance now
     with _restored(d) as c:
         probe = [a["id"] for a in _acks(d) if a["phase"] == "after-restore"]
@@ -135,8 +144,10 @@ def test_stream_async_loses_at_most_what_was_in_flight(drills):
     m = res["metrics"]
     assert m["acked_writes"] > 20, d["log"]
     missing = _independent_missing(d)
+    assert sorted(missing) == _lost_ids(d)
+    # every write acknowledged after the repoint is in the restored database
+    assert m["acked_after_restore"] >= 1 and m["acked_after_restore_lost"] == 0, m
     assert len(missing) == m["rpo_lost_writes"]
-    assert sorted(missing) == sorted(a["id"] for a in json.loads((d["out"] / "lost.json").read_text()))
     # pg_receivewal gets the WAL as the primary sends it: only writes acknowledged
     # in the last moment before the kill can be missing.
     assert m["rpo_seconds"] <= 1.0, m

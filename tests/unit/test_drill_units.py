@@ -111,6 +111,23 @@ def test_wal_chain_names_the_gap(tmp_path):
     assert wal_chain(seg_name(1, 2), [a])["gap"] == seg_name(1, 2)
 
 
+def test_wal_chain_ranks_the_backups_own_pg_wal_last(tmp_path):
+    """The base backup's pg_wal holds the segment it ended in as a full-size
+    file without `.partial` (CI caught the chain calling that the end of the
+    WAL while the receiver's .partial of the same segment went further)."""
+    s, pg_wal = tmp_path / "stream", tmp_path / "backup" / "pg_wal"
+    s.mkdir(), pg_wal.mkdir(parents=True)
+    (pg_wal / seg_name(1, 4)).write_bytes(b"x")
+    (pg_wal / seg_name(1, 5)).write_bytes(b"x")
+    (s / seg_name(1, 4)).write_bytes(b"x")
+    (s / (seg_name(1, 5) + ".partial")).write_bytes(b"x")
+    ch = wal_chain(seg_name(1, 4), [tmp_path / "archive", s], fallback=pg_wal)
+    assert ch["last"] == seg_name(1, 5) and ch["last_partial"] is True, ch
+    # with nothing else, the backup's own WAL is what recovery reads
+    ch = wal_chain(seg_name(1, 4), [tmp_path / "archive"], fallback=pg_wal)
+    assert ch["segments"] == [seg_name(1, 4), seg_name(1, 5)] and not ch["last_partial"]
+
+
 def test_restore_refuses_without_backup_or_with_a_gap(tmp_path):
     bs = _backupset(tmp_path)
     dest = PgInstance(bs.rt, "pg-x-restored", 2, "pw")
