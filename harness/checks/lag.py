@@ -173,8 +173,16 @@ def cdc_metrics(run: Run, outage_targets: tuple[str, ...] = ()) -> dict:
         if not wins:
             continue
         end = max(w.end for w in wins)
+        # Caught up: nothing left to deliver, and not before the last change
+        # committed during the fault reached the target.  An empty backlog
+        # alone can come early: after a broker restart the relay re-publishes
+        # what the outage held back only once it has reconnected, and until
+        # then the consumers have nothing to deliver but are not caught up.
+        held = [float(r["applied_ms"]) / 1000 for r in lag_rows if r["consumer"] == name and any(
+            w.start <= float(r["commit_ms"]) / 1000 <= w.end for w in wins)]
+        since = max([end, *held])
         done = next((float(r["time"]) for r in backlog_rows if r["consumer"] == name
-                     and float(r["time"]) >= end and _num(r["backlog"]) == 0 and r["up"] == "1"), None)
+                     and float(r["time"]) >= since and _num(r["backlog"]) == 0 and r["up"] == "1"), None)
         d["catch_up_s"] = round(done - end, 2) if done else None
         applied = [float(r["applied_ms"]) / 1000 for r in lag_rows if r["consumer"] == name]
         n = sum(1 for t in applied if end <= t <= (done or end))

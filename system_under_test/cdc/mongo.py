@@ -175,15 +175,24 @@ class ChangeStreamRelay:
                 self._save(offsets, stream.resume_token)
             self.connected, self.last_error = True, None
             batch: list[dict] = []
+            since = 0.0
+            linger = getattr(sink, "linger_s", 0.0)
             while not stop.is_set():
                 change = stream.try_next()
                 if change is not None:
                     e = mongo_envelope(change, source=self.src.name, rs=self._rs)
                     if e is not None:
+                        if not batch:
+                            since = time.monotonic()
                         batch.append(e)
                 # Publish when this getMore's reply is used up (asking for the
-                # next would wait up to MAX_AWAIT_MS) or the batch is full.
-                if batch and (change is None or _buffered(stream) == 0 or len(batch) >= BATCH_MAX):
+                # next would wait up to MAX_AWAIT_MS) and the sink's linger is
+                # over, or when the batch is full.  (A getMore returns as soon
+                # as a change arrives, so lingering adds at most MAX_AWAIT_MS
+                # when the changes stop.)
+                if batch and (len(batch) >= BATCH_MAX or (
+                        (change is None or _buffered(stream) == 0)
+                        and (change is None or time.monotonic() - since >= linger))):
                     self._publish(sink, batch)
                     self._save(offsets, stream.resume_token, batch[-1]["source"]["lsn"])
                     batch = []

@@ -64,7 +64,7 @@ RELAY_LAG = Gauge("msdb_cdc_relay_lag_seconds", "Publish time minus commit time 
                   "published change", ["source"], registry=REGISTRY)
 
 BATCH_MAX = 500          # events per publish
-LINGER_S = 0.005         # wait for more transactions before publishing
+LINGER_S = 0.005         # wait for more transactions before publishing (a sink may say otherwise)
 STREAM_MAXLEN = 500_000
 
 
@@ -122,6 +122,14 @@ class RedisStreamSink:
 
 
 class KafkaSink:
+    # Every publish is one produce request, acknowledged only once stored: on
+    # Tansu with S3 storage that is several S3 requests to SeaweedFS each.
+    # One per transaction made SeaweedFS, Tansu and the relays the largest CPU
+    # users of a --engines seed run (SeaweedFS 38 s, Tansu 15 s of a 110-s
+    # cdc-lag run on two cores), which is what made the consumers late.
+    # Debezium itself batches (poll.interval.ms, 500 ms by default).
+    linger_s = 0.05
+
     def __init__(self, bootstrap: str):
         from ..common.bus_kafka import KafkaPublisher   # confluent-kafka only where chosen
         self.p = KafkaPublisher(bootstrap)
@@ -206,13 +214,14 @@ class SlotRelay:
             batch: list[dict] = []
             batch_since = 0.0
             flush_to = 0
+            linger = getattr(sink, "linger_s", LINGER_S)
             while not stop.is_set():
                 msg = cur.read_message()
                 if msg is None:
                     # Linger (Kafka's linger.ms): a few ms for the next
                     # transactions, then one publish for all of them; publishing
                     # each transaction alone cost two Redis round trips apiece.
-                    wait = LINGER_S - (time.monotonic() - batch_since) if batch else 0.0
+                    wait = linger - (time.monotonic() - batch_since) if batch else 0.0
                     if wait > 0 and len(batch) < BATCH_MAX:
                         select.select([conn], [], [], wait)
                         continue

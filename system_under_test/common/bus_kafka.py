@@ -9,7 +9,8 @@ Same interface as `RedisStreamBus` (`EventBus` in bus.py), same envelope bytes
   A logical CDC topic `cdc.<source>` is the set of its tables' topics
   (`DebeziumTopics`); any other topic name is used as it is.
 - **Consumer groups with manual commits**: a batch's offsets are committed
-  (synchronously) only after its handler returned, so a consumer killed
+  (synchronously; at most every 0.25 s while events flow, at once when the
+  feed goes idle) only after its handler returned, so a consumer killed
   between applying and committing gets the batch again and the consumers'
   LSN guard drops it: exactly-once effects over at-least-once delivery, as on
   Redis Streams.  A handler failure seeks back to the batch's first offsets.
@@ -143,6 +144,12 @@ class KafkaPublisher:
         new = sorted(set(names) - self._known)
         if new:
             ensure_topics(self.bootstrap, new, partitions=self.PARTITIONS)
+            # Ask for the new topics' metadata now: a first produce to a topic
+            # the producer has no metadata for waited ~1 s for it (measured on
+            # Tansu: 1.01 s for the first publish, 7 ms after), which was the
+            # CDC lag spike at the start of every load.
+            for name in new:
+                self.p.list_topics(name, timeout=self.FLUSH_S)
             self._known.update(new)
         for name, e in zip(names, events):
             while True:
@@ -177,7 +184,16 @@ class KafkaBus:
     POLL_S = 1.0
     BATCH = 100
     RETRY_S = 0.5
-    SESSION_TIMEOUT_MS = 6000   # a group join takes about half of it
+    # A group join takes about half of it on Tansu, and a consumer restarted
+    # after a kill -9 waits for its dead self's session to end first: measured
+    # (one partition, the restarted member's first record) 11.2 s at 6000 ms,
+    # 7.1 s at 3000 ms (first join 3.2 s -> 2.1 s).  Static membership
+    # (group.instance.id) took 6 s for every join, first or not.  Heartbeats
+    # come from librdkafka's own thread, so a busy event loop does not miss them.
+    SESSION_TIMEOUT_MS = 3000
+    FETCH_WAIT_MS = 50
+    COMMIT_EVERY_S = 0.25
+    IDLE_COMMIT_S = 0.05      # the poll's wait while applied offsets wait for their commit
     PARTITIONS = 1
 
     def __init__(self, bootstrap: str, *, topics: DebeziumTopics | None = None):
@@ -207,7 +223,13 @@ class KafkaBus:
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
                          "session.timeout.ms": self.SESSION_TIMEOUT_MS,
                          "heartbeat.interval.ms": self.SESSION_TIMEOUT_MS // 3,
-                         "isolation.level": "read_committed", "enable.partition.eof": False})
+                         "isolation.level": "read_committed", "enable.partition.eof": False,
+                         # librdkafka's default 500 ms long-poll: Tansu answers a
+                         # fetch at its max wait, not when a record arrives, so
+                         # the default alone put 136 ms (p50) / 258 ms (p95) of
+                         # lag on every event at a trickle; at 50 ms: 13 / 24 ms
+                         # (/tmp probe of produce -> consume, 60 events at 10/s).
+                         "fetch.wait.max.ms": self.FETCH_WAIT_MS})
 
     async def consume_batches(self, topic: str, group: str, consumer: str,
                               handler: BatchHandler, stop: asyncio.Event, *,
@@ -224,6 +246,24 @@ class KafkaBus:
         def call(fn, *a, **kw):
             return loop.run_in_executor(pool, lambda: fn(*a, **kw))
         c: Consumer | None = None
+        # Offsets applied but not yet committed.  Committing is one broker
+        # write (on Tansu with S3 storage, ~3 ms of SeaweedFS CPU each), so it
+        # happens at most every COMMIT_EVERY_S while events flow, and at once
+        # when the feed goes idle or the consumer stops.  Only applied batches
+        # are ever committed; a kill re-delivers at most COMMIT_EVERY_S of
+        # applied events, which the consumers' LSN guard drops.
+        applied: dict[tuple[str, int], int] = {}
+        committed_at = [time.monotonic()]
+
+        async def commit() -> None:
+            offs = dict(applied)
+            await call(c.commit, offsets=[TopicPartition(t, p, o) for (t, p), o in offs.items()],
+                       asynchronous=False)
+            state.committed.update(offs)
+            for k, o in offs.items():
+                if applied.get(k) == o:
+                    del applied[k]
+            committed_at[0] = time.monotonic()
         try:
             while not stop.is_set():
                 try:
@@ -235,7 +275,7 @@ class KafkaBus:
                     # at a trickle that is a whole POLL_S of lag per batch.  So
                     # wait for the first message only, then take what is
                     # already fetched without waiting.
-                    msgs = await call(c.consume, 1, self.POLL_S)
+                    msgs = await call(c.consume, 1, self.IDLE_COMMIT_S if applied else self.POLL_S)
                     if msgs and size > 1:
                         msgs += await call(c.consume, size - 1, 0)
                     if msgs and linger_s > 0 and len(msgs) < size:
@@ -243,6 +283,8 @@ class KafkaBus:
                         msgs += await call(c.consume, size - len(msgs), 0)
                     await call(self._observe, c, state)
                     if not msgs:
+                        if applied:     # idle: commit what was applied now
+                            await commit()
                         continue
                     events, first, nxt = [], {}, {}
                     for m in msgs:
@@ -270,10 +312,9 @@ class KafkaBus:
                         await call(self._rewind, c, first)
                         await asyncio.sleep(self.RETRY_S)
                         continue
-                    if nxt:
-                        await call(c.commit, offsets=[TopicPartition(t, p, o) for (t, p), o in nxt.items()],
-                                   asynchronous=False)
-                        state.committed.update(nxt)
+                    applied.update(nxt)
+                    if applied and time.monotonic() - committed_at[0] >= self.COMMIT_EVERY_S:
+                        await commit()
                     EVENTS.labels(topic, "in").inc(len(events))
                 except asyncio.CancelledError:
                     raise
@@ -283,12 +324,18 @@ class KafkaBus:
                     # rejoining).
                     log.warning("bus %s: %s; rejoining", topic, e)
                     state.up = False
+                    applied.clear()     # delivered again after the rejoin; the LSN guard drops them
                     if c is not None:
                         await call(self._close, c)
                         c = None
                     await asyncio.sleep(self.RETRY_S)
         finally:
             state.up = False
+            if c is not None and applied:
+                try:
+                    await asyncio.shield(commit())
+                except (KafkaException, RuntimeError) as e:
+                    log.warning("bus %s: last commit on stop failed (%s); redelivered later", topic, e)
             if c is not None:
                 # Leave the group at once (not after session.timeout.ms) on a
                 # clean stop; a killed process leaves nothing to do here.
@@ -311,7 +358,7 @@ class KafkaBus:
         """End offsets from the fetch responses (cached: no round trip), and the
         committed offsets of newly assigned partitions."""
         parts = c.assignment()
-        state.up = True
+        state.up = bool(parts)     # consuming once the group gave it its partitions
         fresh = [tp for tp in parts if (tp.topic, tp.partition) not in state.committed]
         if fresh:
             for tp in c.committed(fresh, timeout=5):
