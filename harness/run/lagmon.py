@@ -161,11 +161,19 @@ class LagMonitor:
                     row = conn.execute("SELECT seq FROM msdb_heartbeat WHERE id = 1").fetchone()
                     seq = max(seq, row[0] if row else 0)
                 seq += 1
+                # The beat's time is taken before it is sent, not after the
+                # answer: a thread that got the GIL back 35 ms late made a beat
+                # through a 200 ms link look 165 ms late (CI, 2026-12-02).  So
+                # a lag is never under-stated; it may include the commit's own
+                # round trip (~1 ms).  (This client's clock on both ends, not
+                # the row's clock_timestamp(): a target's database may be on a
+                # host whose clock differs.)
+                sent = time.time()
                 conn.execute("INSERT INTO msdb_heartbeat VALUES (1, %s, clock_timestamp()) "
                              "ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, ts = EXCLUDED.ts",
                              (seq,))
                 with self.lock:
-                    self.committed[seq] = time.time()
+                    self.committed[seq] = sent
             except psycopg.Error as e:
                 log.debug("heartbeat write failed: %s", e)
                 conn = None

@@ -191,6 +191,22 @@ async def list_reservations(state: Annotated[Literal["RESERVED", "CONFIRMED", "R
             "limit": limit, "offset": offset}
 
 
+@app.post("/admin/reservations/sweep", tags=["admin"])
+async def sweep_reservations(older_than_s: Annotated[float, Query(ge=0, le=86400)] = 60.0):
+    """Give back what stale PENDING claims hold (the MongoDB inventory's
+    recovery of a reserve that died midway; the PostgreSQL inventory reserves
+    in one transaction and has none)."""
+    if not hasattr(inventory, "sweep"):
+        return {"claims": 0, "products_given_back": 0, "store": "postgresql"}
+    return {**await inventory.sweep(older_than_s), "store": "mongodb"}
+
+
+@service.background
+async def _sweep(stop):
+    if hasattr(inventory, "sweep_loop"):
+        await inventory.sweep_loop(stop)
+
+
 @app.get("/inventory/reservations/{order_id}", tags=["inventory"])
 async def get_reservation(order_id: OrderId):
     r = await inventory.reservation(order_id)

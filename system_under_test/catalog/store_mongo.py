@@ -23,10 +23,22 @@ writes the tombstone first, then releases what is RESERVED or CONFIRMED; a
 reserve that was PENDING meanwhile sees the tombstone after it commits its
 claim and releases itself, so one of the two always sees the other.
 
-Known gap: a catalog process that dies (or loses MongoDB) between taking the
-stock of an order's items and committing its claim leaves a PENDING claim
-holding that stock; listings show it as RESERVED, so the stock stays
-accounted for, but nothing releases it.
+Every stock movement of an order on a product is marked on that product's
+inventory document, `holds.<order id>`, in the same single-document update
+that moves the stock: set when a reserve takes it, removed when the
+confirmation moves it to sold or a release gives it back, each update
+filtered on the marker.  So each movement happens at most once however
+often it is retried, and what an order holds can be read from the inventory
+itself.  That closes the gap a crash leaves: a catalog process that dies (or
+loses MongoDB) between taking an order's stock and committing its claim
+leaves a PENDING claim; `sweep()` (every SWEEP_EVERY_S in the service, and
+`POST /admin/reservations/sweep`) gives back what such a claim's order holds
+once the claim is older than SWEEP_AFTER_S, and drops the claim.  A reserve
+still running when its claim is swept finds it gone at its commit, gives back
+what it took and answers 503.  Likewise a confirmation or a release
+interrupted between its state change and its stock moves finishes them when
+it is repeated.  (A release after a confirmation moves sold stock back
+without a marker: the confirmation removed it.)
 
 pymongo errors become `Unavailable` (503) here, where they enter; a
 duplicate key is the only one that means something else.
@@ -34,6 +46,8 @@ duplicate key is the only one that means something else.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -50,6 +64,7 @@ from .store import _reservation
 __all__ = ["MongoCatalog", "MongoProductRepository", "MongoInventory"]
 
 POOL = "mongo"
+log = logging.getLogger("msdb.catalog.mongo")
 
 
 class MongoCatalog:
@@ -241,14 +256,15 @@ class MongoInventory:
         except DuplicateKeyError:
             return await self._existing(order_id, wanted), False
         taken: list[tuple[str, int]] = []
+        hold = f"holds.{oid}"
         try:
             for pid, q in sorted(wanted.items()):   # product order, as store.py takes locks
                 async with op("reserve_stock"):
                     r = await self.cat.inventory.update_one(
-                        {"_id": pid, "available": {"$gte": q}},
-                        {"$inc": {"available": -q, "reserved": q}})
+                        {"_id": pid, "available": {"$gte": q}, hold: {"$exists": False}},
+                        {"$inc": {"available": -q, "reserved": q}, "$set": {hold: "R"}})
                 if r.modified_count != 1:
-                    await self._give_back(taken)
+                    await self._give_back(oid, taken)
                     await self._drop_claim(oid)
                     await self._refuse(pid, q)
                 taken.append((pid, q))
@@ -256,7 +272,13 @@ class MongoInventory:
                 r = await self.cat.reservations.update_one({"_id": oid, "state": "PENDING"},
                                                            {"$set": {"state": "RESERVED"}})
         except Unavailable:
-            raise   # the claim stays PENDING, holding what it took (module docstring)
+            raise   # the claim stays PENDING, holding what it took, until sweep() (module docstring)
+        if r.modified_count != 1:
+            # The claim was swept while this reserve ran (it was older than
+            # SWEEP_AFTER_S): what the sweep did not give back, give back now.
+            await self._give_back(oid, taken)
+            raise Unavailable(f"the reservation of order {order_id} took longer than "
+                              f"{self.SWEEP_AFTER_S:g} s and was abandoned; retry")
         # A release that came while we were PENDING left its tombstone and
         # left the stock to us.
         async with op("reserve_tombstone"):
@@ -283,11 +305,56 @@ class MongoInventory:
                            field="order_id")
         return await self.reservation(order_id)
 
-    async def _give_back(self, taken: list[tuple[str, int]]) -> None:
+    async def _give_back(self, oid: str, taken: list[tuple[str, int]]) -> int:
+        """Give back the reserved stock of `oid` that is still held; returns
+        how many products gave some back (each at most once)."""
+        n = 0
         for pid, q in taken:
             async with op("reserve_undo"):
-                await self.cat.inventory.update_one({"_id": pid},
-                                                    {"$inc": {"available": q, "reserved": -q}})
+                r = await self.cat.inventory.update_one(
+                    {"_id": pid, f"holds.{oid}": "R"},
+                    {"$inc": {"available": q, "reserved": -q}, "$unset": {f"holds.{oid}": ""}})
+            n += r.modified_count
+        return n
+
+    # A claim left PENDING this long is a dead reserve's (a live one commits in
+    # milliseconds; the saga's calls time out in seconds).
+    SWEEP_AFTER_S = 60.0
+    SWEEP_EVERY_S = 10.0
+
+    async def sweep(self, older_than_s: float | None = None) -> dict:
+        """Give back what the orders of stale PENDING claims hold, and drop the
+        claims (module docstring).  Returns what it did."""
+        age = self.SWEEP_AFTER_S if older_than_s is None else older_than_s
+        cutoff = datetime.fromtimestamp(time.time() - age, timezone.utc)
+        async with op("sweep_pending"):
+            docs = await self.cat.reservations.find(
+                {"state": "PENDING", "created_at": {"$lte": cutoff}}).to_list()
+        out = {"claims": 0, "products_given_back": 0}
+        for d in docs:
+            oid = d["_id"]
+            out["products_given_back"] += await self._give_back(
+                oid, [(it["product_id"], it["quantity"]) for it in d["items"]])
+            async with op("sweep_pending"):
+                r = await self.cat.reservations.delete_one({"_id": oid, "state": "PENDING"})
+            out["claims"] += r.deleted_count
+        return out
+
+    async def sweep_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.SWEEP_EVERY_S)
+                return
+            except TimeoutError:
+                pass
+            try:
+                done = await self.sweep()
+            except Unavailable as e:
+                log.warning("reservation sweep: %s", e)
+                continue
+            if done["claims"]:
+                log.warning("reservation sweep: %d stale PENDING claim(s) dropped, stock given back "
+                            "on %d product(s)", done["claims"], done["products_given_back"])
 
     async def _drop_claim(self, oid: str) -> None:
         async with op("reserve_undo"):
@@ -309,14 +376,11 @@ class MongoInventory:
             r = await self.cat.reservations.update_one({"_id": oid, "state": "RESERVED"},
                                                        {"$set": {"state": "CONFIRMED"}})
         if r.modified_count == 1:
-            d = await self._doc(oid)
-            for it in d["items"]:
-                async with op("confirm_stock"):
-                    await self.cat.inventory.update_one(
-                        {"_id": it["product_id"]},
-                        {"$inc": {"reserved": -it["quantity"], "sold": it["quantity"]}})
+            await self._sell(oid, await self._doc(oid))
             return {"order_id": order_id, "state": "CONFIRMED"}
         d = await self._doc(oid)
+        if d is not None and d["state"] == "CONFIRMED":
+            await self._sell(oid, d)    # a confirmation cut off before its stock moves: finish them
         if d is None:
             raise NotFound(f"order {order_id} has no reservation", field="order_id")
         if d["state"] == "RELEASED":
@@ -324,6 +388,15 @@ class MongoInventory:
         if d["state"] == "PENDING":
             raise Conflict(f"reservation of order {order_id} is not made yet", field="order_id")
         return {"order_id": order_id, "state": "CONFIRMED"}
+
+    async def _sell(self, oid: str, d: dict) -> None:
+        """Reserved -> sold for every item `oid` still holds (each at most once)."""
+        for it in d["items"]:
+            async with op("confirm_stock"):
+                await self.cat.inventory.update_one(
+                    {"_id": it["product_id"], f"holds.{oid}": "R"},
+                    {"$inc": {"reserved": -it["quantity"], "sold": it["quantity"]},
+                     "$unset": {f"holds.{oid}": ""}})
 
     async def _doc(self, oid: str) -> dict | None:
         async with op("get_reservation"):
@@ -346,6 +419,9 @@ class MongoInventory:
         stock back; exactly one caller wins each transition."""
         for _ in range(3):   # the state may change under us once (RESERVED -> CONFIRMED)
             d = await self._doc(oid)
+            if d is not None and d["state"] == "RELEASED":
+                # a release cut off before its stock moves: give back what is still held
+                await self._give_back(oid, [(it["product_id"], it["quantity"]) for it in d["items"]])
             if d is None or d["state"] in ("RELEASED", "PENDING"):
                 return d      # PENDING: its reserve sees the tombstone and releases
             was = d["state"]
@@ -354,11 +430,13 @@ class MongoInventory:
                                                            {"$set": {"state": "RELEASED"}})
             if r.modified_count != 1:
                 continue
-            held = "reserved" if was == "RESERVED" else "sold"
-            for it in d["items"]:
-                async with op("release_stock"):
-                    await self.cat.inventory.update_one(
-                        {"_id": it["product_id"]},
-                        {"$inc": {"available": it["quantity"], held: -it["quantity"]}})
+            if was == "RESERVED":
+                await self._give_back(oid, [(it["product_id"], it["quantity"]) for it in d["items"]])
+            else:
+                for it in d["items"]:
+                    async with op("release_stock"):
+                        await self.cat.inventory.update_one(
+                            {"_id": it["product_id"]},
+                            {"$inc": {"available": it["quantity"], "sold": -it["quantity"]}})
             return d
         return await self._doc(oid)

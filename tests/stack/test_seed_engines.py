@@ -143,6 +143,56 @@ def test_concurrent_reserves_keep_stock_exact(catalog, info):
     assert {r["state"] for r in lines} == {"RESERVED", "CONFIRMED", "RELEASED"}
 
 
+def _stock(catalog, pid):
+    s = catalog.get(f"/inventory/{pid}").json()
+    return s["available"], s["reserved"], s["sold"]
+
+
+def test_a_reserve_that_died_midway_is_swept_and_an_interrupted_confirm_finishes(info, catalog):
+    """A catalog that dies between taking an order's stock and committing its
+    claim leaves a PENDING claim holding stock: planted here through pymongo
+    exactly as the reserve leaves it (claim, then the first item's stock taken
+    and marked).  The sweep gives back what is held, once, and drops the
+    claim; the order can then reserve afresh.  A confirmation cut off after
+    its state change finishes its stock moves when repeated."""
+    from datetime import datetime, timedelta, timezone
+    p1, p2 = _product(catalog, 10), _product(catalog, 10)
+    oid = str(uuid.uuid4())
+    with pymongo.MongoClient(info.part("mongo").endpoint, directConnection=True,
+                             serverSelectionTimeoutMS=5000) as m:
+        db = m[seed_engines.MONGO_DATABASE]
+        db.reservations.insert_one({"_id": oid, "state": "PENDING",
+                                    "created_at": datetime.now(timezone.utc) - timedelta(minutes=2),
+                                    "items": sorted([{"product_id": p1, "quantity": 3},
+                                                     {"product_id": p2, "quantity": 1}],
+                                                    key=lambda i: i["product_id"])})
+        db.inventory.update_one({"_id": p1}, {"$inc": {"available": -3, "reserved": 3},
+                                              "$set": {f"holds.{oid}": "R"}})
+        assert _stock(catalog, p1) == (7, 3, 0)
+        # a fresh claim is left alone: the sweep only takes stale ones
+        assert catalog.post("/admin/reservations/sweep", params={"older_than_s": 600}).json()["claims"] == 0
+        done = catalog.post("/admin/reservations/sweep").json()
+        assert done == {"claims": 1, "products_given_back": 1, "store": "mongodb"}, done
+        assert _stock(catalog, p1) == (10, 0, 0) and _stock(catalog, p2) == (10, 0, 0)
+        assert db.reservations.find_one({"_id": oid}) is None
+        assert catalog.post("/admin/reservations/sweep").json()["claims"] == 0
+        assert _stock(catalog, p1) == (10, 0, 0)          # given back once
+        # the saga's retry of the same order reserves afresh
+        r = catalog.post("/inventory/reservations",
+                         json={"order_id": oid, "items": [{"product_id": p1, "quantity": 3},
+                                                          {"product_id": p2, "quantity": 1}]})
+        assert r.status_code == 201, r.text
+        assert _stock(catalog, p1) == (7, 3, 0) and _stock(catalog, p2) == (9, 1, 0)
+        # a confirmation cut off after its state change: the repeat moves the stock
+        db.reservations.update_one({"_id": oid}, {"$set": {"state": "CONFIRMED"}})
+        assert _stock(catalog, p1) == (7, 3, 0)
+        assert catalog.post(f"/inventory/reservations/{oid}/confirm").status_code == 200
+        assert _stock(catalog, p1) == (7, 0, 3) and _stock(catalog, p2) == (9, 0, 1)
+        assert catalog.post(f"/inventory/reservations/{oid}/confirm").status_code == 200
+        assert _stock(catalog, p1) == (7, 0, 3)           # moved once
+        assert not (db.inventory.find_one({"_id": p1}).get("holds") or {})
+
+
 def test_bad_input_is_4xx_naming_the_field(catalog):
     r = catalog.post("/inventory/reservations", json={"order_id": "nope", "items": []})
     assert r.status_code == 422 and "order_id" in r.text
