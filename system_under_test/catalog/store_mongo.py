@@ -184,6 +184,11 @@ class MongoProductRepository:
         return _product(d) if d else None
 
 
+def _items(d: dict) -> list[tuple[str, int]]:
+    """A reservation document's (product id, quantity) pairs."""
+    return [(it["product_id"], it["quantity"]) for it in d["items"]]
+
+
 def _line(order_id: str, it: dict, state: str, price) -> dict:
     return {"product_id": UUID(it["product_id"]), "quantity": it["quantity"],
             "state": "RESERVED" if state == "PENDING" else state, "unit_price": price}
@@ -333,8 +338,7 @@ class MongoInventory:
         out = {"claims": 0, "products_given_back": 0}
         for d in docs:
             oid = d["_id"]
-            out["products_given_back"] += await self._give_back(
-                oid, [(it["product_id"], it["quantity"]) for it in d["items"]])
+            out["products_given_back"] += await self._give_back(oid, _items(d))
             async with op("sweep_pending"):
                 r = await self.cat.reservations.delete_one({"_id": oid, "state": "PENDING"})
             out["claims"] += r.deleted_count
@@ -421,7 +425,7 @@ class MongoInventory:
             d = await self._doc(oid)
             if d is not None and d["state"] == "RELEASED":
                 # a release cut off before its stock moves: give back what is still held
-                await self._give_back(oid, [(it["product_id"], it["quantity"]) for it in d["items"]])
+                await self._give_back(oid, _items(d))
             if d is None or d["state"] in ("RELEASED", "PENDING"):
                 return d      # PENDING: its reserve sees the tombstone and releases
             was = d["state"]
@@ -431,7 +435,7 @@ class MongoInventory:
             if r.modified_count != 1:
                 continue
             if was == "RESERVED":
-                await self._give_back(oid, [(it["product_id"], it["quantity"]) for it in d["items"]])
+                await self._give_back(oid, _items(d))
             else:
                 for it in d["items"]:
                     async with op("release_stock"):

@@ -185,14 +185,12 @@ class ChangeStreamRelay:
                         if not batch:
                             since = time.monotonic()
                         batch.append(e)
-                # Publish when this getMore's reply is used up (asking for the
-                # next would wait up to MAX_AWAIT_MS) and the sink's linger is
-                # over, or when the batch is full.  (A getMore returns as soon
-                # as a change arrives, so lingering adds at most MAX_AWAIT_MS
-                # when the changes stop.)
-                if batch and (len(batch) >= BATCH_MAX or (
-                        (change is None or _buffered(stream) == 0)
-                        and (change is None or time.monotonic() - since >= linger))):
+                # Publish when the batch is full, when a getMore came back empty,
+                # or when this getMore's reply is used up (asking for the next
+                # would wait up to MAX_AWAIT_MS) and the sink's linger is over:
+                # lingering adds at most MAX_AWAIT_MS to a change's lag.
+                if batch and (len(batch) >= BATCH_MAX or change is None or (
+                        _buffered(stream) == 0 and time.monotonic() - since >= linger)):
                     self._publish(sink, batch)
                     self._save(offsets, stream.resume_token, batch[-1]["source"]["lsn"])
                     batch = []

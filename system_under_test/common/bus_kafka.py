@@ -253,9 +253,10 @@ class KafkaBus:
         # are ever committed; a kill re-delivers at most COMMIT_EVERY_S of
         # applied events, which the consumers' LSN guard drops.
         applied: dict[tuple[str, int], int] = {}
-        committed_at = [time.monotonic()]
+        committed_at = time.monotonic()
 
         async def commit() -> None:
+            nonlocal committed_at
             offs = dict(applied)
             await call(c.commit, offsets=[TopicPartition(t, p, o) for (t, p), o in offs.items()],
                        asynchronous=False)
@@ -263,7 +264,7 @@ class KafkaBus:
             for k, o in offs.items():
                 if applied.get(k) == o:
                     del applied[k]
-            committed_at[0] = time.monotonic()
+            committed_at = time.monotonic()
         try:
             while not stop.is_set():
                 try:
@@ -313,7 +314,7 @@ class KafkaBus:
                         await asyncio.sleep(self.RETRY_S)
                         continue
                     applied.update(nxt)
-                    if applied and time.monotonic() - committed_at[0] >= self.COMMIT_EVERY_S:
+                    if applied and time.monotonic() - committed_at >= self.COMMIT_EVERY_S:
                         await commit()
                     EVENTS.labels(topic, "in").inc(len(events))
                 except asyncio.CancelledError:

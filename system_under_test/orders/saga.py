@@ -287,8 +287,8 @@ class OrderSaga:
         database does not hold; the remote steps are undone as far as the
         peers still know them (both calls are idempotent by order id)."""
         undone = True
-        for path in (f"/payments/{order_id}/refund", f"/inventory/reservations/{order_id}/release"):
-            peer = self.payments if path.startswith("/payments") else self.catalog
+        for peer, path in ((self.payments, f"/payments/{order_id}/refund"),
+                           (self.catalog, f"/inventory/reservations/{order_id}/release")):
             try:
                 await self._retry_hard(lambda: peer.request("POST", path, timeout=self.COMPENSATION_TIMEOUT_S))
             except PeerRejected:
