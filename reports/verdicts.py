@@ -374,6 +374,7 @@ SPECS: dict[str, _Spec] = {
     "tlsv1.2-refused": _Spec("TLS 1.2 logins accepted", say=_refusals),
     "db-isolation": _Spec("cross-service database logins accepted", say=_isolated),
     "redis-isolation": _Spec("cross-service Redis key accesses allowed", say=_isolated),
+    "document-db-isolation": _Spec("MongoDB accesses beyond a login's need allowed", say=_isolated),
     "audit-trail-complete": _Spec("audited operations without a complete record", say=_audited),
     "detects-cross-database": _Spec("time to flag a cross-database login", unit="s", say=_detected),
     "detects-failed-logins": _Spec("time to flag repeated failed logins", unit="s", say=_detected),

@@ -108,6 +108,12 @@ class EnginesConfig:
     mongodb_url: str | None = field(default=None, repr=False)    # mongodb://user:pw@host:port/db?...
     elasticsearch_url: str | None = field(default=None, repr=False)   # http://user:pw@host:port
     kafka_bootstrap: str | None = None                          # host:port[,host:port]
+    # Where the catalog's changes arrive on Kafka, for a consumer that does
+    # not reach the catalog's store itself (search): the middle part of
+    # msdb.catalog.<namespace>.products, the schema on PostgreSQL and the
+    # database on MongoDB.  Empty: the database of mongodb_url where the
+    # catalog is on MongoDB, else `public`.
+    catalog_cdc_namespace: str | None = None
 
 
 def _interpolate(value: Any, key: str, env: Mapping[str, str]) -> Any:
@@ -253,7 +259,8 @@ def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None
         return _str(_interpolate(r["path"], "warehouse.path", env), "warehouse.path")
 
     def engines(r):
-        keys = ("catalog", "search", "bus", "mongodb_url", "elasticsearch_url", "kafka_bootstrap")
+        keys = ("catalog", "search", "bus", "mongodb_url", "elasticsearch_url", "kafka_bootstrap",
+                "catalog_cdc_namespace")
         r = _mapping(r, "engines", keys)
         v = {k: _interpolate(r.get(k), f"engines.{k}", env) for k in keys}
         for store, choices in ENGINE_CHOICES.items():
@@ -270,8 +277,12 @@ def load(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None
                 if not url.startswith(schemes):
                     raise ConfigError(f"engines.{key}: expected a {' or '.join(schemes)} URL, "
                                       f"got {url!r}")
-        return EnginesConfig(**{k: (v[k] or None) if k.endswith(("_url", "_bootstrap")) else v[k]
-                                for k in keys})
+        ns = v["catalog_cdc_namespace"]
+        if ns and not re.fullmatch(r"[A-Za-z0-9_-]+", str(ns)):
+            raise ConfigError(f"engines.catalog_cdc_namespace: expected a schema or database name "
+                              f"(letters, digits, _ and -), got {ns!r}")
+        return EnginesConfig(**{k: (v[k] or None) if k.endswith(("_url", "_bootstrap", "_namespace"))
+                                else v[k] for k in keys})
 
     return ServiceConfig(
         engines=optional("engines", engines) or EnginesConfig(),

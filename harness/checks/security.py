@@ -300,6 +300,8 @@ class SecurityChecks:
             iso = doc.get("isolation") or {}
             checks.append(_isolation("db-isolation", iso.get("postgres"), "ACCEPTED"))
             checks.append(_isolation("redis-isolation", iso.get("redis"), "ALLOWED"))
+            if "mongodb" in iso:      # the catalog on MongoDB (--engines seed)
+                checks.append(_isolation("document-db-isolation", iso["mongodb"], "ALLOWED"))
         trail = run.jsonl("audit.jsonl")
         own_roles = set(((doc or {}).get("audit") or {}).get("roles") or {})
         checks.append(_audit((doc or {}).get("audit"), trail, own_roles, slo))

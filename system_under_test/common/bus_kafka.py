@@ -5,9 +5,15 @@ Same interface as `RedisStreamBus` (`EventBus` in bus.py), same envelope bytes
 
 - **Topics as Debezium names them**: `<prefix>.<schema>.<table>` with one
   prefix per source database, `msdb.<source>` (the compose connectors'
-  `topic.prefix`), so the catalog's products are `msdb.catalog.public.products`.
-  A logical CDC topic `cdc.<source>` is the set of its tables' topics
-  (`DebeziumTopics`); any other topic name is used as it is.
+  `topic.prefix`), so the catalog's products on PostgreSQL are
+  `msdb.catalog.public.products`.  Debezium's MongoDB connector puts the
+  database where PostgreSQL's connector puts the schema
+  (`<prefix>.<database>.<collection>`), so the catalog on MongoDB is
+  `msdb.catalog.product_service_db.products`, here and in compose alike
+  (a consumer that does not reach MongoDB is told the database:
+  `engines.catalog_cdc_namespace`).  A logical CDC
+  topic `cdc.<source>` is the set of its tables' topics (`DebeziumTopics`);
+  any other topic name is used as it is.
 - **Consumer groups with manual commits**: a batch's offsets are committed
   (synchronously; at most every 0.25 s while events flow, at once when the
   feed goes idle) only after its handler returned, so a consumer killed
@@ -57,22 +63,41 @@ class BusError(RuntimeError):
 
 @dataclass(frozen=True, kw_only=True)
 class DebeziumTopics:
-    """`cdc.<source>` <-> `<prefix>.<source>.<schema>.<table>` (Debezium's
-    `topic.prefix` + schema + table, one prefix per source database)."""
+    """`cdc.<source>` <-> `<prefix>.<source>.<namespace>.<table>` (Debezium's
+    `topic.prefix` + schema + table, one prefix per source database).  The
+    namespace is the schema on PostgreSQL and the database on MongoDB
+    (`namespaces` names it per source where it is not `schema`)."""
     prefix: str = "msdb"
     schema: str = "public"
     tables: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(CDC_TABLES))
+    namespaces: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_engines(cls, engines) -> "DebeziumTopics":
+        """The topics of the stores `engines` (config.EnginesConfig) names:
+        with the catalog on MongoDB, its topic carries the database of
+        `mongodb_url`, or `catalog_cdc_namespace` where it is set (a consumer,
+        such as search, that does not reach the catalog's store)."""
+        ns = getattr(engines, "catalog_cdc_namespace", None)
+        if not ns and engines.catalog == "mongodb" and engines.mongodb_url:
+            from pymongo.uri_parser import parse_uri   # the seed-engines extra, as the catalog
+            ns = parse_uri(engines.mongodb_url).get("database")
+        return cls(namespaces={"catalog": ns}) if ns else cls()
 
     def of_event(self, topic: str, event: dict) -> str:
+        # A PostgreSQL change names its schema; a MongoDB change (ours and
+        # Debezium's MongoDB connector's) names its database instead.
         src = event.get("source") or {}
         if topic.startswith("cdc.") and src.get("table"):
-            return f"{self.prefix}.{topic[4:]}.{src.get('schema') or self.schema}.{src['table']}"
+            ns = src.get("schema") or src.get("db") or self.namespaces.get(topic[4:], self.schema)
+            return f"{self.prefix}.{topic[4:]}.{ns}.{src['table']}"
         return topic
 
     def subscribed(self, topic: str) -> list[str]:
         if topic.startswith("cdc.") and topic[4:] in self.tables:
             source = topic[4:]
-            return [f"{self.prefix}.{source}.{self.schema}.{t}" for t in self.tables[source]]
+            ns = self.namespaces.get(source, self.schema)
+            return [f"{self.prefix}.{source}.{ns}.{t}" for t in self.tables[source]]
         return [topic]
 
 

@@ -13,8 +13,8 @@ __all__ = ["open_bus"]
 def open_bus(engines, redis_client: aioredis.Redis | None) -> "EventBus":
     """The bus `engines.bus` names (system_under_test.config.EnginesConfig)."""
     if engines.bus == "kafka":
-        from .bus_kafka import KafkaBus   # confluent-kafka only where it is chosen
-        return KafkaBus(engines.kafka_bootstrap)
+        from .bus_kafka import DebeziumTopics, KafkaBus   # confluent-kafka only where chosen
+        return KafkaBus(engines.kafka_bootstrap, topics=DebeziumTopics.for_engines(engines))
     if redis_client is None:
         raise ValueError("engines.bus: redis needs the redis section (REDIS_URL)")
     return RedisStreamBus(redis_client)

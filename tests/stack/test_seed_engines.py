@@ -12,6 +12,7 @@ import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -97,6 +98,41 @@ def test_pymongo_finds_what_the_api_created(info, catalog):
         stock = db.inventory.find_one({"_id": pid})
     assert doc is not None and doc["name"] == "seed shoe"
     assert stock == {"_id": pid, "available": 7, "reserved": 0, "sold": 0, "initial": 7}
+
+
+def test_mongodb_logins_each_get_only_what_they_need(info):
+    """Seed §8 on the catalog's MongoDB: --auth, a login per need, and the
+    check that judges it shown failing on a planted weakness."""
+    import json
+    from harness.checks.security import _isolation
+    from harness.security.probes import mongo_isolation
+    passwords = json.loads(Path(info.state_dir, "secrets.json").read_text())["mongo"]
+    doc = mongo_isolation(info, passwords)
+    assert doc["own"] == {"product_service": "allowed", "msdb_cdc": "allowed"}, doc
+    check = _isolation("document-db-isolation", doc, "ALLOWED")
+    assert check.verdict == "pass" and check.details["attempts"] == 5, (check, doc)
+    assert "authentication failed" in doc["cross"]["product_service, wrong password -> "
+                                                   f"{seed_engines.MONGO_DATABASE} (read)"]
+    # The services run with their own logins, never the admin's.
+    for svc, user in (("catalog", "product_service"), ("cdc", "msdb_cdc")):
+        environ = Path(f"/proc/{info.part(svc).proc['pid']}/environ").read_bytes().split(b"\0")
+        url = [e for e in environ if e.startswith(b"MONGODB_URL=")]
+        assert url and url[0].startswith(f"MONGODB_URL=mongodb://{user}:".encode()), (svc, user)
+    # Planted: the catalog's login may also write the relay's database.
+    with pymongo.MongoClient(info.part("mongo").endpoint, directConnection=True,
+                             serverSelectionTimeoutMS=5000) as admin:
+        grant = {"role": "readWrite", "db": seed_engines.MONGO_CDC_DATABASE}
+        admin[seed_engines.MONGO_DATABASE].command("grantRolesToUser", "product_service",
+                                                   roles=[grant])
+        try:
+            planted = _isolation("document-db-isolation", mongo_isolation(info, passwords), "ALLOWED")
+        finally:
+            admin[seed_engines.MONGO_DATABASE].command("revokeRolesFromUser", "product_service",
+                                                       roles=[grant])
+    assert planted.verdict == "fail" and planted.details["let_in"] == [
+        f"product_service -> {seed_engines.MONGO_CDC_DATABASE} (write)"], planted
+    assert _isolation("document-db-isolation", mongo_isolation(info, passwords),
+                      "ALLOWED").verdict == "pass"
 
 
 def test_concurrent_reserves_keep_stock_exact(catalog, info):
@@ -266,6 +302,15 @@ def test_a_product_made_on_mongodb_becomes_searchable(info, catalog):
     with httpx.Client(base_url=info.services["cdc"].url, timeout=10, trust_env=False) as c:
         src = [x for x in c.get("/admin/cdc").json()["sources"] if x.get("engine") == "mongodb"]
     assert len(src) == 1 and src[0]["connected"] and src[0]["published"] >= 2, src
+    # A Kafka client lists the CDC topics, the catalog's as Debezium's MongoDB
+    # connector names it (<prefix>.<database>.<collection>), which is what
+    # search read the product from.
+    from confluent_kafka.admin import AdminClient
+    topics = AdminClient({"bootstrap.servers": info.part("kafka").endpoint}).list_topics(
+        timeout=10).topics
+    assert f"msdb.catalog.{seed_engines.MONGO_DATABASE}.products" in topics, sorted(topics)
+    assert "msdb.catalog.public.products" not in topics, sorted(topics)
+    assert {"msdb.orders.public.orders", "msdb.users.public.users"} <= set(topics), sorted(topics)
 
 
 def test_run_document_db_down(seed_backend, info, tmp_path):

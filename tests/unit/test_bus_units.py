@@ -24,6 +24,26 @@ def test_cdc_topics_are_named_as_debezium_names_them():
     assert t.of_event("plain", ev) == "plain" and t.subscribed("plain") == ["plain"]
 
 
+def test_the_catalog_on_mongodb_is_named_as_debeziums_mongodb_connector_names_it():
+    # <prefix>.<database>.<collection>: the database where PostgreSQL's has the schema.
+    pytest.importorskip("pymongo", reason="the seed-engines extra is not installed")
+    mongo = EnginesConfig(catalog="mongodb", mongodb_url="mongodb://u:p@127.0.0.1:1,h:2/shop?authSource=admin")
+    t = bus_kafka.DebeziumTopics.for_engines(mongo)
+    assert t.subscribed("cdc.catalog") == ["msdb.catalog.shop.products"]
+    assert t.subscribed("cdc.orders") == ["msdb.orders.public.orders", "msdb.orders.public.order_items"]
+    # A consumer that does not reach MongoDB (search) is told the database.
+    told = EnginesConfig(bus="kafka", kafka_bootstrap="h:1", catalog_cdc_namespace="shop")
+    assert bus_kafka.DebeziumTopics.for_engines(told).subscribed("cdc.catalog") == \
+        ["msdb.catalog.shop.products"]
+    assert bus_kafka.DebeziumTopics.for_engines(EnginesConfig()).subscribed("cdc.catalog") == \
+        ["msdb.catalog.public.products"]
+    # The publisher's side: a MongoDB change names its database (ours and Debezium's).
+    ev = {"source": {"connector": "mongodb", "db": "shop", "collection": "products", "table": "products"}}
+    assert bus_kafka.DebeziumTopics().of_event("cdc.catalog", ev) == "msdb.catalog.shop.products"
+    pg = {"source": {"db": "catalog", "schema": "public", "table": "products"}}
+    assert bus_kafka.DebeziumTopics().of_event("cdc.catalog", pg) == "msdb.catalog.public.products"
+
+
 def test_keys_and_values():
     assert bus_kafka.record_key({"after": {"id": 7}}) == b"7"
     assert bus_kafka.record_key({"before": {"order_id": "o", "product_id": "p"}}) == b"o"

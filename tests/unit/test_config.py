@@ -98,3 +98,13 @@ def test_bad_urls_are_named(tmp_path):
         load(write(tmp_path, "redis: {url: 'http://x'}\n"), env={}, requires=("redis",))
     with pytest.raises(ConfigError, match=r"^peers.catalog"):
         load(write(tmp_path, "peers: {catalog: 'ftp://x'}\n"), env={}, requires=("peers",))
+
+
+def test_catalog_cdc_namespace_is_read_and_a_bad_one_named():
+    cfg = load(DEFAULT_CONFIG_PATH, env={"BUS_ENGINE": "kafka", "KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+                                         "CATALOG_CDC_NAMESPACE": "product_service_db"},
+               requires=("engines",))
+    assert cfg.engines.catalog_cdc_namespace == "product_service_db"
+    assert load(DEFAULT_CONFIG_PATH, env={}, requires=("engines",)).engines.catalog_cdc_namespace is None
+    with pytest.raises(ConfigError, match=r"engines.catalog_cdc_namespace: .*'a.b'"):
+        load(DEFAULT_CONFIG_PATH, env={"CATALOG_CDC_NAMESPACE": "a.b"}, requires=("engines",))
