@@ -128,7 +128,11 @@ class KafkaSink:
     # users of a --engines seed run (SeaweedFS 38 s, Tansu 15 s of a 110-s
     # cdc-lag run on two cores), which is what made the consumers late.
     # Debezium itself batches (poll.interval.ms, 500 ms by default).
-    linger_s = 0.05
+    # 50 ms -> 250 ms (2026-12-02, five `msdb run cdc-lag --engines seed` on
+    # fresh stacks): SeaweedFS 32-38 s -> 26 s of CPU per run, and the p99
+    # lag outside the fault 2,099-2,471 ms -> 1,067-1,855 ms (a longer
+    # linger, 500 ms, gave 1,417 ms and no faster catch-up).
+    linger_s = 0.25
 
     def __init__(self, bootstrap: str):
         from ..common.bus_kafka import KafkaPublisher   # confluent-kafka only where chosen
