@@ -37,7 +37,7 @@ from locust.event import Events
 
 from scenarios.workload import WorkloadContext
 
-from .locust_driver import CONTEXT_MESSAGE, HELLO_MESSAGE, SAMPLE_FIELDS, raw_sample, user_classes
+from .locust_driver import CONTEXT_MESSAGE, HELLO_MESSAGE, SampleBuffer, user_classes
 from .nemesis import parent_gone
 
 __all__ = ["main", "WorkerShipper"]
@@ -74,13 +74,15 @@ class WorkerShipper:
 
     def __init__(self, environment: Environment):
         self.env = environment
-        self.requests: list[tuple] = []
+        self.samples = SampleBuffer()
         self.history: list[tuple] = []
         self.sent_requests = 0
         self.sent_history = 0
         self.stopped = False
         self.started = False
         ev = environment.events
+        # Locust's request event goes straight to the buffer: one call per request.
+        self.on_request = self.samples.add
         ev.request.add_listener(self.on_request)
         ev.report_to_master.add_listener(self.on_report)
         ev.test_start.add_listener(lambda **kw: setattr(self, "started", True))
@@ -88,18 +90,12 @@ class WorkerShipper:
         # recorded after it, so the next report is the last one with data.
         ev.test_stop.add_listener(lambda **kw: setattr(self, "stopped", self.started))
 
-    def on_request(self, **kw):
-        # One flat list of fields, not a tuple kept per request: the tuple is
-        # freed at once, so the collector tracks nothing per request until the
-        # report.
-        self.requests.extend(raw_sample(**kw))
-
     def on_report(self, client_id, data, **kw):
-        flat, self.requests = self.requests, []
+        packed, n = self.samples.take()
         history, self.history = self.history, []
-        self.sent_requests += len(flat) // SAMPLE_FIELDS
+        self.sent_requests += n
         self.sent_history += len(history)
-        data["msdb"] = {"samples": flat, "fields": SAMPLE_FIELDS, "history": history,
+        data["msdb"] = {"samples": packed, "history": history,
                         "sent_requests": self.sent_requests, "sent_history": self.sent_history,
                         "started": self.started, "stopped": self.stopped, "pid": os.getpid()}
 

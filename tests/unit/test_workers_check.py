@@ -64,6 +64,30 @@ assert got == [to_request(raw_sample(**kw)) for kw in calls], got
 assert got[1].error == "ValueError: boom" and got[1].status == 0 and not got[1].ok, got
 row = sink.summary()[0]
 assert row["requests"] == 2 and "lost_requests" not in row, row
+# Every field survives the packing, for many requests and names, and the
+# buffer starts afresh after a report.
+import random
+rnd = random.Random(7)
+many = [dict(request_type=rnd.choice(["GET", "POST"]), name=f"/n{rnd.randrange(40)}",
+             response_time=rnd.random() * 900, response_length=rnd.randrange(10**9),
+             response=SimpleNamespace(status_code=rnd.choice([200, 201, 409, 503])),
+             exception=None if rnd.random() < 0.9 else RuntimeError(f"e{rnd.random()}"),
+             start_time=T0 + rnd.random() * 100) for _ in range(500)]
+for kw in many:
+    ship.on_request(**kw)
+del got[:]
+data = {}
+ship.on_report("c1", data)
+assert len(ship.samples) == 0
+sink.on_report("c1", data)
+assert got == [to_request(raw_sample(**kw)) for kw in many]
+assert sink.summary()[0]["requests"] == 502
+# A worker of another msdb (another wire format) is named, and its samples counted as lost.
+data["msdb"]["samples"]["format"] = "msdb-samples/1"
+data["msdb"]["sent_requests"] += 500
+sink.on_report("c1", data)
+row = sink.summary()[0]
+assert row["lost_requests"] == 500 and "msdb-samples/1" in row["problem"], row
 print("ok")
 """
 
