@@ -37,7 +37,7 @@ from scenarios.workload import WorkloadContext
 from ..errors import InfraError
 from .children import Child
 
-__all__ = ["run_locust", "user_classes", "raw_sample", "SAMPLE_FIELDS", "SampleBuffer",
+__all__ = ["run_locust", "user_classes", "raw_sample", "SampleBuffer",
            "unpack_samples", "SAMPLE_FORMAT", "to_request", "WorkerSink", "free_port", "CONTEXT_MESSAGE",
            "HELLO_MESSAGE"]
 
@@ -56,7 +56,6 @@ def user_classes(specs: tuple[str, ...]) -> list:
     return out
 
 
-SAMPLE_FIELDS = 8     # time, name, method, status, response_ms, bytes, ok, error
 # The wire format of a worker's samples (SampleBuffer.take); a master refuses
 # any other, and names the mismatch.
 SAMPLE_FORMAT = "msdb-samples/2"
@@ -96,7 +95,7 @@ class SampleBuffer:
         self.nums.extend((start_time or time.time(), response_time or 0.0,
                           getattr(response, "status_code", 0) or 0, response_length or 0))
         if exception is not None:
-            self.errors.append((len(self.keys), f"{type(exception).__name__}: {exception}"[:200]))
+            self.errors.append((len(self.keys), error_text(exception)))
         self.keys.append(i)
 
     def take(self) -> tuple[dict, int]:
@@ -119,7 +118,7 @@ def unpack_samples(packed: dict) -> list[tuple]:
     nums.frombytes(packed["nums"])
     keys.frombytes(packed["keys"])
     names = [tuple(k) for k in packed["names"]]
-    errors = dict((i, e) for i, e in packed["errors"])
+    errors = dict(packed["errors"])
     out = []
     for j, k in enumerate(keys):
         t, ms, status, size = nums[4 * j:4 * j + 4]
@@ -136,7 +135,12 @@ def raw_sample(request_type, name, response_time, response_length, response=None
     `to_request` rounds them where they are written)."""
     return (start_time or time.time(), name, request_type, getattr(response, "status_code", 0) or 0,
             response_time, response_length or 0, exception is None,
-            "" if exception is None else f"{type(exception).__name__}: {exception}"[:200])
+            "" if exception is None else error_text(exception))
+
+
+def error_text(exception: BaseException) -> str:
+    """A failed request's error, as requests.csv keeps it."""
+    return f"{type(exception).__name__}: {exception}"[:200]
 
 
 def to_request(raw) -> Request:

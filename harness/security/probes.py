@@ -193,8 +193,7 @@ def mongo_isolation(info: StackInfo, passwords: dict | None) -> dict:
     probe = {"_id": PROBE_KEY}
 
     def attempt(user: str | None, what, password: str | None = None) -> str:
-        url = (f"mongodb://127.0.0.1:{port}/" if user is None else seed_engines.mongo_url(
-            port, user, {user: password or passwords[user]}, ""))
+        url = seed_engines.mongo_url(port, user, {user: password or passwords.get(user)}, "")
         try:
             with pymongo.MongoClient(url, directConnection=True, serverSelectionTimeoutMS=3000,
                                      connectTimeoutMS=3000) as c:
@@ -245,18 +244,14 @@ def security_probe(ctx) -> None:
                                                transport.plaintext_refused(info),
                                                transport.old_tls_refused(info))]
     doc["isolation"] = {"postgres": pg_isolation(info)}
-    passwords = None
+    secrets: dict = {}
     try:
-        passwords = json.loads(Path(info.state_dir, "secrets.json").read_text()).get("redis")
+        secrets = json.loads(Path(info.state_dir, "secrets.json").read_text())
     except (OSError, ValueError, TypeError):
         pass
-    doc["isolation"]["redis"] = redis_isolation(info, passwords)
+    doc["isolation"]["redis"] = redis_isolation(info, secrets.get("redis"))
     if any(p.name == "mongo" for p in info.parts):      # --engines seed: the catalog on MongoDB
-        try:
-            mongo_pw = json.loads(Path(info.state_dir, "secrets.json").read_text()).get("mongo")
-        except (OSError, ValueError, TypeError):
-            mongo_pw = None
-        doc["isolation"]["mongodb"] = mongo_isolation(info, mongo_pw)
+        doc["isolation"]["mongodb"] = mongo_isolation(info, secrets.get("mongo"))
     doc["audit"] = audit_probe(info)
     fp = fingerprints(secrets_of_stack(info, info.state_dir if info.backend != "target" else None))
     ctx.rd.write_json("secrets.fingerprints.json", fp)

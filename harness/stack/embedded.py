@@ -235,12 +235,12 @@ class EmbeddedStack:
         if self._prepared:
             return
         rt = PgRuntime.for_state_dir(self.state_dir, tls=self.opts.tls)
-        if not (self.state_dir / "secrets.json").exists() and rt.data_root.exists():
+        if not (self.state_dir / "secrets.json").exists():
             # Data whose passwords are gone (state dir deleted by hand) is unusable.
-            rt.purge()
-        marker = self.state_dir / "mongo" / seed_engines.MONGO_AUTH_MARKER
-        if not (self.state_dir / "secrets.json").exists() and marker.exists():
-            marker.unlink()     # new passwords: MongoDB's logins are made again on its start
+            if rt.data_root.exists():
+                rt.purge()
+            # New passwords: MongoDB's logins are made again on its start.
+            (self.state_dir / "mongo" / seed_engines.MONGO_AUTH_MARKER).unlink(missing_ok=True)
         self.sec = sec = self.secrets()
         self.rt = rt
         primaries = {i.name: PgInstance(rt, i.name, i.port, sec["postgres"],

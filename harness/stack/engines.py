@@ -30,6 +30,7 @@ import urllib.request
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlencode
 
 from ..errors import UsageError
 from . import procs
@@ -169,9 +170,8 @@ def endpoint(name: str, lay: Layout, mongo_secrets: dict | None = None) -> str:
     is the admin login's URL when `mongo_secrets` (secrets.json's `mongo`)
     is given, as stack.json's Redis URL is its admin user's."""
     if name == "mongo":
-        if mongo_secrets:
-            return mongo_url(lay.engine_port("mongo"), "msdb_admin", mongo_secrets, "")
-        return f"mongodb://127.0.0.1:{lay.engine_port('mongo')}"
+        return mongo_url(lay.engine_port("mongo"), "msdb_admin" if mongo_secrets else None,
+                         mongo_secrets, "")
     if name == "elasticsearch":
         return f"http://127.0.0.1:{lay.engine_port('elasticsearch')}"
     if name == "kafka":
@@ -189,11 +189,13 @@ def _s3_env(lay: Layout) -> dict:
             "AWS_ENDPOINT": endpoint("seaweedfs", lay), "AWS_ALLOW_HTTP": "true"}
 
 
-def mongo_url(port: int, user: str, mongo_secrets: dict, database: str = MONGO_DATABASE,
-              **options) -> str:
-    """A MongoDB URL with `user`'s login (its authSource where it was made)."""
-    opts = {"authSource": MONGO_USERS[user][0], **options}
-    query = "&".join(f"{k}={v}" for k, v in opts.items())
+def mongo_url(port: int, user: str | None = None, mongo_secrets: dict | None = None,
+              database: str = MONGO_DATABASE, **options) -> str:
+    """A MongoDB URL on 127.0.0.1:`port`, with `user`'s login (its
+    authSource where it was made), or without a login when `user` is None."""
+    if user is None:
+        return f"mongodb://127.0.0.1:{port}/{database}" + (f"?{urlencode(options)}" if options else "")
+    query = urlencode({"authSource": MONGO_USERS[user][0], **options})
     return f"mongodb://{user}:{mongo_secrets[user]}@127.0.0.1:{port}/{database}?{query}"
 
 
@@ -346,13 +348,10 @@ def service_env(service: str, lay: Layout, use: dict[str, bool],
     # link: a fault on catalog-mongo cuts both, as it would cut Debezium.
     if service in ("catalog", "cdc") and use.get("catalog"):
         env["CATALOG_ENGINE"] = "mongodb"
-        port = lay.link("catalog-mongo").listen_port
-        opts = {"directConnection": "true", "serverSelectionTimeoutMS": MONGO_SELECT_MS}
-        env["MONGODB_URL"] = (
-            mongo_url(port, "product_service" if service == "catalog" else "msdb_cdc",
-                      mongo_secrets, **opts) if mongo_secrets
-            else f"mongodb://127.0.0.1:{port}/{MONGO_DATABASE}?"
-                 + "&".join(f"{k}={v}" for k, v in opts.items()))
+        user = ("product_service" if service == "catalog" else "msdb_cdc") if mongo_secrets else None
+        env["MONGODB_URL"] = mongo_url(lay.link("catalog-mongo").listen_port, user, mongo_secrets,
+                                       directConnection="true",
+                                       serverSelectionTimeoutMS=MONGO_SELECT_MS)
     if service == "search" and use.get("search"):
         env["SEARCH_ENGINE"] = "elasticsearch"
         env["ELASTICSEARCH_URL"] = f"http://127.0.0.1:{lay.link('search-es').listen_port}"

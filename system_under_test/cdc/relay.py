@@ -128,10 +128,12 @@ class KafkaSink:
     # users of a --engines seed run (SeaweedFS 38 s, Tansu 15 s of a 110-s
     # cdc-lag run on two cores), which is what made the consumers late.
     # Debezium itself batches (poll.interval.ms, 500 ms by default).
-    # 50 ms -> 250 ms (2026-12-02, five `msdb run cdc-lag --engines seed` on
-    # fresh stacks): SeaweedFS 32-38 s -> 26 s of CPU per run, and the p99
-    # lag outside the fault 2,099-2,471 ms -> 1,067-1,855 ms (a longer
-    # linger, 500 ms, gave 1,417 ms and no faster catch-up).
+    # 50 ms -> 250 ms (2026-12-02, `msdb run cdc-lag --engines seed` on fresh
+    # stacks; docs/engines.md): SeaweedFS 32-38 s -> 26 s of CPU in the one
+    # run measured, p99 lag outside the fault 2,100 and 2,471 ms (two runs)
+    # -> 1,067-1,855 ms (four runs; 2,077 and 2,272 ms in two more where a
+    # profiler or a probe consumer of mine ran beside it).  500 ms: 1,417 ms
+    # and no faster catch-up (one run).
     linger_s = 0.25
 
     def __init__(self, bootstrap: str):

@@ -78,7 +78,7 @@ class DebeziumTopics:
         with the catalog on MongoDB, its topic carries the database of
         `mongodb_url`, or `catalog_cdc_namespace` where it is set (a consumer,
         such as search, that does not reach the catalog's store)."""
-        ns = getattr(engines, "catalog_cdc_namespace", None)
+        ns = engines.catalog_cdc_namespace
         if not ns and engines.catalog == "mongodb" and engines.mongodb_url:
             from pymongo.uri_parser import parse_uri   # the seed-engines extra, as the catalog
             ns = parse_uri(engines.mongodb_url).get("database")
