@@ -60,10 +60,12 @@ def _targets(info: StackInfo) -> list[tuple[str, str]]:
 def expected_roles(info: StackInfo) -> dict[str, set[str]]:
     """Which login roles should hold connections to each instance: every
     service's role on its database's instance, the orders role on the
-    replica, `replicator` on the replica's primary."""
+    replica, `replicator` on the replica's primary.  A service whose store is
+    not on PostgreSQL (`StackInfo.off_postgres`) is not expected."""
     want: dict[str, set[str]] = {}
-    for db in info.databases.values():
-        want.setdefault(db.instance, set()).add(db.role)
+    for svc, db in info.databases.items():
+        if svc not in info.off_postgres:
+            want.setdefault(db.instance, set()).add(db.role)
     if info.replica is not None:
         want.setdefault(info.replica.primary, set()).add("replicator")
         role = conninfo_to_dict(info.replica.dsn).get("user")
@@ -303,7 +305,9 @@ class SecurityChecks:
             if "mongodb" in iso:      # the catalog on MongoDB (--engines seed)
                 checks.append(_isolation("document-db-isolation", iso["mongodb"], "ALLOWED"))
         trail = run.jsonl("audit.jsonl")
-        own_roles = set(((doc or {}).get("audit") or {}).get("roles") or {})
+        # roles the services use under load (not a service whose store is off PostgreSQL)
+        own_roles = {role for role, r in (((doc or {}).get("audit") or {}).get("roles") or {}).items()
+                     if r.get("in_use", True)}
         checks.append(_audit((doc or {}).get("audit"), trail, own_roles, slo))
         intrusions, alerts = run.jsonl("intrusions.jsonl"), run.jsonl("alerts.jsonl")
         det, fp_count, unexplained = _detections(intrusions, alerts, slo, watched=bool(trail))

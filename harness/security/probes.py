@@ -126,7 +126,8 @@ def audit_probe(info: StackInfo, *, ops: int = AUDIT_OPS, wait_s: float = AUDIT_
     roles: dict[str, dict] = {}
     for svc, db in sorted(info.databases.items()):
         entry = roles.setdefault(db.role, {"service": svc, "database": db.database,
-                                           "instance": db.instance, "expected": 0, "done": 0})
+                                           "instance": db.instance, "expected": 0, "done": 0,
+                                           "in_use": svc not in info.off_postgres})
         if db.instance not in logs:
             entry["problem"] = f"instance {db.instance} writes no audit log"
             continue

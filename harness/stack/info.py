@@ -173,6 +173,14 @@ class StackInfo:
         return self.instance(self.databases[service].instance)
 
     @property
+    def off_postgres(self) -> frozenset[str]:
+        """Services with a database on PostgreSQL that their store is not on
+        (the catalog on MongoDB with --engines seed): the database is there,
+        but the service never connects to it."""
+        return frozenset(e.name for e in self.engines
+                         if e.name in self.databases and not e.kind.startswith("postgresql"))
+
+    @property
     def primaries(self) -> tuple[Instance, ...]:
         return tuple(i for i in self.instances if i.role == "primary")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -150,10 +151,11 @@ def test_a_private_key_leaks_by_its_lines(tmp_path):
 
 # -- the checks from a run directory -----------------------------------------------------
 
-def _security_run(tmp_path, *, alerts, intrusions, audit_found=10, let_in=False, leak=False):
+def _security_run(tmp_path, *, alerts, intrusions, audit_found=10, let_in=False, leak=False,
+                  extra_roles=None):
     fp = fingerprints([PW])
     roles = {"users_svc": {"expected": 10, "found": audit_found, "incomplete": [],
-                           "database": "user_service_db"}}
+                           "database": "user_service_db"}, **(extra_roles or {})}
     doc = {"tls": True, "transport": [
         {"name": "plaintext-refused", "verdict": "pass", "measured": 0, "threshold": 0, "details": {}}],
         "isolation": {"postgres": {"own": {"users": "accepted"},
@@ -227,3 +229,40 @@ def test_without_probes_the_checks_are_unknown_never_pass(tmp_path):
     v, _ = _verdicts(run)
     assert "pass" not in v.values(), v
 
+
+
+def test_a_role_whose_service_is_off_postgres_needs_no_records_under_load(tmp_path):
+    """--engines seed: the catalog is on MongoDB, so product_service's database
+    on PostgreSQL is probed but sees no traffic under load; a role the
+    services do use still fails without records."""
+    its = _all_intrusions()
+    probed = {"expected": 10, "found": 10, "incomplete": [], "database": "product_service_db"}
+    v, c = _verdicts(_security_run(tmp_path / "a", alerts=_alerts_for(its), intrusions=its,
+                                   extra_roles={"product_service": {**probed, "in_use": False}}))
+    assert v["audit-trail-complete"] == "pass", c["audit-trail-complete"].details
+    v, c = _verdicts(_security_run(tmp_path / "b", alerts=_alerts_for(its), intrusions=its,
+                                   extra_roles={"product_service": probed}))
+    assert v["audit-trail-complete"] == "fail"
+    assert c["audit-trail-complete"].details["roles_without_records_under_load"] == ["product_service"]
+
+
+def test_expected_connections_leave_out_a_service_whose_store_is_not_postgres():
+    from harness.checks.security import expected_roles
+    from harness.stack.info import Database, Engine
+    from tests.unit.test_target import info_of
+    dbs = {"orders": Database(instance="pg", database="order_service_db", role="order_service",
+                              dsn="host=127.0.0.1"),
+           "catalog": Database(instance="pg", database="product_service_db", role="product_service",
+                               dsn="host=127.0.0.1")}
+    info = info_of(databases=dbs)
+    assert expected_roles(info) == {"pg": {"order_service", "product_service"}}
+    on_mongo = dataclasses.replace(info, engines=(
+        Engine(name="relational", kind="postgresql", version="18", stand_in=False),
+        Engine(name="catalog", kind="secantusdb", version="0.7", stand_in=True,
+               stands_in_for="mongodb")))
+    assert on_mongo.off_postgres == {"catalog"}
+    assert expected_roles(on_mongo) == {"pg": {"order_service"}}
+    on_jsonb = dataclasses.replace(info, engines=(
+        Engine(name="catalog", kind="postgresql-jsonb", version="18", stand_in=True,
+               stands_in_for="mongodb"),))
+    assert expected_roles(on_jsonb) == {"pg": {"order_service", "product_service"}}
