@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run the users in N Locust worker processes under a Locust master "
                         "(Locust's distributed mode; default: in the msdb process)")
+    s.add_argument("--no-report", action="store_true",
+                   help="write results.json but not report.html/report.pdf (write them later with "
+                        "`msdb report RUN_DIR`; `msdb suite` does, two at a time, after its runs)")
     _add_quiet(s)
     _add_target(s)
 

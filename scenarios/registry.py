@@ -139,7 +139,7 @@ _SCENARIOS = {s.name: s for s in (
         name="noisy-neighbour", duration_s=40.0,
         summary="heavy order and analytics load beside the users service's own traffic, on each of "
                 "the seed's three topologies in turn (single, grouped, dedicated; fresh stacks on "
-                "--base-port, default 15600); one table compares how much the users service suffers",
+                "--base-port, default 15800); one table compares how much the users service suffers",
         matrix=("single", "grouped", "dedicated"), matrix_of="noisy-neighbour-one",
         checks=(MatrixChecks(),)),
     Scenario(

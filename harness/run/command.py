@@ -77,6 +77,9 @@ def run_params(args, sc: Scenario) -> tuple[RunParams, Scenario]:
     if workers is not None and not 1 <= workers <= MAX_WORKERS:
         raise UsageError(f"--workers {workers} must be between 1 and {MAX_WORKERS} (omit it to run "
                          f"the users in the msdb process)")
+    if getattr(args, "no_report", False) and sc.judge_reports:
+        raise UsageError(f"--no-report: a check of {sc.name!r} reads its reports (the secret scan), "
+                         f"so they are written before it is judged")
     if workers and sc.matrix:
         raise UsageError(f"--workers: scenario {sc.name!r} runs one child run per topology; run "
                          f"{sc.matrix_of!r} with --workers instead")
@@ -85,7 +88,8 @@ def run_params(args, sc: Scenario) -> tuple[RunParams, Scenario]:
                      topology=args.topology, base_port=args.base_port,
                      faults_file=getattr(args, "faults", None),
                      target_file=getattr(args, "target", None), workers=workers or 0,
-                     quiet=bool(getattr(args, "quiet", False))), sc
+                     quiet=bool(getattr(args, "quiet", False)),
+                     report=not getattr(args, "no_report", False)), sc
 
 
 def raw_schedule(p: RunParams, sc: Scenario) -> list:

@@ -66,6 +66,7 @@ class RunParams:
     target_file: str | None = None
     workers: int = 0          # Locust workers (0: the users run in this process)
     quiet: bool = False       # no live progress line
+    report: bool = True       # report.html + report.pdf at the end (--no-report: not)
 
 
 CONSUMERS_JOIN_S = 30.0
@@ -319,7 +320,10 @@ def execute(p: RunParams, sc: Scenario, slo: dict, rd: RunDir, schedule: list,
         # the report shows it.
         results = _judge(rd)
         print(format_summary(rd.path))
-        write_reports(rd)
+        if p.report:
+            write_reports(rd)
+        else:
+            print(f"reports not written (--no-report): msdb report {rd.path}")
         if sc.judge_reports:
             # A check of this scenario reads the reports too (the secret scan):
             # judged again now that they exist, and reported again if that

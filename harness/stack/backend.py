@@ -18,6 +18,7 @@ outside a backend reads stack.json as a dict or signals a PID.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -87,13 +88,16 @@ def _claim(state_dir: Path) -> None:
 
 @contextmanager
 def fresh_stack(options: StackOptions, *, keep: bool = False, log=print,
-                timeout_s: float = UP_TIMEOUT_S) -> Iterator[StackBackend]:
+                timeout_s: float = UP_TIMEOUT_S,
+                stopping: list[threading.Thread] | None = None) -> Iterator[StackBackend]:
     """A new stack in options.state_dir for the length of the block.
 
     Before: the state dir must be new, empty, or an earlier fresh stack's
     (stopped and purged first).  After, on every way out (an error, Ctrl-C,
     SIGTERM turned into KeyboardInterrupt): stopped and purged, unless
-    `keep` and the block ended normally."""
+    `keep` and the block ended normally.  With `stopping`, a block that ended
+    normally returns at once and the stack stops in a thread appended there
+    (the caller joins it): the next stack can start meanwhile, on other ports."""
     state_dir = Path(options.state_dir)
     _claim(state_dir)
     backend = EmbeddedBackend(options)
@@ -112,9 +116,16 @@ def fresh_stack(options: StackOptions, *, keep: bool = False, log=print,
             log(f"stack kept running in {state_dir}: `msdb down --state-dir {state_dir} --purge` "
                 f"stops it and deletes its data")
         else:
-            left = backend.down(purge=True)     # purging deletes the state dir too
-            if left:
-                log(f"warning: still running after msdb down: {', '.join(left)}")
+            def stop() -> None:
+                left = backend.down(purge=True)     # purging deletes the state dir too
+                if left:
+                    log(f"warning: still running after msdb down: {', '.join(left)}")
+            if ok and stopping is not None:
+                t = threading.Thread(target=stop, name=f"stop {state_dir}")
+                t.start()
+                stopping.append(t)
+            else:
+                stop()
 
 
 def heal(backend: StackBackend, *, keep_overrides: bool = False) -> list[str]:

@@ -37,7 +37,7 @@ def check(results, name):
 
 def test_db_latency_shows_the_injected_latency(stack, tmp_path):
     out = tmp_path / "run"
-    r = msdb("run", "db-latency", "--duration", "20s", "--state-dir", stack.state_dir,
+    r = msdb("run", "db-latency", "--no-report", "--duration", "20s", "--state-dir", stack.state_dir,
              "--out", str(out), *SMALL)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
@@ -53,7 +53,7 @@ def test_db_restart_kills_and_restarts_postgres(stack, tmp_path):
     state = stack.state_dir
     pid0 = StackInfo.load(state).part("pg-main").proc["pid"]
     out = tmp_path / "run"
-    r = msdb("run", "db-restart", "--duration", "25s", "--state-dir", state, "--out", str(out), *SMALL)
+    r = msdb("run", "db-restart", "--no-report", "--duration", "25s", "--state-dir", state, "--out", str(out), *SMALL)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert check(results, "fault-had-effect")["verdict"] == "pass"
@@ -70,7 +70,7 @@ def test_custom_schedule_pause_and_down_heal(stack, tmp_path):
     sched.write_text("- {kind: pause, target: search, at: 2s, for: 3s}\n"
                      "- {kind: down, target: users-redis, at: 3s, for: 2s}\n")
     out = tmp_path / "run"
-    r = msdb("run", "smoke", "--duration", "20s", "--faults", str(sched),
+    r = msdb("run", "smoke", "--no-report", "--duration", "20s", "--faults", str(sched),
              "--state-dir", stack.state_dir, "--out", str(out), *SMALL,
              "--users", "20")     # enough orders outside the faults for their p99 (min_samples_p99)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

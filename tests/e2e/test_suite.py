@@ -37,6 +37,10 @@ def test_tightened_slo_fails_the_suite_and_loosened_passes(tmp_path):
     failed = [tc.get("name") for tc in junit.iter("testcase") if tc.find("failure") is not None]
     assert "p95-latency" in failed
     assert (out / "index.html").exists() and (out / "summary.pdf").read_bytes()[:5] == b"%PDF-"
+    # the run's own report, written by the suite after the run (the run had --no-report)
+    assert "reports not written (--no-report)" in (out / "01-smoke.log").read_text()
+    assert (out / "01-smoke" / "report.html").exists()
+    assert (out / "01-smoke" / "report.pdf").read_bytes()[:5] == b"%PDF-"
     r, out = suite(tmp_path / "loose", SLO % (1.0, 100000), TEST_BASE_PORT + 400)
     assert r.returncode == 0, r.stdout + r.stderr
     junit = ET.parse(out / "junit.xml").getroot()

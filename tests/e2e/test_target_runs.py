@@ -13,7 +13,8 @@ from harness.stack.info import StackInfo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SMALL = ["--users", "6", "--seed-users", "10", "--seed-products", "20"]
+# --no-report: these tests read results.json only (reports have tests of their own)
+SMALL = ["--users", "6", "--seed-users", "10", "--seed-products", "20", "--no-report"]
 
 
 @pytest.fixture(scope="module")

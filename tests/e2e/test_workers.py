@@ -98,7 +98,7 @@ def assert_adds_up(out: Path, workers: int) -> dict:
 def test_smoke_on_two_workers_adds_up(stack, tmp_path):
     out = tmp_path / "run"
     # 20 users for 20 s: enough orders (>= min_samples_p99) for every check to reach a verdict.
-    r = msdb("run", "smoke", "--workers", "2", "--duration", "20s", "--users", "20",
+    r = msdb("run", "smoke", "--workers", "2", "--no-report", "--duration", "20s", "--users", "20",
              "--state-dir", stack.state_dir, "--out", str(out), *SMALL)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "VERDICT: PASS" in r.stdout and "on 2 Locust workers" in r.stdout
@@ -114,7 +114,7 @@ def test_smoke_on_two_workers_adds_up(stack, tmp_path):
 
 def test_saga_on_two_workers_passes_the_checker(stack, tmp_path):
     out = tmp_path / "run"
-    r = msdb("run", "saga", "--workers", "2", "--duration", "40s", "--state-dir", stack.state_dir,
+    r = msdb("run", "saga", "--workers", "2", "--no-report", "--duration", "40s", "--state-dir", stack.state_dir,
              "--out", str(out), "--seed-users", "20", "--quiet", timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "saga | 0:" not in r.stdout                  # --quiet
@@ -129,7 +129,7 @@ def test_saga_on_two_workers_passes_the_checker(stack, tmp_path):
 
 def _start(stack, out: Path, duration: str) -> subprocess.Popen:
     # A session of its own: Ctrl-C in a terminal signals the whole process group.
-    return subprocess.Popen([*MSDB, "run", "smoke", "--workers", "2", "--duration", duration,
+    return subprocess.Popen([*MSDB, "run", "smoke", "--workers", "2", "--no-report", "--duration", duration,
                              "--users", "6", "--state-dir", stack.state_dir, "--out", str(out), *SMALL],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

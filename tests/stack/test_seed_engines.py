@@ -320,7 +320,7 @@ def test_run_document_db_down(seed_backend, info, tmp_path):
 
     from fix_cli import msdb
     out = tmp_path / "run"
-    r = msdb("run", "document-db-down", "--duration", "44s", "--state-dir", info.state_dir,
+    r = msdb("run", "document-db-down", "--no-report", "--duration", "44s", "--state-dir", info.state_dir,
              "--out", out, "--users", "6", "--seed-users", "10", "--seed-products", "20",
              timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

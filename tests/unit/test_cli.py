@@ -25,6 +25,7 @@ from fix_cli import MSDB, msdb
     (["run", "smoke", "--users", "0"], "--users 0"),
     (["run", "smoke", "--spawn-rate", "-1"], "--spawn-rate -1"),
     (["run", "smoke", "--slo", "/nonexistent/slo.yaml"], "/nonexistent/slo.yaml"),
+    (["run", "security", "--no-report"], "--no-report: a check of 'security' reads its reports"),
     (["frobnicate"], "frobnicate"),
     ([], "COMMAND"),
 ])

@@ -62,3 +62,88 @@ def test_a_schedule_without_room_after_its_heal_is_exit_2_naming_the_duration():
     with pytest.raises(ConfigError, match=r"leaves 0 s of the 35 s run.*--duration 43s or more"):
         check_schedule([dict(f) for f in sc.faults], 35.0, slo, "scenario db-down")
     check_schedule([dict(f) for f in sc.faults], 43.0, slo, "scenario db-down")
+
+
+# -- the reports written beside the runs ----------------------------------------------
+
+FAKE_REPORT = r'''
+import os, sys, time
+args = sys.argv[2:]           # argv[1] is "report"
+if os.environ.get("FAKE_REPORT_HANG") and not os.path.exists(os.environ["FAKE_REPORT_HANG"]):
+    open(os.environ["FAKE_REPORT_HANG"], "w").close()
+    time.sleep(60)
+index = None
+if "--index" in args:
+    i = args.index("--index")
+    index = args[i + 1]
+    del args[i:i + 2]
+for d in args:
+    with open(os.path.join(d, "report.html"), "w") as f:
+        f.write(f"policy={os.sched_getscheduler(0)} pid={os.getpid()}")
+if index:
+    open(os.path.join(index, "index.html"), "w").close()
+'''
+
+
+def _runs(tmp_path, n):
+    out = []
+    for i in range(n):
+        d = tmp_path / f"{i:02d}-smoke"
+        d.mkdir()
+        (d / "run.json").write_text("{}")
+        out.append(d)
+    return out
+
+
+def _reports(tmp_path):
+    from harness.run.suite import BackgroundReports
+    script = tmp_path / "fake_msdb.py"
+    script.write_text(FAKE_REPORT)
+    import sys
+    return BackgroundReports([sys.executable, str(script)])
+
+
+def test_reports_are_written_beside_the_runs_at_idle_priority_and_the_rest_at_the_end(tmp_path):
+    import os
+    import time
+    r = _reports(tmp_path)
+    first, second, third, done = _runs(tmp_path, 4)
+    (done / "report.html").write_text("written by its own run")
+    matrix = second
+    for topo in ("single", "grouped"):
+        (matrix / topo).mkdir()
+        (matrix / topo / "run.json").write_text("{}")
+    r.add(first)
+    deadline = time.monotonic() + 30
+    while not (first / "report.html").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    # written while "the next run" goes on, at SCHED_IDLE
+    assert (first / "report.html").read_text().startswith(f"policy={os.SCHED_IDLE} ")
+    r.add(done)
+    r.add(matrix)
+    r.add(third)
+    calls = []
+    r.finish(beside=lambda: calls.append("stack stopped"))
+    assert calls == ["stack stopped"] and not r.failures
+    assert (done / "report.html").read_text() == "written by its own run"     # left alone
+    for d in (matrix, matrix / "single", matrix / "grouped", third):
+        assert (d / "report.html").exists(), d
+    assert (matrix / "index.html").exists()       # the per-topology runs' index
+
+
+def test_a_report_being_written_is_killed_when_the_suite_is_interrupted(tmp_path, monkeypatch):
+    import time
+    flag = tmp_path / "hanging"
+    monkeypatch.setenv("FAKE_REPORT_HANG", str(flag))
+    r = _reports(tmp_path)
+    (run,) = _runs(tmp_path, 1)
+    r.add(run)
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pr = r._current
+    assert pr is not None and pr.poll() is None
+    r.kill()
+    assert pr.poll() is not None            # stopped, not left behind
+    assert not (run / "report.html").exists()
