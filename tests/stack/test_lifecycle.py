@@ -143,3 +143,37 @@ def test_sigterm_mid_run_leaves_an_unknown_verdict_and_no_processes(purged, tmp_
     assert (out / "report.html").exists()          # what was measured is still reported
     assert not (purged / "stack.json").exists()
     assert not wait_no_leftovers(info)
+
+
+def test_a_fresh_stack_stops_in_the_background_while_the_next_one_starts(tmp_path, purged):
+    """noisy-neighbour's matrix: a topology's stack stops in a thread (its
+    own port block) while the next one starts; joined, nothing of it is left."""
+    from harness.stack.backend import fresh_stack
+    from harness.stack.embedded import StackOptions
+    from harness.stack.topology import PORT_BLOCK
+    stopping = []
+    base = TEST_BASE_PORT + 100
+    with fresh_stack(StackOptions(state_dir=purged, base_port=base), log=lambda *a: None,
+                     stopping=stopping) as b:
+        first = b.info()
+    assert len(stopping) == 1          # the block returned; the stop goes on in its thread
+    second_state = tmp_path / "second"
+    try:
+        with fresh_stack(StackOptions(state_dir=second_state, base_port=base + PORT_BLOCK),
+                         log=lambda *a: None) as b2:
+            stopping[0].join(timeout=60)
+            assert not stopping[0].is_alive()
+            assert not wait_no_leftovers(first), "the first stack outlived its stop"
+            assert not purged.exists()                     # purged, as on a plain exit
+            assert b2.info().state == "running"
+    finally:
+        msdb("down", "--state-dir", str(second_state), "--purge")
+    # an error in the block stops the stack before fresh_stack returns, thread or not
+    stopping = []
+    with pytest.raises(RuntimeError):
+        with fresh_stack(StackOptions(state_dir=purged, base_port=base), log=lambda *a: None,
+                         stopping=stopping) as b:
+            third = b.info()
+            raise RuntimeError("the run failed")
+    assert stopping == [] and not purged.exists()      # stopped and purged before the raise went on
+    assert not wait_no_leftovers(third)
