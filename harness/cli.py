@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Locust's distributed mode; default: in the msdb process)")
     s.add_argument("--no-report", action="store_true",
                    help="write results.json but not report.html/report.pdf (write them later with "
-                        "`msdb report RUN_DIR`; `msdb suite` does, two at a time, after its runs)")
+                        "`msdb report RUN_DIR`; `msdb suite` does, beside its next run)")
     _add_quiet(s)
     _add_target(s)
 

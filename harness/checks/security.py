@@ -63,8 +63,9 @@ def expected_roles(info: StackInfo) -> dict[str, set[str]]:
     replica, `replicator` on the replica's primary.  A service whose store is
     not on PostgreSQL (`StackInfo.off_postgres`) is not expected."""
     want: dict[str, set[str]] = {}
+    elsewhere = info.off_postgres
     for svc, db in info.databases.items():
-        if svc not in info.off_postgres:
+        if svc not in elsewhere:
             want.setdefault(db.instance, set()).add(db.role)
     if info.replica is not None:
         want.setdefault(info.replica.primary, set()).add("replicator")

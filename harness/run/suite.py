@@ -179,11 +179,24 @@ class BackgroundReports:
         if pr.returncode != 0:
             self.failures.append(f"{' '.join(job)}: exit {pr.returncode}: {err.strip()[-600:]}")
 
+    def _drain(self) -> list[list[str]]:
+        out = []
+        while True:
+            try:
+                job = self._todo.get_nowait()
+            except queue.Empty:
+                return out
+            if job is not None:
+                out.append(job)
+
     def _work(self) -> None:
         while True:
             job = self._todo.get()
             with self._lock:
-                if job is None or self._closed:
+                if job is None:
+                    return
+                if self._closed:        # taken as finish() closed: back for finish() to write
+                    self._todo.put(job)
                     return
                 self._current = pr = self._run(job, idle=True)
             self._reap(pr, job)
@@ -202,11 +215,7 @@ class BackgroundReports:
                     os.sched_setscheduler(self._current.pid, os.SCHED_OTHER, os.sched_param(0))
                 except OSError:
                     pass
-        left = []
-        while not self._todo.empty():
-            job = self._todo.get_nowait()
-            if job is not None:
-                left.append(job)
+        left = self._drain()
         self._todo.put(None)
         shares = [[a for job in left[i::REPORT_PROCESSES] for a in job] for i in range(REPORT_PROCESSES)]
         procs = [(self._run(sh, idle=False), sh) for sh in shares if sh]
@@ -218,6 +227,11 @@ class BackgroundReports:
             for pr, job in procs:
                 self._reap(pr, job)
             self._thread.join()
+        # a job the worker had taken just as this closed it, put back
+        for job in self._drain():
+            pr = self._run(job, idle=False)
+            self._finishing = [pr]
+            self._reap(pr, job)
         return time.monotonic() - t0
 
     def kill(self) -> None:

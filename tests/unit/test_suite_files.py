@@ -147,3 +147,22 @@ def test_a_report_being_written_is_killed_when_the_suite_is_interrupted(tmp_path
     r.kill()
     assert pr.poll() is not None            # stopped, not left behind
     assert not (run / "report.html").exists()
+
+
+def test_a_run_taken_by_the_worker_as_the_suite_closes_is_still_reported(tmp_path):
+    """The worker takes a run off the queue just as finish() closes it: the
+    run goes back for finish() to write, never lost."""
+    import time
+    r = _reports(tmp_path)
+    (run,) = _runs(tmp_path, 1)
+    with r._lock:                       # the worker takes the run and waits here
+        r.add(run)
+        deadline = time.monotonic() + 10
+        while not r._todo.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r._todo.empty()
+        r._closed = True                # as finish() does, before the worker gets the lock
+    r._thread.join(timeout=10)
+    assert not r._thread.is_alive() and not (run / "report.html").exists()
+    r.finish()
+    assert (run / "report.html").exists() and not r.failures
