@@ -64,7 +64,7 @@ RELAY_LAG = Gauge("msdb_cdc_relay_lag_seconds", "Publish time minus commit time 
                   "published change", ["source"], registry=REGISTRY)
 
 BATCH_MAX = 500          # events per publish
-LINGER_S = 0.005         # wait for more transactions before publishing (a sink may say otherwise)
+LINGER_S = 0.05          # wait for more transactions before publishing (a sink may say otherwise)
 STREAM_MAXLEN = 500_000
 
 
