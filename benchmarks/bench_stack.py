@@ -142,7 +142,9 @@ def print_split(before: dict, after: dict, x0: dict, x1: dict, orders: int, tck:
     for k, ms in sorted(per.items(), key=lambda kv: -kv[1]):
         if ms >= 0.01:
             print(f"      {k:44s} {ms:6.3f} ms/order")
-    print("      transactions per order: " + ", ".join(
+    # Backends report to pg_stat_database at most once a second, so the last
+    # second of a round is partly missing: these read a few per cent low.
+    print("      transactions per order (pg_stat_database, a few % low): " + ", ".join(
         f"{db} {(x1[db] - x0.get(db, 0)) / max(1, orders):.2f}" for db in sorted(x1)))
 
 

@@ -4,6 +4,7 @@ checks and the reports.
     run.json            scenario, parameters, SLO, topology, stack, versions, UTC start/end,
                         how the load went (`load`), child processes' exits, end states
     requests.csv        one row per client request (exact percentiles)
+    probe.csv           noisy-neighbour: its latency probe's requests, from a process of its own
     history.jsonl       client operations: invoke | ok | fail | info
     faults.schedule.json  the fault schedule the run was given
     faults.jsonl        fault records with UTC start/end (the last line per fault wins)
@@ -31,10 +32,11 @@ from typing import Any, NamedTuple
 from harness.errors import UsageError
 from harness.utc import epoch
 
-__all__ = ["Run", "Request", "NotARunDir", "REQUEST_COLUMNS", "METRICS_COLUMNS", "HEALTH_COLUMNS",
+__all__ = ["Run", "Request", "NotARunDir", "REQUEST_COLUMNS", "PROBE_FILE", "METRICS_COLUMNS", "HEALTH_COLUMNS",
            "PG_COLUMNS", "REDIS_COLUMNS", "STATEMENT_COLUMNS"]
 
 REQUEST_COLUMNS = ["time", "name", "method", "status", "response_ms", "bytes", "ok", "error"]
+PROBE_FILE = "probe.csv"     # a latency probe's requests, from a process of its own (REQUEST_COLUMNS)
 METRICS_COLUMNS = ["time", "service", "metric", "labels", "value"]
 HEALTH_COLUMNS = ["time", "part", "kind", "healthy", "detail"]
 PG_COLUMNS = ["time", "instance", "metric", "labels", "value"]
@@ -151,12 +153,18 @@ class Run:
 
     @cached_property
     def requests(self) -> list[Request]:
-        out = []
-        for r in self.rows("requests.csv"):
-            out.append(Request(float(r["time"]), r["name"], r["method"], int(r["status"]),
-                               float(r["response_ms"]), int(r["bytes"] or 0), r["ok"] in ("1", "True"),
-                               r["error"]))
-        return out
+        return self._requests("requests.csv")
+
+    @cached_property
+    def probe(self) -> list[Request]:
+        """probe.csv: a latency probe's requests from a process of its own
+        (noisy-neighbour); empty in runs without one."""
+        return self._requests(PROBE_FILE)
+
+    def _requests(self, name: str) -> list[Request]:
+        return [Request(float(r["time"]), r["name"], r["method"], int(r["status"]),
+                        float(r["response_ms"]), int(r["bytes"] or 0), r["ok"] in ("1", "True"),
+                        r["error"]) for r in self.rows(name)]
 
     @cached_property
     def faults(self) -> list[dict]:

@@ -206,8 +206,12 @@ def _knee(d, c):
 
 
 def _neighbour(d, c):
-    return (f"{d['endpoint']}: p95 {_n(d['baseline_p95_ms'])} ms alone, {_n(d['noisy_p95_ms'])} ms beside "
-            f"neighbours making {_n(d.get('neighbour_orders_per_s'))} orders/s.")
+    text = (f"{d['endpoint']}: p95 {_n(d['baseline_p95_ms'])} ms alone, {_n(d['noisy_p95_ms'])} ms beside "
+            f"neighbours making {_n(d.get('neighbour_orders_per_s'))} orders/s")
+    if d.get("probe") == "own process":
+        text += (f", from a probe in a process of its own (inside Locust the same probe saw "
+                 f"{_n(d.get('locust_probe_p95_ratio'))}x)")
+    return text + "."
 
 
 def _lag_felt(d, c):

@@ -22,7 +22,7 @@ from harness.checks.load import LoadChecks
 from harness.checks.matrix import MatrixChecks
 from harness.checks.saga import SagaChecks
 from harness.checks.security import SecurityChecks
-from harness.run.children import start_audit_watch, start_intruder
+from harness.run.children import start_audit_watch, start_intruder, start_probe
 from harness.run.endstate import cdc_end_state, lag_tail, saga_final_state
 from harness.security.probes import security_probe
 
@@ -148,6 +148,9 @@ _SCENARIOS = {s.name: s for s in (
                 "30 back-to-back order/analytics clients beside it; compares its p95",
         user_classes=("scenarios.workload:ProbeUser", "scenarios.workload:NoisyUser"),
         shape=PhasedLoad(baseline_share=0.4, noisy_users=30),
+        # The probe Neighbour judges runs in a process of its own (harness/run/probe.py);
+        # Locust's ProbeUser stays, for comparison.
+        beside_load=(start_probe,),
         checks=(LoadChecks(strict=False), Neighbour())),
     Scenario(
         name="saga", duration_s=60.0, users=20, seed_products=30,

@@ -67,32 +67,45 @@ class Capacity:
 @dataclass(frozen=True)
 class Neighbour:
     """The users service's p95 alone (baseline phase) and beside the noisy
-    neighbours."""
+    neighbours, from the probe in a process of its own (probe.csv), so that
+    the load generator's own queue is not counted as the service's; runs
+    made before that probe existed are judged on Locust's ProbeUser.  The
+    in-Locust probe's ratio is reported beside it (`locust_probe_p95_ratio`)."""
     keys = NEIGHBOUR_KEYS
     MIN_SAMPLES = 20
 
     def __call__(self, run: Run, slo: dict) -> tuple[list[Check], dict]:
         phases = run.json("phases.json", []) or []
 
-        def window(name):
+        def window(rows, name):
             ph = next((p for p in phases if p["phase"] == name and p.get("end")), None)
             if ph is None:
                 return [], 0.0
-            return [r for r in run.requests if ph["start"] <= r.time < ph["end"]], ph["end"] - ph["start"]
-        base, _ = window("baseline")
-        noisy, noisy_s = window("noisy")
-        b = [r.response_ms for r in base if r.name == PROBE and r.ok]
-        n = [r.response_ms for r in noisy if r.name == PROBE and r.ok]
+            return [r for r in rows if ph["start"] <= r.time < ph["end"]], ph["end"] - ph["start"]
+
+        def probe_ms(rows):
+            return [[r.response_ms for r in window(rows, phase)[0] if r.name == PROBE and r.ok]
+                    for phase in ("baseline", "noisy")]
+        own = bool(run.probe)
+        b, n = probe_ms(run.probe if own else run.requests)
+        noisy, noisy_s = window(run.requests, "noisy")
         orders = [r for r in noisy if r.name == "orders POST /orders"]
-        metrics = {"baseline_p95_ms": percentile(b, 95), "noisy_p95_ms": percentile(n, 95),
+        metrics = {"probe": "own process" if own else "locust",
+                   "baseline_p95_ms": percentile(b, 95), "noisy_p95_ms": percentile(n, 95),
                    "baseline_p50_ms": percentile(b, 50), "noisy_p50_ms": percentile(n, 50),
                    "probe_requests": [len(b), len(n)],
                    "neighbour_orders_per_s": round(len(orders) / noisy_s, 1) if noisy_s else None}
+        if own:
+            lb, ln = probe_ms(run.requests)
+            metrics["locust_probe_p95_ratio"] = (round(percentile(ln, 95) / percentile(lb, 95), 2)
+                                                 if lb and ln and percentile(lb, 95) else None)
         if len(b) < self.MIN_SAMPLES or len(n) < self.MIN_SAMPLES:
             return [Check("neighbour-p95-ratio", "unknown", None, slo["neighbour_p95_ratio_max"],
                           {"reason": f"too few probe samples ({len(b)} alone, {len(n)} with neighbours)"})], metrics
         ratio = round(metrics["noisy_p95_ms"] / metrics["baseline_p95_ms"], 2)
         metrics["p95_ratio"] = ratio
         return [at_most("neighbour-p95-ratio", ratio, slo["neighbour_p95_ratio_max"], endpoint=PROBE,
+                        probe=metrics["probe"],
                         baseline_p95_ms=metrics["baseline_p95_ms"], noisy_p95_ms=metrics["noisy_p95_ms"],
+                        locust_probe_p95_ratio=metrics.get("locust_probe_p95_ratio"),
                         neighbour_orders_per_s=metrics["neighbour_orders_per_s"])], metrics

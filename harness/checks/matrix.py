@@ -13,7 +13,7 @@ from .core import Check
 __all__ = ["MatrixChecks", "COMPARED"]
 
 COMPARED = ("baseline_p50_ms", "noisy_p50_ms", "baseline_p95_ms", "noisy_p95_ms", "p95_ratio",
-            "neighbour_orders_per_s")
+            "locust_probe_p95_ratio", "neighbour_orders_per_s")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""The processes beside a run: the nemesis (faults) and the lag monitor.
+"""The processes beside a run: the nemesis (faults), the lag monitor, and a
+scenario's own (the security run's watcher and intruder, noisy-neighbour's
+latency probe).
 
 Each is its own process so that a heal never depends on the Locust process
-staying alive, and the lag monitor's timing does not depend on Locust's
-event loop.  Both exit when their parent run disappears.
+staying alive, and the monitors' timing does not depend on Locust's event
+loop.  Each exits when its parent run disappears.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["Child", "start_nemesis", "start_lagmon", "start_audit_watch", "start_intruder"]
+__all__ = ["Child", "start_nemesis", "start_lagmon", "start_audit_watch", "start_intruder", "start_probe"]
 
 
 class Child:
@@ -74,3 +76,10 @@ def start_intruder(run_dir: Path, state_dir: Path, t0: float, duration_s: float)
                   "--out", str(run_dir), "--t0", str(t0), "--duration", str(duration_s),
                   "--parent", str(os.getpid())],
                  run_dir / "intruder.log", stop_timeout_s=30.0)
+
+
+def start_probe(run_dir: Path, state_dir: Path, t0: float, duration_s: float) -> Child:
+    """noisy-neighbour's latency probe, outside the Locust process (harness/run/probe.py)."""
+    return Child([sys.executable, "-m", "harness.run.probe", "--state-dir", str(state_dir),
+                  "--out", str(run_dir), "--parent", str(os.getpid())],
+                 run_dir / "probe.log", stop_timeout_s=30.0)
