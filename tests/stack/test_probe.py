@@ -10,9 +10,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from harness.checks.capacity import PROBE
 from reports.rundata import Run
 from scenarios.seed import seed
+
+pytestmark = pytest.mark.slow
 
 
 def start(state_dir, out, parent: int) -> subprocess.Popen:
