@@ -12,10 +12,10 @@ import socket
 
 import pytest
 
-from fix_cli import MSDB, msdb
+from fix_cli import MSDB, msdb, msdb_many
 
 
-@pytest.mark.parametrize("args,needle", [
+USAGE = [
     (["up", "--topology", "star"], "star"),
     (["up", "--base-port", "80"], "--base-port 80"),
     (["up", "--base-port", "lots"], "lots"),
@@ -28,9 +28,19 @@ from fix_cli import MSDB, msdb
     (["run", "security", "--no-report"], "--no-report: a check of 'security' reads its reports"),
     (["frobnicate"], "frobnicate"),
     ([], "COMMAND"),
-])
-def test_usage_errors_exit_2_and_name_the_value(args, needle, tmp_path):
-    r = msdb(*args, "--state-dir", str(tmp_path)) if args and args[0] in ("up", "run") else msdb(*args)
+]
+
+
+@pytest.fixture(scope="module")
+def usage_results(tmp_path_factory):
+    """Every USAGE command, run a few at a time (each its own state dir)."""
+    return msdb_many([((*args, "--state-dir", tmp_path_factory.mktemp("usage"))
+                       if args and args[0] in ("up", "run") else tuple(args), {}) for args, _ in USAGE])
+
+
+@pytest.mark.parametrize("i", range(len(USAGE)), ids=[" ".join(a) or "no-args" for a, _ in USAGE])
+def test_usage_errors_exit_2_and_name_the_value(i, usage_results):
+    r, needle = usage_results[i], USAGE[i][1]
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert needle in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
@@ -129,7 +139,7 @@ def test_a_closed_pipe_is_not_a_traceback():
     assert p.wait(30) == 0 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [
+UNREADABLE = [
     ["suite", "quick", "--out", "{file}/x"],
     ["run", "smoke", "--out", "{file}/x"],
     ["drill", "restore", "--out", "{file}/x"],
@@ -137,17 +147,32 @@ def test_a_closed_pipe_is_not_a_traceback():
     ["run", "smoke", "--faults", "{file}"],
     ["check", "{dir}"],
     ["report", "{dir}"],
-])
-def test_unreadable_files_and_impossible_paths_are_exit_2(tmp_path, argv):
-    binary = tmp_path / "binary.yaml"
-    binary.write_bytes(b"\xff\xfe\x00\x01 caf\xe9")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "run.json").write_text("{not json")
-    r = msdb(*[a.format(file=binary, dir=run_dir) for a in argv], cwd=tmp_path, timeout=60)
+]
+
+
+@pytest.fixture(scope="module")
+def unreadable_results(tmp_path_factory):
+    """Every UNREADABLE command, a few at a time, each in a directory of its own
+    holding a binary file and a run directory with a broken run.json."""
+    calls, places = [], []
+    for argv in UNREADABLE:
+        d = tmp_path_factory.mktemp("unreadable")
+        binary = d / "binary.yaml"
+        binary.write_bytes(b"\xff\xfe\x00\x01 caf\xe9")
+        run_dir = d / "run"
+        run_dir.mkdir()
+        (run_dir / "run.json").write_text("{not json")
+        calls.append(([a.format(file=binary, dir=run_dir) for a in argv], {"cwd": d, "timeout": 60}))
+        places.append((d, binary, run_dir))
+    return list(zip(msdb_many(calls), places))
+
+
+@pytest.mark.parametrize("i", range(len(UNREADABLE)), ids=[" ".join(a) for a in UNREADABLE])
+def test_unreadable_files_and_impossible_paths_are_exit_2(i, unreadable_results):
+    r, (d, binary, run_dir) = unreadable_results[i]
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and (str(binary) in r.stderr or str(run_dir) in r.stderr)
-    assert not (tmp_path / "runs").exists()
+    assert not (d / "runs").exists()
 
 
 def test_locust_with_no_stack_says_so_and_exits_non_zero(tmp_path):

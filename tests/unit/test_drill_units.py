@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fix_cli import msdb
+from fix_cli import msdb, msdb_many
 from harness.drills.backup import (BackupInfo, BackupSet, Retention, seg_name, segno, select_retained,
                                    wal_chain)
 from harness.drills.command import parse_target
@@ -172,7 +172,7 @@ def test_target_time_forms():
         parse_target("yesterday")
 
 
-@pytest.mark.parametrize("argv,needle", [
+BAD_DRILL = [
     (["restore", "--wal", "tape"], "--wal 'tape'"),
     (["restore", "--db", "catalog"], "--db 'catalog'"),
     (["restore", "--archive-timeout", "soon"], "--archive-timeout 'soon'"),
@@ -187,13 +187,24 @@ def test_target_time_forms():
     (["restore", "--slo", "/nonexistent.yaml"], "/nonexistent.yaml"),
     (["masked", "--db", "orders"], "--db 'orders'"),
     (["pitr", "--target-time=-5s"], "--target-time '-5s'"),
-])
-def test_bad_drill_input_exits_2_naming_the_value(tmp_path, argv, needle):
-    r = msdb("drill", *argv, "--state-dir",
-             str(tmp_path / "st"), "--base-port", "21400", "--out", str(tmp_path / "out"), timeout=60)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_drill_results(tmp_path_factory):
+    """Every BAD_DRILL command, a few at a time, each with a state dir of its own."""
+    dirs = [tmp_path_factory.mktemp("drill") for _ in BAD_DRILL]
+    return list(zip(msdb_many([(("drill", *argv, "--state-dir", d / "st", "--base-port", "21400",
+                                 "--out", d / "out"), {"timeout": 60})
+                               for (argv, _), d in zip(BAD_DRILL, dirs)]), dirs))
+
+
+@pytest.mark.parametrize("i", range(len(BAD_DRILL)), ids=[" ".join(a) for a, _ in BAD_DRILL])
+def test_bad_drill_input_exits_2_naming_the_value(i, bad_drill_results):
+    (r, d), needle = bad_drill_results[i], BAD_DRILL[i][1]
     assert r.returncode == 2, r.stdout + r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "st").exists()   # refused before any stack was started
+    assert not (d / "st").exists()   # refused before any stack was started
 
 
 def test_drill_refuses_a_state_dir_that_is_not_its_own(tmp_path):
