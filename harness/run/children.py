@@ -14,10 +14,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-__all__ = ["Child", "start_nemesis", "start_lagmon", "start_audit_watch", "start_intruder", "start_probe"]
+from ..stack import procs
+
+__all__ = ["Child", "serve", "start_nemesis", "start_lagmon", "start_audit_watch", "start_intruder", "start_probe"]
 
 
 class Child:
@@ -83,3 +86,15 @@ def start_probe(run_dir: Path, state_dir: Path, t0: float, duration_s: float) ->
     return Child([sys.executable, "-m", "harness.run.probe", "--state-dir", str(state_dir),
                   "--out", str(run_dir), "--parent", str(os.getpid())],
                  run_dir / "probe.log", stop_timeout_s=30.0)
+
+
+def serve(parent: int | None, log) -> None:
+    """A helper process's main loop: return on SIGTERM/SIGINT, or once its
+    parent run (PID `parent`) is gone."""
+    done = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda signum, frame: done.set())
+    while not done.wait(0.5):
+        if parent and procs.start_ticks(parent) is None:
+            log.warning("parent %d is gone: exiting", parent)
+            return

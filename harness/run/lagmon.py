@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 import time
@@ -50,9 +49,9 @@ import requests
 
 from system_under_test.common.bus import SEQ_KEY
 
-from ..stack import procs
 from ..stack.info import StackInfo
 from ..stack.topology import CDC_CONSUMERS as CONSUMERS
+from .children import serve
 from .rundir import CsvTable
 
 __all__ = ["LagMonitor", "cdc_backlog", "cdc_backlog_http", "bus_is_redis", "CONSUMERS", "HEARTBEAT_COLUMNS", "REPLICATION_COLUMNS",
@@ -353,14 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     mon = LagMonitor(StackInfo.load(args.state_dir), Path(args.out))
-    done = threading.Event()
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, lambda signum, frame: done.set())
     mon.start()
-    while not done.wait(0.5):
-        if args.parent and procs.start_ticks(args.parent) is None:
-            log.warning("parent %d is gone: exiting", args.parent)
-            break
+    serve(args.parent, log)
     mon.stop()
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import signal
 import sys
 import threading
 import time
@@ -34,8 +33,8 @@ from reports.rundata import PROBE_FILE, REQUEST_COLUMNS
 from scenarios.data import LOAD_PASSWORD, user_credentials
 
 from ..checks.capacity import PROBE
-from ..stack import procs
 from ..stack.info import StackInfo
+from .children import serve
 from .rundir import CsvTable
 
 __all__ = ["Probe"]
@@ -112,14 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     probe = Probe(StackInfo.load(args.state_dir).urls["users"], Path(args.out), users=args.users)
-    done = threading.Event()
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, lambda signum, frame: done.set())
     probe.start()
-    while not done.wait(0.5):
-        if args.parent and procs.start_ticks(args.parent) is None:
-            log.warning("parent %d is gone: exiting", args.parent)
-            break
+    serve(args.parent, log)
     probe.stop()
     return 0
 
