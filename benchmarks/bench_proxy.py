@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from chaos.client import ToxiproxyServer  # noqa: E402
 from harness.stack import procs  # noqa: E402
 from harness.stack.pg import PgInstance, PgRuntime  # noqa: E402
+from _machine import context_switches, kernel_thread_ticks, loopback_packets  # noqa: E402  (benchmarks/)
 
 MODES = ("direct", "proxy tcp", "proxy unix", "proxy bpf")
 
@@ -99,29 +100,8 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def kernel_counters() -> tuple[float, int, int]:
-    """(CPU seconds of kernel threads: kworkers, ksoftirqd; context switches; loopback packets) so far.
-
-    The bpf path's redirected bytes are sent by a kworker, and loopback's
-    receive work can run in ksoftirqd: neither is the proxy's CPU, so this is
-    where the fast path's cost shows.  Machine-wide (the machine is shared),
-    so read it beside the direct run of the same round.
-    """
-    tck = os.sysconf("SC_CLK_TCK")
-    kcpu = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{pid}/stat").read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        if name.startswith(("kworker", "ksoftirqd")):
-            f = stat.rsplit(")", 1)[1].split()
-            kcpu += int(f[11]) + int(f[12])
-    ctxt = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("ctxt "))
-    pkts = int(Path("/sys/class/net/lo/statistics/tx_packets").read_text())
-    return kcpu / tck, ctxt, pkts
+    """(CPU seconds of kernel threads, context switches, loopback packets) so far: benchmarks/_machine.py."""
+    return kernel_thread_ticks() / os.sysconf("SC_CLK_TCK"), context_switches(), loopback_packets()
 
 
 def wait_api(port: int) -> ToxiproxyServer:

@@ -20,7 +20,9 @@
 7. with --split, where that CPU goes: each round's CPU per order by part of
    the stack (each service, the proxy, Redis, PostgreSQL's backends by role,
    its walsenders, the replica's walreceiver and startup process), and the
-   transactions per order in each service's database (pg_stat_database).
+   transactions per order in each service's database (pg_stat_database);
+   beside the stack, the load generator (this process) and the kernel's
+   kworker and ksoftirqd threads (machine-wide), which the 2 cores also run.
 
 (3) and (4) are measured at different moments: on a shared machine the load
 from other work changes between them, so the single-shot ratio can swing by
@@ -56,6 +58,7 @@ from harness.stack.embedded import StackOptions  # noqa: E402
 from harness.stack.info import StackInfo  # noqa: E402
 from harness.stack.pg import PgRuntime  # noqa: E402
 from scenarios.seed import seed  # noqa: E402
+from _machine import kernel_thread_ticks  # noqa: E402  (benchmarks/)
 
 
 def stack_processes(roots: set[int]):
@@ -118,11 +121,16 @@ def part_of(proc_dir: Path) -> str:
 
 
 def stack_cpu_by_part(roots: set[int]) -> dict[str, int]:
-    """utime + stime per part of the stack (part_of)."""
+    """utime + stime per part of the stack (part_of), and beside the stack:
+    this benchmark's load generator and the kernel's threads (machine-wide;
+    the eBPF fast path's kworker sends the bytes the proxy redirects)."""
     out: dict[str, int] = {}
     for d, f in stack_processes(roots):
         k = part_of(d)
         out[k] = out.get(k, 0) + int(f[11]) + int(f[12])
+    f = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    out["(load generator: this benchmark)"] = int(f[11]) + int(f[12])
+    out["(kernel threads: kworker, ksoftirqd)"] = kernel_thread_ticks()
     return out
 
 
@@ -142,6 +150,9 @@ def print_split(before: dict, after: dict, x0: dict, x1: dict, orders: int, tck:
     for k, ms in sorted(per.items(), key=lambda kv: -kv[1]):
         if ms >= 0.01:
             print(f"      {k:44s} {ms:6.3f} ms/order")
+    stack = sum(ms for k, ms in per.items() if not k.startswith("("))
+    print(f"      {'= the stack':44s} {stack:6.3f} ms/order; with the load generator and kernel threads "
+          f"{sum(per.values()):.3f}")
     # Backends report to pg_stat_database at most once a second, so the last
     # second of a round is partly missing: these read a few per cent low.
     print("      transactions per order (pg_stat_database, a few % low): " + ", ".join(
