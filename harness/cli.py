@@ -495,8 +495,13 @@ def cmd_target(args) -> int:
 
 def cmd_part(args) -> int:
     from .errors import UsageError
-    from .stack.backend import open_backend
-    actions = open_backend(args.state_dir).actions()
+    from .stack.info import StackInfo
+    if StackInfo.load(args.state_dir).backend == "embedded":   # the common case, kept light
+        from .stack.actions import embedded_actions
+        actions = embedded_actions(args.state_dir)
+    else:
+        from .stack.backend import open_backend
+        actions = open_backend(args.state_dir).actions()
     names = actions.names()
     if args.part not in names:
         raise UsageError(f"unknown part {args.part!r} (parts: {', '.join(names)})")

@@ -17,7 +17,7 @@ from typing import Callable
 from . import procs
 from .info import StackInfo
 
-__all__ = ["EmbeddedActions"]
+__all__ = ["EmbeddedActions", "embedded_actions"]
 
 
 class EmbeddedActions:
@@ -88,3 +88,14 @@ class EmbeddedActions:
         if self.running(part):
             self.stop(part)
         self.start(part)
+
+
+def embedded_actions(state_dir: str | Path) -> EmbeddedActions:
+    """The embedded stack's actions in state_dir.  The stack's code (what
+    `start` needs) is imported only when a part is started: `msdb part running
+    NAME` in a targets file's commands then takes ~0.25 s of CPU, not ~0.5
+    (heal runs `running` and `resume` for every part, before and after a run)."""
+    def start(part: str) -> None:
+        from .embedded import EmbeddedStack
+        EmbeddedStack.attach(state_dir).start_part(part)
+    return EmbeddedActions(Path(state_dir), starter=start)

@@ -19,6 +19,7 @@ outside a backend reads stack.json as a dict or signals a PID.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -36,6 +37,7 @@ __all__ = ["StackBackend", "PartActions", "StackOptions", "fresh_stack", "open_b
            "FRESH_MARKER", "UP_TIMEOUT_S"]
 
 UP_TIMEOUT_S = 300.0
+HEAL_CONCURRENCY = 8     # parts heal() resumes and checks at once
 FRESH_MARKER = "fresh-stack"
 
 
@@ -146,9 +148,24 @@ def heal(backend: StackBackend, *, keep_overrides: bool = False) -> list[str]:
     except Exception as e:  # the proxy itself may be the broken part: restarted below
         fixed.append(f"proxy API unreachable ({type(e).__name__})")
     actions = backend.actions()
-    for part in actions.names():
+    names = actions.names()
+
+    def resumed_and_running(part: str) -> bool:
         actions.resume(part)          # a paused part goes on; a running one is unaffected
-        if not actions.running(part):
+        return actions.running(part)
+
+    # Every part is resumed and asked at once: in a targets file or compose
+    # each is a command of its own (`msdb part ...`, `docker compose ...`,
+    # 0.3-0.6 s), and one after the other a 20-part stack took 13 s per heal,
+    # twice per run.  Dead parts are then started one after the other, in the
+    # stack's order (databases before the services that need them).
+    # ThreadPoolExecutor and not gevent's pool: heal also runs in processes
+    # without gevent, and under `msdb run`'s monkey patching these threads are
+    # greenlets and the commands cooperative.
+    with ThreadPoolExecutor(max_workers=max(1, min(HEAL_CONCURRENCY, len(names)))) as pool:
+        alive = list(pool.map(resumed_and_running, names))   # the first error, in part order
+    for part, ok in zip(names, alive):
+        if not ok:
             actions.start(part)
             fixed.append(f"{part} restarted")
     return fixed

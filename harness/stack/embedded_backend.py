@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InfraError, NoStackError, UsageError
 from . import procs
-from .actions import EmbeddedActions
+from .actions import EmbeddedActions, embedded_actions
 from .embedded import EmbeddedStack, StackOptions, stop_parts
 from .info import StackInfo
 from .pg import PgRuntime
@@ -146,8 +146,7 @@ class EmbeddedBackend:
         return status(self.state_dir, probe)
 
     def actions(self) -> EmbeddedActions:
-        return EmbeddedActions(self.state_dir,
-                               starter=lambda part: EmbeddedStack.attach(self.state_dir).start_part(part))
+        return embedded_actions(self.state_dir)
 
     def repoint(self, link: str, upstream: str) -> None:
         repoint_proxy(self.info().proxy.api, link, upstream)
