@@ -15,8 +15,9 @@
    long, each round's ratio from its own pair; the median and the range are
    the figures to quote.  Every round prints the load average and the stack's
    CPU per order (/proc: every process of the stack, PostgreSQL backends
-   included; not the kernel's kworkers), which other work on the machine
-   moves far less than it moves throughput.
+   included, and those that exited in the round through their parent's
+   reaped-children time; not the kernel's kworkers), which other work on
+   the machine moves far less than it moves throughput.
 7. with --split, where that CPU goes: each round's CPU per order by part of
    the stack (each service, the proxy, Redis, PostgreSQL's backends by role,
    its walsenders, the replica's walreceiver and startup process), and the
@@ -58,23 +59,21 @@ from harness.stack.embedded import StackOptions  # noqa: E402
 from harness.stack.info import StackInfo  # noqa: E402
 from harness.stack.pg import PgRuntime  # noqa: E402
 from scenarios.seed import seed  # noqa: E402
-from _machine import kernel_thread_ticks  # noqa: E402  (benchmarks/)
+from _machine import kernel_thread_ticks, proc_stats, process_ticks, ticks_by_part  # noqa: E402  (benchmarks/)
 
 
 def stack_processes(roots: set[int]):
     """(/proc/PID dir, stat fields after the command name) of every live process
     of the stack: the recorded processes, their process groups, and their
     children (PostgreSQL backends call setsid)."""
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        f = stat[stat.rfind(")") + 2:].split()
-        if int(d.name) in roots or int(f[1]) in roots or int(f[2]) in roots:
+    for d, f in proc_stats():
+        if in_stack(roots, d, f):
             yield d, f
+
+
+def in_stack(roots: set[int], d: Path, f: list[str]) -> bool:
+    """A recorded process, one of their process groups, or their child."""
+    return int(d.name) in roots or int(f[1]) in roots or int(f[2]) in roots
 
 
 def stack_pss_kb(roots: set[int]) -> int:
@@ -88,11 +87,6 @@ def stack_pss_kb(roots: set[int]) -> int:
             continue
         total += int(m.group(1)) if m else 0
     return total
-
-
-def stack_cpu_ticks(roots: set[int]) -> int:
-    """utime + stime of every live process of the stack."""
-    return sum(int(f[11]) + int(f[12]) for _, f in stack_processes(roots))
 
 
 def part_of(proc_dir: Path) -> str:
@@ -120,17 +114,24 @@ def part_of(proc_dir: Path) -> str:
     return cmd[:40]
 
 
-def stack_cpu_by_part(roots: set[int]) -> dict[str, int]:
-    """utime + stime per part of the stack (part_of), and beside the stack:
-    this benchmark's load generator and the kernel's threads (machine-wide;
-    the eBPF fast path's kworker sends the bytes the proxy redirects)."""
-    out: dict[str, int] = {}
-    for d, f in stack_processes(roots):
-        k = part_of(d)
-        out[k] = out.get(k, 0) + int(f[11]) + int(f[12])
+def cpu_snapshot(roots: set[int]) -> tuple[dict, int, int]:
+    """(every stack process's CPU, this benchmark's, the kernel threads') now.
+    Beside the stack: this benchmark's load generator and the kernel's threads
+    (machine-wide; the eBPF fast path's kworker sends the bytes the proxy
+    redirects)."""
+    def ours(d: Path, f: list[str]) -> str | None:
+        return part_of(d) if in_stack(roots, d, f) else None
     f = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
-    out["(load generator: this benchmark)"] = int(f[11]) + int(f[12])
-    out["(kernel threads: kworker, ksoftirqd)"] = kernel_thread_ticks()
+    return process_ticks(ours), int(f[11]) + int(f[12]), kernel_thread_ticks()
+
+
+def cpu_by_part(s0: tuple, s1: tuple) -> dict[str, int]:
+    """CPU ticks between two snapshots per part of the stack (processes that
+    exited in between, PostgreSQL backends of closed pool connections, under
+    `EXITED`), then the load generator and the kernel threads."""
+    out = ticks_by_part(s0[0], s1[0])
+    out["(load generator: this benchmark)"] = s1[1] - s0[1]
+    out["(kernel threads: kworker, ksoftirqd)"] = s1[2] - s0[2]
     return out
 
 
@@ -145,10 +146,14 @@ def xacts_by_db(info: StackInfo) -> dict[str, int]:
     return out
 
 
-def print_split(before: dict, after: dict, x0: dict, x1: dict, orders: int, tck: int) -> None:
-    per = {k: (after[k] - before.get(k, 0)) * 1000 / tck / max(1, orders) for k in after}
+def stack_ms_per_order(ticks: dict[str, int], orders: int, tck: int) -> float:
+    return sum(t for k, t in ticks.items() if not k.startswith("(")) * 1000 / tck / max(1, orders)
+
+
+def print_split(ticks: dict[str, int], x0: dict, x1: dict, orders: int, tck: int) -> None:
+    per = {k: t * 1000 / tck / max(1, orders) for k, t in ticks.items()}
     for k, ms in sorted(per.items(), key=lambda kv: -kv[1]):
-        if ms >= 0.01:
+        if abs(ms) >= 0.01:
             print(f"      {k:44s} {ms:6.3f} ms/order")
     stack = sum(ms for k, ms in per.items() if not k.startswith("("))
     print(f"      {'= the stack':44s} {stack:6.3f} ms/order; with the load generator and kernel threads "
@@ -270,20 +275,19 @@ def main() -> int:
                 for i in range(args.rounds):
                     before = loadavg()
                     r_tps = bench.run(args.round_seconds)
-                    if args.split:
-                        parts0, x0 = stack_cpu_by_part(roots), xacts_by_db(info)
-                    cpu0 = stack_cpu_ticks(roots)
+                    x0 = xacts_by_db(info) if args.split else {}
+                    cpu0 = cpu_snapshot(roots)
                     res = asyncio.run(order_step(info.urls["orders"], users, data["products"],
                                                  best["clients"], args.round_seconds))
-                    cpu_ms = (stack_cpu_ticks(roots) - cpu0) * 1000 / tck / max(1, res["orders"])
-                    if args.split:
-                        parts1, x1 = stack_cpu_by_part(roots), xacts_by_db(info)
+                    ticks = cpu_by_part(cpu0, cpu_snapshot(roots))
+                    x1 = xacts_by_db(info) if args.split else {}
+                    cpu_ms = stack_ms_per_order(ticks, res["orders"], tck)
                     rounds.append(res["rate"] / r_tps)
                     print(f"    round {i + 1}: pgbench {r_tps:7.0f} tps, POST /orders {res['rate']:6.1f}/s "
                           f"(p99 {res['p99_ms']:5.1f} ms, errors {res['errors']}), ratio {rounds[-1]:.3f}, "
                           f"stack CPU {cpu_ms:.2f} ms/order, load {before} -> {loadavg()}")
                     if args.split:
-                        print_split(parts0, parts1, x0, x1, res["orders"], tck)
+                        print_split(ticks, x0, x1, res["orders"], tck)
         print()
         print(f"cold msdb up ({args.topology}):           {cold_up:6.1f} s    (target <= 20 s)")
         print(f"idle stack memory (PSS):            {pss_mb:6.0f} MB   (target <= 1536 MB)")
