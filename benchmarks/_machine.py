@@ -9,7 +9,6 @@ beside a baseline taken in the same round.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -22,19 +21,8 @@ EXITED = "exited in the round (reaped by their parent)"
 
 def kernel_thread_ticks() -> int:
     """utime + stime, in clock ticks, of every kworker and ksoftirqd thread so far."""
-    ticks = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{pid}/stat").read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        if name.startswith(("kworker", "ksoftirqd")):
-            f = stat.rsplit(")", 1)[1].split()
-            ticks += int(f[11]) + int(f[12])
-    return ticks
+    return sum(int(f[11]) + int(f[12]) for _, name, f in proc_stats()
+               if name.startswith(("kworker", "ksoftirqd")))
 
 
 def context_switches() -> int:
@@ -48,7 +36,7 @@ def loopback_packets() -> int:
 
 
 def proc_stats():
-    """(/proc/PID, stat fields after the command name) of every process now."""
+    """(/proc/PID, command name, stat fields after the name) of every process now."""
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -56,7 +44,8 @@ def proc_stats():
             stat = (d / "stat").read_text()
         except OSError:
             continue
-        yield d, stat[stat.rfind(")") + 2:].split()
+        end = stat.rfind(")")
+        yield d, stat[stat.index("(") + 1:end], stat[end + 2:].split()
 
 
 def process_ticks(part_of: Callable[[Path, list[str]], str | None]) -> dict[tuple[int, int], tuple[str, int, int]]:
@@ -64,7 +53,7 @@ def process_ticks(part_of: Callable[[Path, list[str]], str | None]) -> dict[tupl
     every process `part_of(/proc/PID, stat fields after the name)` names (None:
     not one of ours).  The start time tells a reused PID from the old one."""
     out = {}
-    for d, f in proc_stats():
+    for d, _, f in proc_stats():
         part = part_of(d, f)
         if part is not None:
             out[(int(d.name), int(f[19]))] = (part, int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))

@@ -66,7 +66,7 @@ def stack_processes(roots: set[int]):
     """(/proc/PID dir, stat fields after the command name) of every live process
     of the stack: the recorded processes, their process groups, and their
     children (PostgreSQL backends call setsid)."""
-    for d, f in proc_stats():
+    for d, _, f in proc_stats():
         if in_stack(roots, d, f):
             yield d, f
 
@@ -147,6 +147,7 @@ def xacts_by_db(info: StackInfo) -> dict[str, int]:
 
 
 def stack_ms_per_order(ticks: dict[str, int], orders: int, tck: int) -> float:
+    """The stack's CPU per order: every part but those in brackets (beside the stack)."""
     return sum(t for k, t in ticks.items() if not k.startswith("(")) * 1000 / tck / max(1, orders)
 
 
@@ -155,7 +156,7 @@ def print_split(ticks: dict[str, int], x0: dict, x1: dict, orders: int, tck: int
     for k, ms in sorted(per.items(), key=lambda kv: -kv[1]):
         if abs(ms) >= 0.01:
             print(f"      {k:44s} {ms:6.3f} ms/order")
-    stack = sum(ms for k, ms in per.items() if not k.startswith("("))
+    stack = stack_ms_per_order(ticks, orders, tck)
     print(f"      {'= the stack':44s} {stack:6.3f} ms/order; with the load generator and kernel threads "
           f"{sum(per.values()):.3f}")
     # Backends report to pg_stat_database at most once a second, so the last

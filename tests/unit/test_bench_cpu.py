@@ -82,8 +82,10 @@ def test_a_process_that_exits_between_readings_is_counted_under_exited(tmp_path)
 
 
 def test_a_reused_pid_counts_from_zero_not_from_the_old_process():
-    before = {(100, 1): ("pg: a", 500, 0)}
-    after = {(100, 9): ("pg: b", 30, 0), (1, 1): ("pg: postmaster", 0, 520)}
+    # backend 100 (500 ticks so far) exits and the postmaster reaps it at 520;
+    # a new backend gets PID 100 again (another start time) and spends 30
+    before = {(1, 1): ("pg: postmaster", 7, 1000), (100, 1): ("pg: a", 500, 0)}
+    after = {(1, 1): ("pg: postmaster", 7, 1520), (100, 9): ("pg: b", 30, 0)}
     ticks = ticks_by_part(before, after)
     # the new process under its own part; the old one's last 20 ticks under EXITED
     assert ticks == {"pg: b": 30, "pg: postmaster": 0, EXITED: 20}
