@@ -165,6 +165,18 @@ class Inventory:
                                extra={"product_id": str(pid), "available": have[pid]})
         raise Conflict("reservation was not made; retry", field="items")
 
+    # Every lookup here is by order id: an index that matches only the state
+    # (RESERVED) would be read whole, dead entries included (migration 006).
+    CONFIRM = (
+        "WITH locked AS MATERIALIZED (SELECT i.product_id FROM inventory i "
+        "  JOIN reservations rv ON rv.product_id = i.product_id "
+        "  WHERE rv.order_id = %(o)s AND rv.state = 'RESERVED' ORDER BY i.product_id FOR UPDATE OF i), "
+        "r AS (UPDATE reservations SET state = 'CONFIRMED', updated_at = now() "
+        "  WHERE order_id = %(o)s AND state = 'RESERVED' "
+        "  AND product_id IN (SELECT product_id FROM locked) RETURNING product_id, quantity) "
+        "UPDATE inventory i SET reserved = i.reserved - r.quantity, sold = i.sold + r.quantity "
+        "FROM r WHERE i.product_id = r.product_id RETURNING i.product_id")
+
     async def confirm(self, order_id: UUID) -> dict:
         """RESERVED -> CONFIRMED (reserved stock becomes sold).  Idempotent.
 
@@ -172,16 +184,7 @@ class Inventory:
         order reserve() uses, so concurrent sagas cannot deadlock) before
         `r` flips the reservations, which the final UPDATE moves into sold.
         """
-        rows = await self.db.fetchall(
-            "confirm_stock",
-            "WITH locked AS MATERIALIZED (SELECT i.product_id FROM inventory i "
-            "  JOIN reservations rv ON rv.product_id = i.product_id "
-            "  WHERE rv.order_id = %(o)s AND rv.state = 'RESERVED' ORDER BY i.product_id FOR UPDATE OF i), "
-            "r AS (UPDATE reservations SET state = 'CONFIRMED', updated_at = now() "
-            "  WHERE order_id = %(o)s AND state = 'RESERVED' "
-            "  AND product_id IN (SELECT product_id FROM locked) RETURNING product_id, quantity) "
-            "UPDATE inventory i SET reserved = i.reserved - r.quantity, sold = i.sold + r.quantity "
-            "FROM r WHERE i.product_id = r.product_id RETURNING i.product_id", {"o": order_id})
+        rows = await self.db.fetchall("confirm_stock", self.CONFIRM, {"o": order_id})
         if not rows:   # nothing to confirm: repeated, released, or unknown
             states = {r["state"] for r in await self.db.fetchall(
                 "reservation_states", "SELECT DISTINCT state FROM reservations WHERE order_id = %s",
