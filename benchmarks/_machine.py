@@ -12,11 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["kernel_thread_ticks", "context_switches", "loopback_packets", "proc_stats",
+__all__ = ["pid_ticks", "kernel_thread_ticks", "context_switches", "loopback_packets", "proc_stats",
            "process_ticks", "ticks_by_part", "EXITED"]
 
 # Where a round's CPU of the processes that exited during it goes.
 EXITED = "exited in the round (reaped by their parent)"
+
+
+def _fields(stat: str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces)."""
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def pid_ticks(pid: int) -> int:
+    """utime + stime, in clock ticks, of one process so far."""
+    f = _fields(Path(f"/proc/{pid}/stat").read_text())
+    return int(f[11]) + int(f[12])
 
 
 def kernel_thread_ticks() -> int:
@@ -44,8 +55,7 @@ def proc_stats():
             stat = (d / "stat").read_text()
         except OSError:
             continue
-        end = stat.rfind(")")
-        yield d, stat[stat.index("(") + 1:end], stat[end + 2:].split()
+        yield d, stat[stat.index("(") + 1:stat.rfind(")")], _fields(stat)
 
 
 def process_ticks(part_of: Callable[[Path, list[str]], str | None]) -> dict[tuple[int, int], tuple[str, int, int]]:
