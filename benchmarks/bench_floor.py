@@ -37,6 +37,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import uvloop
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.stack.backend import StackOptions, fresh_stack  # noqa: E402
 from _machine import pid_ticks as ticks  # noqa: E402  (benchmarks/)
+from bench_stack import loadavg  # noqa: E402
 
 TCK = os.sysconf("SC_CLK_TCK")
 
@@ -165,7 +167,6 @@ async def http_floor(calls: int, concurrency: int, *, server_burn_us: int = 0,
 
 async def pg_floor(dsn: str, calls: int, concurrency: int) -> tuple[float, float]:
     """(client µs, backend µs) of CPU per pooled `SELECT 1` (autocommit, dict rows as the services)."""
-    from psycopg.rows import dict_row
     backends: set[int] = set()
 
     async def note_pid(conn):
@@ -198,7 +199,7 @@ def main() -> int:
                      log=lambda *a: None) as backend:
         dsn = backend.info().instance_of("orders").admin_dsn
         # The services sit idle through this benchmark; only our calls run.
-        print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"load average at the start: {loadavg()}")
         rows = []
         for r in range(args.rounds):
             hc, hs = uvloop.run(http_floor(args.calls, args.concurrency))
@@ -211,7 +212,7 @@ def main() -> int:
         rows.sort()
         print(f"floor per order: median {rows[len(rows) // 2] / 1000:.2f} ms "
               f"[{rows[0] / 1000:.2f}-{rows[-1] / 1000:.2f}]; "
-              f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+              f"load average at the end: {loadavg()}")
     return 0
 
 

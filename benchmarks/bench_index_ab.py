@@ -55,7 +55,7 @@ def main() -> int:
         roots = {p.proc["pid"] for p in info.parts if p.proc}
         data = seed(info.urls, users=50, products=200, stock=10_000_000)
         users, products = [u["id"] for u in data["users"]], data["products"]
-        dsn = info.instance_of("catalog").admin_dsn.rsplit("/", 1)[0] + "/" + info.databases["catalog"].database
+        dsn = info.databases["catalog"].dsn   # the catalog's own role: it owns the tables
         asyncio.run(order_step(info.urls["orders"], users, products, 16, 5))   # warm up
         print(f"load average at the start: {loadavg()}")
         for i in range(args.pairs):

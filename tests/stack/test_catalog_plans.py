@@ -56,9 +56,10 @@ def test_confirming_an_order_reads_only_its_own_index_entries(stack, plan_mode):
             plan = _plan(conn, f"EXECUTE confirm_probe('{uuid.uuid4()}')")
         finally:
             conn.rollback()
-    read = {f"{n['Node Type']} {n.get('Index Name', n.get('Relation Name', ''))}".strip(): n["Actual Rows"]
-            for n in _nodes(plan) if "Scan" in n["Node Type"]}
-    assert read, plan
-    assert max(read.values()) <= 10, f"the confirmation read {read} ({PLANTED} planted)"
+    # Blocks, not rows: a scan returns only the rows its filter keeps, and the
+    # old index's plan returned 0 rows while it touched 245 (custom) and 505
+    # (generic) blocks of entries other orders left.
     blocks = plan["Shared Hit Blocks"] + plan.get("Shared Read Blocks", 0)
-    assert blocks < 20, f"the confirmation touched {blocks} blocks ({PLANTED} planted; scans {read})"
+    scans = [f"{n['Node Type']} {n.get('Index Name', n.get('Relation Name', ''))}".strip()
+             for n in _nodes(plan) if "Scan" in n["Node Type"]]
+    assert blocks < 20, f"the confirmation touched {blocks} blocks ({PLANTED} planted; scans {scans})"
